@@ -1,0 +1,275 @@
+//! Settings: an optional TOML file (named by `SCANGW_CONFIG`) overridden key by key by
+//! `SCANGW_*` environment variables. Every error names the offending key.
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// Exit code for a bad or missing setting (EX_CONFIG-style, as sysexits' EX_USAGE).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("setting {key} is missing: {hint}")]
+    Missing { key: &'static str, hint: &'static str },
+    #[error("setting {key} is invalid: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// Everything the gateway can be told. Field names match the TOML keys; the env var is
+/// `SCANGW_` + the upper-cased field name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub listen: String,
+    pub redis_url: String,
+    pub admin_token: String,
+    pub platform_token: String,
+    /// HMAC key for patient digests used in repeat detection (raw ids never reach Redis keys).
+    pub patient_key_secret: String,
+    pub log: String,
+    pub shutdown_grace_s: u64,
+    pub idle_timeout_s: u64,
+    pub mailbox_capacity: usize,
+    pub max_in_flight: usize,
+    pub max_priority_streak: u32,
+    pub default_timezone: String,
+    pub default_token_validity_s: u64,
+    pub redis_timeout_ms: u64,
+    pub batch_max: usize,
+    pub max_body_bytes: usize,
+    pub max_import_bytes: usize,
+    /// Service time assumed per token before a counter has completed any (estimated wait).
+    pub default_service_s: u64,
+    pub workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            admin_token: String::new(),
+            platform_token: String::new(),
+            patient_key_secret: String::new(),
+            log: "info".into(),
+            shutdown_grace_s: 20,
+            idle_timeout_s: 600,
+            mailbox_capacity: 1024,
+            max_in_flight: 20_000,
+            max_priority_streak: 3,
+            default_timezone: "Asia/Kolkata".into(),
+            default_token_validity_s: 1800,
+            redis_timeout_ms: 2000,
+            batch_max: 512,
+            max_body_bytes: 16 * 1024,
+            max_import_bytes: 256 * 1024 * 1024,
+            default_service_s: 180,
+            workers: 0,
+        }
+    }
+}
+
+const MIN_SECRET_LEN: usize = 16;
+
+impl Settings {
+    /// Settings for tests: port 0, fixed credentials, the given Redis.
+    pub fn for_tests(redis_url: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            redis_url: redis_url.into(),
+            admin_token: "test-admin-token-0123456789".into(),
+            platform_token: "test-platform-token-0123456789".into(),
+            patient_key_secret: "test-patient-secret-0123456789".into(),
+            shutdown_grace_s: 5,
+            workers: 2,
+            ..Self::default()
+        }
+    }
+
+    /// Reads `SCANGW_CONFIG` (if set) and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("SCANGW_")).collect();
+        let file = match env.get("SCANGW_CONFIG") {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        Self::from_sources(file.as_deref(), &env)
+    }
+
+    /// Layered load from explicit sources, so tests never touch the process environment.
+    pub fn from_sources(file: Option<&str>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut s: Settings = match file {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
+                path: env.get("SCANGW_CONFIG").cloned().unwrap_or_default(),
+                reason: e.message().to_string(),
+            })?,
+            None => Settings::default(),
+        };
+        let get = |k: &str| env.get(&format!("SCANGW_{}", k.to_ascii_uppercase())).cloned();
+        macro_rules! string {
+            ($($f:ident),*) => {$( if let Some(v) = get(stringify!($f)) { s.$f = v; } )*};
+        }
+        macro_rules! number {
+            ($($f:ident),*) => {$( if let Some(v) = get(stringify!($f)) {
+                s.$f = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key: format!("SCANGW_{}", stringify!($f).to_ascii_uppercase()),
+                    reason: "expected a non-negative integer".into(),
+                })?;
+            } )*};
+        }
+        string!(listen, redis_url, admin_token, platform_token, patient_key_secret, log, default_timezone);
+        number!(
+            shutdown_grace_s,
+            idle_timeout_s,
+            mailbox_capacity,
+            max_in_flight,
+            max_priority_streak,
+            default_token_validity_s,
+            redis_timeout_ms,
+            batch_max,
+            max_body_bytes,
+            max_import_bytes,
+            default_service_s,
+            workers
+        );
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secret = |key: &'static str, v: &str| -> Result<(), ConfigError> {
+            if v.is_empty() {
+                return Err(ConfigError::Missing {
+                    key,
+                    hint: "set it in the environment or the config file (at least 16 characters)",
+                });
+            }
+            if v.len() < MIN_SECRET_LEN || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: "must be at least 16 characters with no whitespace".into(),
+                });
+            }
+            Ok(())
+        };
+        secret("SCANGW_ADMIN_TOKEN", &self.admin_token)?;
+        secret("SCANGW_PLATFORM_TOKEN", &self.platform_token)?;
+        secret("SCANGW_PATIENT_KEY_SECRET", &self.patient_key_secret)?;
+        if self.admin_token == self.platform_token {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_PLATFORM_TOKEN".into(),
+                reason: "must differ from SCANGW_ADMIN_TOKEN".into(),
+            });
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_LISTEN".into(),
+                reason: "expected host:port, e.g. 127.0.0.1:8080".into(),
+            });
+        }
+        if redis::parse_redis_url(&self.redis_url).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_REDIS_URL".into(),
+                reason: "expected redis://host:port[/db]".into(),
+            });
+        }
+        if jiff::tz::TimeZone::get(&self.default_timezone).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_DEFAULT_TIMEZONE".into(),
+                reason: "unknown IANA time zone".into(),
+            });
+        }
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("SCANGW_DEFAULT_TOKEN_VALIDITY_S", self.default_token_validity_s)?;
+        positive("SCANGW_MAX_PRIORITY_STREAK", self.max_priority_streak.into())?;
+        positive("SCANGW_MAILBOX_CAPACITY", self.mailbox_capacity as u64)?;
+        positive("SCANGW_MAX_IN_FLIGHT", self.max_in_flight as u64)?;
+        positive("SCANGW_REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
+        positive("SCANGW_BATCH_MAX", self.batch_max as u64)?;
+        positive("SCANGW_IDLE_TIMEOUT_S", self.idle_timeout_s)?;
+        positive("SCANGW_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
+        Ok(())
+    }
+
+    /// HTTP worker and facility arbiter count: the configured value or the core count.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn good() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("SCANGW_ADMIN_TOKEN", "admin-token-0123456789"),
+            ("SCANGW_PLATFORM_TOKEN", "platform-token-0123456789"),
+            ("SCANGW_PATIENT_KEY_SECRET", "patient-secret-0123456789"),
+        ]
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults_apply() {
+        let mut e = good();
+        e.push(("SCANGW_LISTEN", "127.0.0.1:9999"));
+        let s = Settings::from_sources(Some("listen = \"127.0.0.1:1\"\nidle_timeout_s = 5\n"), &env(&e)).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9999");
+        assert_eq!(s.idle_timeout_s, 5);
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.default_token_validity_s, 1800);
+    }
+
+    #[test]
+    fn missing_token_names_the_key() {
+        let e: Vec<_> = good().into_iter().filter(|(k, _)| *k != "SCANGW_ADMIN_TOKEN").collect();
+        let err = Settings::from_sources(None, &env(&e)).unwrap_err().to_string();
+        assert!(err.contains("SCANGW_ADMIN_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (key, value) in [
+            ("SCANGW_LISTEN", "nonsense"),
+            ("SCANGW_REDIS_URL", "http://x"),
+            ("SCANGW_IDLE_TIMEOUT_S", "ten"),
+            ("SCANGW_DEFAULT_TIMEZONE", "Mars/Olympus"),
+            ("SCANGW_PLATFORM_TOKEN", "short"),
+            ("SCANGW_MAX_PRIORITY_STREAK", "0"),
+        ] {
+            let mut e = good();
+            e.retain(|(k, _)| *k != key);
+            e.push((key, value));
+            let err = Settings::from_sources(None, &env(&e)).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let err = Settings::from_sources(Some("lisen = \"x\""), &env(&good())).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

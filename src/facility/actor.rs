@@ -1,0 +1,506 @@
+//! The facility actor: a thin shell around [`FacilityQueue`]. It activates by taking the
+//! facility's fencing epoch and rehydrating the day from Redis, applies commands in order,
+//! hands each change to its arbiter's group-commit writer, and answers only once Redis
+//! holds every change the answer reflects. Any failed write poisons the actor: it leaves
+//! the directory and the next request rehydrates from Redis, the source of truth.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use jiff::civil::Date;
+use jiff::Timestamp;
+use tokio::sync::{oneshot, watch};
+
+use super::patient_keys::PatientHasher;
+use super::queue::{FacilityQueue, QueueError, ScanInput, ScanKind, TokenKey};
+use super::token_id::TokenRef;
+use super::view::{CounterQueueView, QueueView, TokenView};
+use crate::clock::SharedClock;
+use crate::persistence::writer::{WriteOp, WriterTx};
+use crate::persistence::{keys, record, Store, StoreError};
+use crate::registry::FacilityInfo;
+use crate::telemetry::metrics::Metrics;
+
+/// Everything an actor needs, shared by all actors.
+pub struct Deps {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub hasher: PatientHasher,
+    pub metrics: Metrics,
+    pub max_priority_streak: u32,
+    pub default_service_s: u64,
+    pub idle_timeout: Duration,
+    pub mailbox_capacity: usize,
+    /// How long a finished day's tokens stay in Redis after local midnight.
+    pub day_retention_s: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FacilityError {
+    #[error("unknown facility")]
+    UnknownFacility,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the facility is overloaded")]
+    Overloaded,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, FacilityError>>;
+
+#[derive(Debug, Clone)]
+pub struct ScanReply {
+    pub view: TokenView,
+    pub kind: ScanKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Recall,
+    Complete,
+    NoShow,
+    Transfer(String),
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Recall => "recall",
+            Action::Complete => "complete",
+            Action::NoShow => "no_show",
+            Action::Transfer(_) => "transfer",
+        }
+    }
+}
+
+pub enum Command {
+    Scan { input: ScanInput, reply: Reply<ScanReply> },
+    Get { token: TokenRef, reply: Reply<TokenView> },
+    CallNext { counter: String, reply: Reply<Option<TokenView>> },
+    Act { token: TokenRef, action: Action, reply: Reply<TokenView> },
+    Queue { counter: Option<String>, reply: Reply<QueueView> },
+    Reconfigure(Box<FacilityInfo>),
+}
+
+impl Command {
+    fn fail(self, e: FacilityError) {
+        match self {
+            Command::Scan { reply, .. } => drop(reply.send(Err(e))),
+            Command::Get { reply, .. } => drop(reply.send(Err(e))),
+            Command::CallNext { reply, .. } => drop(reply.send(Err(e))),
+            Command::Act { reply, .. } => drop(reply.send(Err(e))),
+            Command::Queue { reply, .. } => drop(reply.send(Err(e))),
+            Command::Reconfigure(_) => {}
+        }
+    }
+}
+
+/// The actor's only message: commands carry their own reply channel, so callers can use
+/// `try_send` on the bounded mailbox and shed load instead of queueing without bound.
+pub struct Envelope(pub Command);
+
+impl Message for Envelope {
+    type Result = ();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    Upto(u64),
+    Broken(StoreError),
+}
+
+struct Ready {
+    epoch: u64,
+    info: FacilityInfo,
+    queue: FacilityQueue,
+}
+
+enum Phase {
+    Loading,
+    Ready(Box<Ready>),
+    Failed(FacilityError),
+}
+
+pub type ActorMap = DashMap<String, (u64, Addr<FacilityActor>)>;
+
+pub struct FacilityActor {
+    id: String,
+    gen: u64,
+    deps: Arc<Deps>,
+    actors: Arc<ActorMap>,
+    writer: WriterTx,
+    phase: Phase,
+    last_active: Instant,
+    /// Sequence of the last write handed to the writer.
+    submitted: u64,
+    durable: watch::Sender<Durable>,
+}
+
+impl FacilityActor {
+    pub fn new(id: String, gen: u64, deps: Arc<Deps>, actors: Arc<ActorMap>, writer: WriterTx) -> Self {
+        Self {
+            id,
+            gen,
+            deps,
+            actors,
+            writer,
+            phase: Phase::Loading,
+            last_active: Instant::now(),
+            submitted: 0,
+            durable: watch::Sender::new(Durable::Upto(0)),
+        }
+    }
+
+    fn leave_directory(&self) {
+        self.actors.remove_if(&self.id, |_, (gen, _)| *gen == self.gen);
+    }
+
+    fn poison(&mut self, e: StoreError, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Failed(_)) {
+            tracing::warn!(facility = %self.id, error = %e, "facility write refused; dropping actor to rehydrate");
+        }
+        self.durable.send_replace(Durable::Broken(e));
+        self.phase = Phase::Failed(FacilityError::Store(e));
+        self.leave_directory();
+        ctx.stop();
+    }
+
+    async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
+        let (epoch, info) = deps.store.activate(&id).await?.ok_or(FacilityError::UnknownFacility)?;
+        let info: FacilityInfo = serde_json::from_str(&info).map_err(|_| {
+            tracing::error!(facility = %id, "corrupt registry record");
+            FacilityError::Store(StoreError::Unavailable)
+        })?;
+        let cfg = info.queue_config(deps.max_priority_streak, deps.default_service_s);
+        let day = deps.clock.now().to_zoned(cfg.tz.clone()).date();
+        let rows = deps.store.load_day(&id, day).await?;
+        let mut tokens = Vec::with_capacity(rows.len());
+        let mut reserved = Vec::new();
+        for (field, raw) in &rows {
+            let Some((counter, number)) = keys::parse_token_field(field) else { continue };
+            match record::decode(counter, number, raw) {
+                Ok(t) => tokens.push(t),
+                Err(e) => {
+                    tracing::error!(facility = %id, %e, "skipping unreadable token record");
+                    reserved.push((counter.to_string(), number));
+                }
+            }
+        }
+        let hasher = deps.hasher.clone();
+        let mut queue = FacilityQueue::restore(cfg, day, tokens, |p| hasher.keys(p));
+        for (c, n) in reserved {
+            queue.reserve_number(&c, n);
+        }
+        tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
+        Ok(Ready { epoch, info, queue })
+    }
+
+fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
+        let end = day
+            .tomorrow()
+            .ok()
+            .and_then(|d| d.to_zoned(tz.clone()).ok())
+            .map(|z| z.timestamp().as_second())
+            .unwrap_or_else(|| Timestamp::now().as_second() + 2 * 86_400);
+        end + retention_s
+    }
+
+    /// Hands the queue's pending changes to the writer as one fenced write.
+    fn commit(&mut self, ctx: &mut Context<Self>, permit: tokio::sync::mpsc::OwnedPermit<WriteOp>) {
+        let Phase::Ready(r) = &mut self.phase else { return };
+        if !r.queue.has_changes() {
+            return;
+        }
+        let day = r.queue.day();
+        let expire_at = Self::expire_at(day, &r.queue.config().tz, self.deps.day_retention_s);
+        let (tokens, issued) = r.queue.take_changes();
+        let fields = tokens
+            .into_iter()
+            .map(|t| (keys::token_field(&t.counter, t.number), record::encode(t)))
+            .collect();
+        let count_fields = issued.iter().map(|c| keys::count_field(day, c)).collect();
+        let (done, done_rx) = oneshot::channel();
+        let prev_seq = self.submitted;
+        self.submitted += 1;
+        let seq = self.submitted;
+        permit.send(WriteOp {
+            fence_key: keys::fence(&self.id),
+            day_key: keys::day_tokens(&self.id, day),
+            counts_key: keys::counts(&self.id),
+            epoch: r.epoch,
+            prev_seq,
+            expire_at,
+            count_fields,
+            fields,
+            done,
+        });
+        ctx.spawn(
+            async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(()) => act.durable.send_modify(|d| {
+                        if let Durable::Upto(s) = d {
+                            *s = (*s).max(seq);
+                        }
+                    }),
+                    Err(e) => act.poison(e, ctx),
+                }),
+        );
+    }
+
+    /// Answers once every write submitted so far is durable (or failed).
+    fn reply_when_durable<T: Send + 'static>(&self, reply: Reply<T>, value: Result<T, FacilityError>, started: Option<Instant>) {
+        let target = self.submitted;
+        let current = *self.durable.borrow();
+        let metrics = self.deps.metrics.clone();
+        let finish = move |r: Result<T, FacilityError>, reply: Reply<T>| {
+            if let (Some(t), Ok(_)) = (started, &r) {
+                metrics.token_issue.record(t.elapsed().as_secs_f64());
+            }
+            let _ = reply.send(r);
+        };
+        match (current, value) {
+            (_, Err(e)) => drop(reply.send(Err(e))),
+            (Durable::Upto(s), Ok(v)) if s >= target => finish(Ok(v), reply),
+            (Durable::Broken(e), Ok(_)) => drop(reply.send(Err(FacilityError::Store(e)))),
+            (Durable::Upto(_), Ok(v)) => {
+                let mut rx = self.durable.subscribe();
+                actix::spawn(async move {
+                    let outcome = rx
+                        .wait_for(|d| matches!(d, Durable::Broken(_)) || matches!(d, Durable::Upto(s) if *s >= target))
+                        .await
+                        .map(|d| *d);
+                    match outcome {
+                        Ok(Durable::Upto(_)) => finish(Ok(v), reply),
+                        Ok(Durable::Broken(e)) => drop(reply.send(Err(FacilityError::Store(e)))),
+                        Err(_) => drop(reply.send(Err(FacilityError::Store(StoreError::Unavailable)))),
+                    }
+                });
+            }
+        }
+    }
+
+    fn roll_day(&mut self, now: Timestamp) {
+        if let Phase::Ready(r) = &mut self.phase {
+            if r.queue.is_stale(now) {
+                let cfg = r.queue.config().clone();
+                let day = r.queue.service_day_at(now);
+                tracing::info!(facility = %self.id, %day, "new service day");
+                r.queue = FacilityQueue::new(cfg, day);
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let now = self.deps.clock.now();
+        self.roll_day(now);
+        // Reserve room at the writer before changing anything: a change that cannot be
+        // persisted must not happen in memory either.
+        let permit = self.writer.clone().try_reserve_owned().ok();
+        let mutating = matches!(cmd, Command::Scan { .. } | Command::CallNext { .. } | Command::Act { .. });
+        if mutating && permit.is_none() {
+            self.deps.metrics.overloaded_writer.increment(1);
+            cmd.fail(FacilityError::Overloaded);
+            return;
+        }
+        let id = self.id.clone();
+        let Phase::Ready(r) = &mut self.phase else {
+            cmd.fail(FacilityError::Store(StoreError::Unavailable));
+            return;
+        };
+        match cmd {
+            Command::Scan { input, reply } => {
+                let result = r.queue.scan(input, now).map_err(FacilityError::from).map(|out| {
+                    let mut view = TokenView::of(&r.queue, &id, &out.key).expect("scanned token exists");
+                    view.repeat = out.kind == ScanKind::Repeat;
+                    ScanReply { view, kind: out.kind }
+                });
+                match &result {
+                    Ok(s) => match s.kind {
+                        ScanKind::New => self.deps.metrics.scans_new.increment(1),
+                        ScanKind::Repeat => self.deps.metrics.scans_repeat.increment(1),
+                        ScanKind::Replay => self.deps.metrics.scans_replay.increment(1),
+                    },
+                    Err(_) => self.deps.metrics.scans_rejected.increment(1),
+                }
+                self.finish(ctx, permit, reply, result, Some(started));
+            }
+            Command::CallNext { counter, reply } => {
+                let result = r
+                    .queue
+                    .call_next(&counter, now)
+                    .map(|k| k.and_then(|k| TokenView::of(&r.queue, &id, &k)))
+                    .map_err(FacilityError::from);
+                if matches!(result, Ok(Some(_))) {
+                    Metrics::counter_op("call_next");
+                }
+                self.finish(ctx, permit, reply, result, None);
+            }
+            Command::Act { token, action, reply } => {
+                if token.day != r.queue.day() {
+                    let from = if token.day < r.queue.day() { "from a finished day" } else { "unknown" };
+                    let e = if from == "unknown" {
+                        FacilityError::Queue(QueueError::UnknownToken)
+                    } else {
+                        FacilityError::Queue(QueueError::IllegalTransition { action: action.name(), from })
+                    };
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let key = TokenKey {
+                    counter: token.counter,
+                    number: token.number,
+                };
+                let q = &mut r.queue;
+                let result = match &action {
+                    Action::Recall => q.recall(&key, now),
+                    Action::Complete => q.complete(&key, now),
+                    Action::NoShow => q.no_show(&key, now),
+                    Action::Transfer(to) => q.transfer(&key, to, now),
+                };
+                if result.is_ok() {
+                    Metrics::counter_op(action.name());
+                }
+                let result = result
+                    .map(|()| TokenView::of(q, &id, &key).expect("token exists"))
+                    .map_err(FacilityError::from);
+                self.finish(ctx, permit, reply, result, None);
+            }
+            Command::Get { token, reply } => {
+                if token.day == r.queue.day() {
+                    let key = TokenKey {
+                        counter: token.counter,
+                        number: token.number,
+                    };
+                    r.queue.expire_if_due(&key, now.as_millisecond());
+                    let result = TokenView::of(&r.queue, &id, &key).ok_or(FacilityError::Queue(QueueError::UnknownToken));
+                    self.finish(ctx, permit, reply, result, None);
+                } else {
+                    // An earlier (or unknown) day: read the stored record as it is.
+                    let store = self.deps.store.clone();
+                    actix::spawn(async move {
+                        let field = keys::token_field(&token.counter, token.number);
+                        let result = match store.load_token(&id, token.day, &field).await {
+                            Err(e) => Err(FacilityError::Store(e)),
+                            Ok(None) => Err(FacilityError::Queue(QueueError::UnknownToken)),
+                            Ok(Some(raw)) => record::decode(&token.counter, token.number, &raw)
+                                .map(|t| TokenView::build(&id, token.day, &t, None))
+                                .map_err(|_| FacilityError::Queue(QueueError::UnknownToken)),
+                        };
+                        let _ = reply.send(result);
+                    });
+                }
+            }
+            Command::Queue { counter, reply } => {
+                let result = queue_view(&r.info, &r.queue, &id, counter.as_deref());
+                self.finish(ctx, permit, reply, result, None);
+            }
+            Command::Reconfigure(info) => {
+                r.queue.reconfigure(info.queue_config(self.deps.max_priority_streak, self.deps.default_service_s));
+                r.info = *info;
+            }
+        }
+    }
+
+    fn finish<T: Send + 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        permit: Option<tokio::sync::mpsc::OwnedPermit<WriteOp>>,
+        reply: Reply<T>,
+        result: Result<T, FacilityError>,
+        started: Option<Instant>,
+    ) {
+        if let Some(p) = permit {
+            self.commit(ctx, p);
+        }
+        self.reply_when_durable(reply, result, started);
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = self.deps.clock.now();
+        self.roll_day(now);
+        if let Phase::Ready(r) = &mut self.phase {
+            if r.queue.expire_due(now) > 0 {
+                if let Ok(p) = self.writer.clone().try_reserve_owned() {
+                    self.commit(ctx, p);
+                }
+            }
+        }
+        let idle = self.last_active.elapsed() >= self.deps.idle_timeout;
+        let settled = *self.durable.borrow() == Durable::Upto(self.submitted);
+        if idle && settled {
+            tracing::debug!(facility = %self.id, "passivating idle facility");
+            self.leave_directory();
+            ctx.stop();
+        }
+    }
+}
+
+fn queue_view(info: &FacilityInfo, q: &FacilityQueue, id: &str, counter: Option<&str>) -> Result<QueueView, FacilityError> {
+    if let Some(c) = counter {
+        if q.counter(c).is_none() {
+            return Err(FacilityError::Queue(QueueError::UnknownCounter));
+        }
+    }
+    let counters = info
+        .counters
+        .iter()
+        .filter(|c| counter.is_none_or(|want| want == c.id))
+        .map(|c| {
+            let (waiting, called) = q.counter_view(&c.id);
+            CounterQueueView {
+                counter_id: c.id.clone(),
+                kind: c.kind,
+                called: called.into_iter().map(|t| TokenView::build(id, q.day(), t, Some(q))).collect(),
+                waiting: waiting.into_iter().map(|t| TokenView::build(id, q.day(), t, Some(q))).collect(),
+            }
+        })
+        .collect();
+    Ok(QueueView {
+        facility_id: id.to_string(),
+        service_date: q.day().to_string(),
+        counters,
+    })
+}
+
+impl Actor for FacilityActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.deps.mailbox_capacity);
+        self.deps.metrics.active_actors.increment(1.0);
+        let fut = Self::load(self.deps.clone(), self.id.clone());
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(ready) => act.phase = Phase::Ready(Box::new(ready)),
+            Err(e) => {
+                // Answer what already queued, then go; later callers activate afresh.
+                act.phase = Phase::Failed(e);
+                act.leave_directory();
+                ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
+            }
+        }));
+        let every = (self.deps.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        ctx.run_interval(every, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.deps.metrics.active_actors.decrement(1.0);
+        self.leave_directory();
+    }
+}
+
+impl Handler<Envelope> for FacilityActor {
+    type Result = ();
+
+    fn handle(&mut self, Envelope(cmd): Envelope, ctx: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        match &self.phase {
+            Phase::Failed(e) => cmd.fail(e.clone()),
+            Phase::Loading => cmd.fail(FacilityError::Store(StoreError::Unavailable)),
+            Phase::Ready(_) => self.apply(cmd, ctx),
+        }
+    }
+}

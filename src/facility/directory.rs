@@ -1,0 +1,129 @@
+//! Finds a facility's actor, activating it on first use on the arbiter chosen by hashing
+//! the facility id (so a facility always lives on one thread, next to that thread's
+//! writer), and retries once on a fresh activation when the owner was fenced or retired.
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::dev::SendError;
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply};
+use crate::persistence::writer::WriterTx;
+use crate::persistence::StoreError;
+
+pub struct Directory {
+    actors: Arc<ActorMap>,
+    arbiters: Vec<ArbiterHandle>,
+    writers: Vec<WriterTx>,
+    deps: Arc<Deps>,
+    next_gen: AtomicU64,
+}
+
+fn shard(id: &str, n: usize) -> usize {
+    // SipHash with fixed keys: stable for the life of the process, which is all we need.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    (h.finish() % n as u64) as usize
+}
+
+impl Directory {
+    /// `arbiters[i]` runs `writers[i]`; both lists have the same length.
+    pub fn new(deps: Arc<Deps>, arbiters: Vec<ArbiterHandle>, writers: Vec<WriterTx>) -> Self {
+        assert_eq!(arbiters.len(), writers.len());
+        assert!(!arbiters.is_empty());
+        Self {
+            actors: Arc::new(ActorMap::default()),
+            arbiters,
+            writers,
+            deps,
+            next_gen: AtomicU64::new(1),
+        }
+    }
+
+    pub fn deps(&self) -> &Arc<Deps> {
+        &self.deps
+    }
+
+    /// Live facility actors on this node.
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+
+    fn get(&self, id: &str) -> (u64, Addr<FacilityActor>) {
+        if let Some(e) = self.actors.get(id) {
+            return e.value().clone();
+        }
+        self.actors
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                let i = shard(id, self.arbiters.len());
+                let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+                let actor = FacilityActor::new(id.to_string(), gen, self.deps.clone(), self.actors.clone(), self.writers[i].clone());
+                (gen, FacilityActor::start_in_arbiter(&self.arbiters[i], move |_| actor))
+            })
+            .value()
+            .clone()
+    }
+
+    fn forget(&self, id: &str, gen: u64) {
+        self.actors.remove_if(id, |_, (g, _)| *g == gen);
+    }
+
+    /// Sends a command to the facility and awaits its answer.
+    pub async fn ask<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
+        for attempt in 0..2 {
+            let (gen, addr) = self.get(id);
+            let (tx, rx) = oneshot::channel();
+            match addr.try_send(Envelope(make(tx))) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => {
+                    self.deps.metrics.overloaded_mailbox.increment(1);
+                    return Err(FacilityError::Overloaded);
+                }
+                Err(SendError::Closed(_)) => {
+                    self.forget(id, gen);
+                    continue;
+                }
+            }
+            match rx.await {
+                Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if attempt == 0 => {
+                    // Another activation took over, or an earlier write failed: nothing of
+                    // this request was written, so it is safe to run it once more afresh.
+                    self.forget(id, gen);
+                }
+                Ok(r) => return r,
+                // The actor went away before answering (passivated or poisoned).
+                Err(_) => self.forget(id, gen),
+            }
+        }
+        Err(FacilityError::Store(StoreError::Unavailable))
+    }
+
+    /// Tells a live actor about new registry data; no-op when not active here.
+    pub fn reconfigure(&self, info: crate::registry::FacilityInfo) {
+        if let Some(e) = self.actors.get(&info.facility_id) {
+            let _ = e.value().1.try_send(Envelope(Command::Reconfigure(Box::new(info))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+
+    #[test]
+    fn shard_is_stable_and_spreads() {
+        assert_eq!(shard("IN0410000183", 4), shard("IN0410000183", 4));
+        let mut seen = [0usize; 4];
+        for i in 0..1000 {
+            seen[shard(&format!("IN{i:010}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+    }
+}

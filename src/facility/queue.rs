@@ -1,0 +1,951 @@
+//! The live queue of one facility for one service day, as a plain struct: numbering,
+//! repeat detection, idempotency, priority lanes with a starvation guard, transitions,
+//! expiry and people-ahead. No actix, no Redis: the actor owns one and persists its changes.
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+pub fn millis(t: Timestamp) -> Millis {
+    t.as_millisecond()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Waiting,
+    Called,
+    Completed,
+    NoShow,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Waiting => "waiting",
+            Status::Called => "called",
+            Status::Completed => "completed",
+            Status::NoShow => "no_show",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// What happened to a token; every transition is kept with its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Issued,
+    Called,
+    Recalled,
+    Transferred,
+    Completed,
+    NoShow,
+    Expired,
+}
+
+impl Event {
+    /// The status a token has right after this event.
+    pub fn status(self) -> Status {
+        match self {
+            Event::Issued | Event::Transferred => Status::Waiting,
+            Event::Called | Event::Recalled => Status::Called,
+            Event::Completed => Status::Completed,
+            Event::NoShow => Status::NoShow,
+            Event::Expired => Status::Expired,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityClass {
+    Elderly,
+    Disabled,
+    Pregnant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterKind {
+    Opd,
+    Pharmacy,
+    Lab,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Counter {
+    pub id: String,
+    pub kind: CounterKind,
+}
+
+/// Patient data the counter needs. Held only for the service day.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub abha_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abha_number: Option<String>,
+    pub name: String,
+    pub gender: String,
+    pub year_of_birth: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// Keyed digests of the patient's identifiers (HMAC, computed at the edge).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PatientKeys {
+    pub by_address: String,
+    pub by_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub event: Event,
+    pub at: Millis,
+    pub counter: String,
+}
+
+/// One token of the day. `counter` + `number` identify it; `at_counter` is where it
+/// waits now (differs after a transfer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub counter: String,
+    pub number: u32,
+    pub at_counter: String,
+    pub status: Status,
+    pub priority: Option<PriorityClass>,
+    /// Waits in the priority lane (a priority class, or transferred in).
+    pub lane_priority: bool,
+    pub profile: Profile,
+    pub idempotency_key: Option<String>,
+    pub issued_at: Millis,
+    pub expires_at: Millis,
+    pub history: Vec<Transition>,
+}
+
+impl Token {
+    pub fn key(&self) -> TokenKey {
+        TokenKey {
+            counter: self.counter.clone(),
+            number: self.number,
+        }
+    }
+
+    pub fn display(&self) -> String {
+        format!("{}-{:03}", self.counter, self.number)
+    }
+
+    pub fn last_at(&self, event: Event) -> Option<Millis> {
+        self.history.iter().rev().find(|t| t.event == event).map(|t| t.at)
+    }
+
+    fn push(&mut self, event: Event, at: Millis) {
+        self.status = event.status();
+        self.history.push(Transition {
+            event,
+            at,
+            counter: self.at_counter.clone(),
+        });
+    }
+
+    fn is_active(&self, now: Millis) -> bool {
+        match self.status {
+            Status::Waiting => now < self.expires_at,
+            Status::Called => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenKey {
+    pub counter: String,
+    pub number: u32,
+}
+
+/// Per-facility settings the queue needs.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub tz: TimeZone,
+    pub token_validity_s: u64,
+    pub max_priority_streak: u32,
+    pub default_service_s: u64,
+    pub counters: Vec<Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("unknown counter")]
+    UnknownCounter,
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("cannot {action} a token that is {from}")]
+    IllegalTransition { action: &'static str, from: &'static str },
+    #[error("the Idempotency-Key was already used for a different scan")]
+    IdempotencyKeyReused,
+}
+
+/// What a scan asks for.
+#[derive(Debug, Clone)]
+pub struct ScanInput {
+    pub counter: String,
+    pub priority: Option<PriorityClass>,
+    pub patient: PatientKeys,
+    pub profile: Profile,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKind {
+    New,
+    Repeat,
+    /// Same Idempotency-Key as an earlier scan: answer as that scan was answered.
+    Replay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    pub key: TokenKey,
+    pub kind: ScanKind,
+}
+
+/// Position of a token in its counter's call order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub ahead: u32,
+    pub estimated_wait_s: u64,
+}
+
+const RECENT_SERVICE_SAMPLES: usize = 20;
+
+#[derive(Debug, Default)]
+struct Lane {
+    last_number: u32,
+    priority: VecDeque<TokenKey>,
+    normal: VecDeque<TokenKey>,
+    called: Vec<TokenKey>,
+    /// Priority calls in a row since the last normal call.
+    streak: u32,
+    recent_service_ms: VecDeque<Millis>,
+}
+
+impl Lane {
+    fn remove_waiting(&mut self, key: &TokenKey) {
+        self.priority.retain(|k| k != key);
+        self.normal.retain(|k| k != key);
+    }
+
+    fn service_s(&self, default_s: u64) -> u64 {
+        if self.recent_service_ms.is_empty() {
+            return default_s;
+        }
+        let sum: i64 = self.recent_service_ms.iter().sum();
+        (sum / self.recent_service_ms.len() as i64 / 1000).max(0) as u64
+    }
+
+    fn record_service(&mut self, ms: Millis) {
+        if self.recent_service_ms.len() == RECENT_SERVICE_SAMPLES {
+            self.recent_service_ms.pop_front();
+        }
+        self.recent_service_ms.push_back(ms.max(0));
+    }
+}
+
+/// The facility's queue for one service day.
+#[derive(Debug)]
+pub struct FacilityQueue {
+    cfg: QueueConfig,
+    day: Date,
+    tokens: HashMap<TokenKey, Token>,
+    lanes: HashMap<String, Lane>,
+    by_patient: HashMap<(String, String), TokenKey>,
+    by_idempotency: HashMap<String, TokenKey>,
+    dirty: HashSet<TokenKey>,
+    issued_since_take: Vec<String>,
+}
+
+impl FacilityQueue {
+    pub fn new(cfg: QueueConfig, day: Date) -> Self {
+        let mut q = Self {
+            cfg,
+            day,
+            tokens: HashMap::new(),
+            lanes: HashMap::new(),
+            by_patient: HashMap::new(),
+            by_idempotency: HashMap::new(),
+            dirty: HashSet::new(),
+            issued_since_take: Vec::new(),
+        };
+        q.ensure_lanes();
+        q
+    }
+
+    /// Rebuilds the live state from the day's stored tokens (rehydration).
+    pub fn restore(cfg: QueueConfig, day: Date, stored: Vec<Token>, patient_keys: impl Fn(&Profile) -> PatientKeys) -> Self {
+        let mut q = Self::new(cfg, day);
+        let mut waiting: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
+        let mut called: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
+        for t in stored {
+            let key = t.key();
+            let lane = q.lanes.entry(t.counter.clone()).or_default();
+            lane.last_number = lane.last_number.max(t.number);
+            let entered = t.history.last().map(|h| h.at).unwrap_or(t.issued_at);
+            match t.status {
+                Status::Waiting => waiting.push((entered, key.clone(), t.lane_priority, t.at_counter.clone())),
+                Status::Called => called.push((entered, key.clone(), t.lane_priority, t.at_counter.clone())),
+                _ => {}
+            }
+            if let Some(k) = &t.idempotency_key {
+                q.by_idempotency.insert(k.clone(), key.clone());
+            }
+            let pk = patient_keys(&t.profile);
+            q.index_patient(&t.counter, &pk, &key);
+            q.tokens.insert(key, t);
+        }
+        waiting.sort();
+        for (_, key, prio, at) in waiting {
+            let lane = q.lanes.entry(at).or_default();
+            if prio {
+                lane.priority.push_back(key);
+            } else {
+                lane.normal.push_back(key);
+            }
+        }
+        called.sort();
+        for (_, key, _, at) in &called {
+            q.lanes.entry(at.clone()).or_default().called.push(key.clone());
+        }
+        // Rebuild the starvation guard and service-time samples from the history.
+        let mut calls: Vec<(Millis, String, bool)> = Vec::new();
+        let mut services: Vec<(Millis, String, Millis)> = Vec::new();
+        for t in q.tokens.values() {
+            let mut called_at: Option<Millis> = None;
+            for h in &t.history {
+                match h.event {
+                    Event::Called => {
+                        calls.push((h.at, h.counter.clone(), t.lane_priority));
+                        called_at = Some(h.at);
+                    }
+                    Event::Completed | Event::NoShow => {
+                        if let Some(c) = called_at {
+                            services.push((h.at, h.counter.clone(), h.at - c));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        calls.sort();
+        for (_, counter, prio) in calls {
+            let lane = q.lanes.entry(counter).or_default();
+            lane.streak = if prio { lane.streak + 1 } else { 0 };
+        }
+        services.sort();
+        for (_, counter, ms) in services {
+            q.lanes.entry(counter).or_default().record_service(ms);
+        }
+        q
+    }
+
+    /// Never reuse a number seen in storage, even if its record could not be read.
+    pub fn reserve_number(&mut self, counter: &str, number: u32) {
+        let lane = self.lanes.entry(counter.to_string()).or_default();
+        lane.last_number = lane.last_number.max(number);
+    }
+
+    fn ensure_lanes(&mut self) {
+        for c in &self.cfg.counters {
+            self.lanes.entry(c.id.clone()).or_default();
+        }
+    }
+
+    fn index_patient(&mut self, counter: &str, pk: &PatientKeys, key: &TokenKey) {
+        self.by_patient.insert((counter.to_string(), pk.by_address.clone()), key.clone());
+        if let Some(n) = &pk.by_number {
+            self.by_patient.insert((counter.to_string(), n.clone()), key.clone());
+        }
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    /// New registry data (counters, validity) for a live queue.
+    pub fn reconfigure(&mut self, cfg: QueueConfig) {
+        self.cfg = cfg;
+        self.ensure_lanes();
+    }
+
+    pub fn day(&self) -> Date {
+        self.day
+    }
+
+    pub fn service_day_at(&self, now: Timestamp) -> Date {
+        now.to_zoned(self.cfg.tz.clone()).date()
+    }
+
+    /// True when `now` falls on a later local day than the queue's: the caller starts a
+    /// fresh queue (numbering from 1); the old day stays in Redis until its TTL.
+    pub fn is_stale(&self, now: Timestamp) -> bool {
+        self.service_day_at(now) > self.day
+    }
+
+    pub fn counter(&self, id: &str) -> Option<&Counter> {
+        self.cfg.counters.iter().find(|c| c.id == id)
+    }
+
+    pub fn get(&self, key: &TokenKey) -> Option<&Token> {
+        self.tokens.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Tokens changed since the last call (to persist), and counters that issued new tokens.
+    pub fn take_changes(&mut self) -> (Vec<&Token>, Vec<String>) {
+        let dirty: Vec<TokenKey> = self.dirty.drain().collect();
+        let issued = std::mem::take(&mut self.issued_since_take);
+        let tokens = dirty.iter().filter_map(|k| self.tokens.get(k)).collect();
+        (tokens, issued)
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Issues a token, or returns the patient's live one.
+    pub fn scan(&mut self, input: ScanInput, now: Timestamp) -> Result<ScanOutcome, QueueError> {
+        let now_ms = millis(now);
+        if self.counter(&input.counter).is_none() {
+            return Err(QueueError::UnknownCounter);
+        }
+        if let Some(idem) = &input.idempotency_key {
+            if let Some(key) = self.by_idempotency.get(idem).cloned() {
+                let t = &self.tokens[&key];
+                let same = t.counter == input.counter && t.profile.abha_address == input.profile.abha_address;
+                if !same {
+                    return Err(QueueError::IdempotencyKeyReused);
+                }
+                self.expire_if_due(&key, now_ms);
+                return Ok(ScanOutcome { key, kind: ScanKind::Replay });
+            }
+        }
+        let mut candidates = vec![input.patient.by_address.clone()];
+        candidates.extend(input.patient.by_number.clone());
+        for digest in &candidates {
+            if let Some(key) = self.by_patient.get(&(input.counter.clone(), digest.clone())).cloned() {
+                self.expire_if_due(&key, now_ms);
+                if self.tokens[&key].is_active(now_ms) {
+                    return Ok(ScanOutcome { key, kind: ScanKind::Repeat });
+                }
+            }
+        }
+        let lane = self.lanes.entry(input.counter.clone()).or_default();
+        lane.last_number += 1;
+        let key = TokenKey {
+            counter: input.counter.clone(),
+            number: lane.last_number,
+        };
+        let lane_priority = input.priority.is_some();
+        if lane_priority {
+            lane.priority.push_back(key.clone());
+        } else {
+            lane.normal.push_back(key.clone());
+        }
+        let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
+        let mut token = Token {
+            counter: input.counter.clone(),
+            number: key.number,
+            at_counter: input.counter.clone(),
+            status: Status::Waiting,
+            priority: input.priority,
+            lane_priority,
+            profile: input.profile,
+            idempotency_key: input.idempotency_key.clone(),
+            issued_at: now_ms,
+            expires_at: now_ms.saturating_add(validity_ms),
+            history: Vec::with_capacity(3),
+        };
+        token.push(Event::Issued, now_ms);
+        if let Some(idem) = input.idempotency_key {
+            self.by_idempotency.insert(idem, key.clone());
+        }
+        self.index_patient(&input.counter, &input.patient, &key);
+        self.tokens.insert(key.clone(), token);
+        self.dirty.insert(key.clone());
+        self.issued_since_take.push(input.counter);
+        Ok(ScanOutcome { key, kind: ScanKind::New })
+    }
+
+    /// Marks a waiting token expired when its validity has passed. Returns true if it did.
+    pub fn expire_if_due(&mut self, key: &TokenKey, now_ms: Millis) -> bool {
+        let Some(t) = self.tokens.get_mut(key) else { return false };
+        if t.status != Status::Waiting || now_ms < t.expires_at {
+            return false;
+        }
+        let at = t.expires_at;
+        t.push(Event::Expired, at);
+        let counter = t.at_counter.clone();
+        if let Some(lane) = self.lanes.get_mut(&counter) {
+            lane.remove_waiting(key);
+        }
+        self.dirty.insert(key.clone());
+        true
+    }
+
+    /// Expires every due waiting token; returns how many.
+    pub fn expire_due(&mut self, now: Timestamp) -> usize {
+        let now_ms = millis(now);
+        let due: Vec<TokenKey> = self
+            .tokens
+            .values()
+            .filter(|t| t.status == Status::Waiting && now_ms >= t.expires_at)
+            .map(Token::key)
+            .collect();
+        due.iter().filter(|k| self.expire_if_due(k, now_ms)).count()
+    }
+
+    /// Calls the next token at a counter: priority lane first, but never more than
+    /// `max_priority_streak` priority calls in a row while normal tokens wait.
+    pub fn call_next(&mut self, counter: &str, now: Timestamp) -> Result<Option<TokenKey>, QueueError> {
+        let now_ms = millis(now);
+        if self.counter(counter).is_none() {
+            return Err(QueueError::UnknownCounter);
+        }
+        let max_streak = self.cfg.max_priority_streak;
+        loop {
+            let lane = self.lanes.entry(counter.to_string()).or_default();
+            let take_priority = !lane.priority.is_empty() && (lane.streak < max_streak || lane.normal.is_empty());
+            let next = if take_priority {
+                lane.priority.pop_front()
+            } else {
+                lane.normal.pop_front()
+            };
+            let Some(key) = next else { return Ok(None) };
+            let t = self.tokens.get_mut(&key).expect("lane keys refer to tokens");
+            if now_ms >= t.expires_at {
+                // Skipped while waiting past validity: record that, look further.
+                let at = t.expires_at;
+                t.push(Event::Expired, at);
+                self.dirty.insert(key);
+                continue;
+            }
+            t.push(Event::Called, now_ms);
+            let lane = self.lanes.get_mut(counter).expect("lane exists");
+            lane.streak = if take_priority { lane.streak + 1 } else { 0 };
+            lane.called.push(key.clone());
+            self.dirty.insert(key.clone());
+            return Ok(Some(key));
+        }
+    }
+
+    fn token_mut(&mut self, key: &TokenKey) -> Result<&mut Token, QueueError> {
+        self.tokens.get_mut(key).ok_or(QueueError::UnknownToken)
+    }
+
+    fn finish(&mut self, key: &TokenKey, event: Event, action: &'static str, now: Timestamp) -> Result<(), QueueError> {
+        let now_ms = millis(now);
+        self.expire_if_due(key, now_ms);
+        let t = self.token_mut(key)?;
+        if t.status != Status::Called {
+            return Err(QueueError::IllegalTransition {
+                action,
+                from: t.status.as_str(),
+            });
+        }
+        let called_at = t.last_at(Event::Called).unwrap_or(t.issued_at);
+        t.push(event, now_ms);
+        let at = t.at_counter.clone();
+        let lane = self.lanes.entry(at).or_default();
+        lane.called.retain(|k| k != key);
+        lane.record_service(now_ms - called_at);
+        self.dirty.insert(key.clone());
+        Ok(())
+    }
+
+    pub fn complete(&mut self, key: &TokenKey, now: Timestamp) -> Result<(), QueueError> {
+        self.finish(key, Event::Completed, "complete", now)
+    }
+
+    pub fn no_show(&mut self, key: &TokenKey, now: Timestamp) -> Result<(), QueueError> {
+        self.finish(key, Event::NoShow, "mark as no-show", now)
+    }
+
+    pub fn recall(&mut self, key: &TokenKey, now: Timestamp) -> Result<(), QueueError> {
+        let now_ms = millis(now);
+        self.expire_if_due(key, now_ms);
+        let t = self.token_mut(key)?;
+        if t.status != Status::Called {
+            return Err(QueueError::IllegalTransition {
+                action: "recall",
+                from: t.status.as_str(),
+            });
+        }
+        t.push(Event::Recalled, now_ms);
+        self.dirty.insert(key.clone());
+        Ok(())
+    }
+
+    /// Moves a waiting or called token to another counter's priority lane (it has already
+    /// queued once); it keeps its number and display.
+    pub fn transfer(&mut self, key: &TokenKey, to: &str, now: Timestamp) -> Result<(), QueueError> {
+        let now_ms = millis(now);
+        if self.counter(to).is_none() {
+            return Err(QueueError::UnknownCounter);
+        }
+        self.expire_if_due(key, now_ms);
+        let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
+        let t = self.token_mut(key)?;
+        if !matches!(t.status, Status::Waiting | Status::Called) {
+            return Err(QueueError::IllegalTransition {
+                action: "transfer",
+                from: t.status.as_str(),
+            });
+        }
+        if t.at_counter == to {
+            return Err(QueueError::IllegalTransition {
+                action: "transfer to its own counter",
+                from: t.status.as_str(),
+            });
+        }
+        let from = std::mem::replace(&mut t.at_counter, to.to_string());
+        t.lane_priority = true;
+        // A transferred token gets a fresh validity window at its new counter.
+        t.expires_at = now_ms.saturating_add(validity_ms);
+        t.push(Event::Transferred, now_ms);
+        if let Some(lane) = self.lanes.get_mut(&from) {
+            lane.remove_waiting(key);
+            lane.called.retain(|k| k != key);
+        }
+        self.lanes.entry(to.to_string()).or_default().priority.push_back(key.clone());
+        self.dirty.insert(key.clone());
+        Ok(())
+    }
+
+    /// How many tokens will be called before this one, and the estimated wait.
+    pub fn position(&self, key: &TokenKey) -> Position {
+        let Some(t) = self.tokens.get(key) else {
+            return Position { ahead: 0, estimated_wait_s: 0 };
+        };
+        if t.status != Status::Waiting {
+            return Position { ahead: 0, estimated_wait_s: 0 };
+        }
+        let Some(lane) = self.lanes.get(&t.at_counter) else {
+            return Position { ahead: 0, estimated_wait_s: 0 };
+        };
+        let n = self.cfg.max_priority_streak as usize;
+        let p = lane.priority.len();
+        let w = lane.normal.len();
+        let s = (lane.streak as usize).min(n);
+        let ahead = if let Some(j) = lane.priority.iter().position(|k| k == key) {
+            // Normal calls forced in before the (j+1)-th priority call by the guard.
+            let forced = if j < n - s { 0 } else { 1 + (j - (n - s)) / n };
+            j + forced.min(w)
+        } else if let Some(k) = lane.normal.iter().position(|x| x == key) {
+            // Priority calls that happen before the (k+1)-th normal call.
+            k + p.min((n - s) + k * n)
+        } else {
+            0
+        };
+        let ahead = ahead as u32;
+        Position {
+            ahead,
+            estimated_wait_s: u64::from(ahead) * lane.service_s(self.cfg.default_service_s),
+        }
+    }
+
+    /// Waiting tokens of a counter in call order (simulating the guard), and called ones.
+    pub fn counter_view(&self, counter: &str) -> (Vec<&Token>, Vec<&Token>) {
+        let Some(lane) = self.lanes.get(counter) else {
+            return (Vec::new(), Vec::new());
+        };
+        let n = self.cfg.max_priority_streak;
+        let (mut pi, mut ni, mut streak) = (0usize, 0usize, lane.streak);
+        let mut order = Vec::with_capacity(lane.priority.len() + lane.normal.len());
+        while pi < lane.priority.len() || ni < lane.normal.len() {
+            let prio = pi < lane.priority.len() && (streak < n || ni >= lane.normal.len());
+            if prio {
+                order.push(&lane.priority[pi]);
+                pi += 1;
+                streak += 1;
+            } else {
+                order.push(&lane.normal[ni]);
+                ni += 1;
+                streak = 0;
+            }
+        }
+        let waiting = order.into_iter().filter_map(|k| self.tokens.get(k)).collect();
+        let called = lane.called.iter().filter_map(|k| self.tokens.get(k)).collect();
+        (waiting, called)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg() -> QueueConfig {
+        QueueConfig {
+            tz: TimeZone::get("Asia/Kolkata").unwrap(),
+            token_validity_s: 1800,
+            max_priority_streak: 3,
+            default_service_s: 120,
+            counters: vec![
+                Counter { id: "OPD1".into(), kind: CounterKind::Opd },
+                Counter { id: "OPD2".into(), kind: CounterKind::Opd },
+            ],
+        }
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-23T03:00:00Z".parse().unwrap()
+    }
+
+    fn later(s: u64) -> Timestamp {
+        t0() + Duration::from_secs(s)
+    }
+
+    fn input(counter: &str, patient: &str, priority: Option<PriorityClass>) -> ScanInput {
+        ScanInput {
+            counter: counter.into(),
+            priority,
+            patient: PatientKeys {
+                by_address: format!("d-{patient}"),
+                by_number: None,
+            },
+            profile: Profile {
+                abha_address: format!("{patient}@abdm"),
+                name: patient.into(),
+                gender: "F".into(),
+                year_of_birth: 1980,
+                ..Profile::default()
+            },
+            idempotency_key: None,
+        }
+    }
+
+    fn queue() -> FacilityQueue {
+        FacilityQueue::new(cfg(), t0().to_zoned(cfg().tz).date())
+    }
+
+    fn issue(q: &mut FacilityQueue, counter: &str, patient: &str, p: Option<PriorityClass>) -> TokenKey {
+        q.scan(input(counter, patient, p), t0()).unwrap().key
+    }
+
+    #[test]
+    fn numbers_are_per_counter_and_contiguous() {
+        let mut q = queue();
+        let a: Vec<u32> = (0..5).map(|i| issue(&mut q, "OPD1", &format!("a{i}"), None).number).collect();
+        let b: Vec<u32> = (0..3).map(|i| issue(&mut q, "OPD2", &format!("b{i}"), None).number).collect();
+        assert_eq!(a, vec![1, 2, 3, 4, 5]);
+        assert_eq!(b, vec![1, 2, 3]);
+        assert_eq!(q.get(&a_key("OPD1", 5)).unwrap().display(), "OPD1-005");
+    }
+
+    fn a_key(c: &str, n: u32) -> TokenKey {
+        TokenKey { counter: c.into(), number: n }
+    }
+
+    #[test]
+    fn repeat_scan_returns_same_token_until_expired() {
+        let mut q = queue();
+        let first = q.scan(input("OPD1", "p", None), t0()).unwrap();
+        let again = q.scan(input("OPD1", "p", None), later(60)).unwrap();
+        assert_eq!(again.kind, ScanKind::Repeat);
+        assert_eq!(again.key, first.key);
+        // Another counter is another queue.
+        assert_eq!(q.scan(input("OPD2", "p", None), later(60)).unwrap().kind, ScanKind::New);
+        let after = q.scan(input("OPD1", "p", None), later(1801)).unwrap();
+        assert_eq!(after.kind, ScanKind::New);
+        assert_eq!(after.key.number, 2);
+        assert_eq!(q.get(&first.key).unwrap().status, Status::Expired);
+        assert_eq!(q.get(&first.key).unwrap().last_at(Event::Expired), Some(millis(later(1800))));
+    }
+
+    #[test]
+    fn repeat_matches_by_abha_number_too() {
+        let mut q = queue();
+        let mut a = input("OPD1", "p", None);
+        a.patient.by_number = Some("num".into());
+        let first = q.scan(a, t0()).unwrap();
+        let mut b = input("OPD1", "other-address", None);
+        b.patient.by_number = Some("num".into());
+        let again = q.scan(b, later(5)).unwrap();
+        assert_eq!((again.kind, again.key), (ScanKind::Repeat, first.key));
+    }
+
+    #[test]
+    fn called_token_is_still_a_repeat_but_completed_is_not() {
+        let mut q = queue();
+        let k = issue(&mut q, "OPD1", "p", None);
+        q.call_next("OPD1", later(10)).unwrap();
+        assert_eq!(q.scan(input("OPD1", "p", None), later(2000)).unwrap().kind, ScanKind::Repeat);
+        q.complete(&k, later(2001)).unwrap();
+        assert_eq!(q.scan(input("OPD1", "p", None), later(2002)).unwrap().kind, ScanKind::New);
+    }
+
+    #[test]
+    fn idempotency_key_replays_and_refuses_reuse() {
+        let mut q = queue();
+        let mut a = input("OPD1", "p", None);
+        a.idempotency_key = Some("k1".into());
+        let first = q.scan(a.clone(), t0()).unwrap();
+        let again = q.scan(a, later(1)).unwrap();
+        assert_eq!((again.kind, again.key), (ScanKind::Replay, first.key));
+        let mut b = input("OPD1", "someone-else", None);
+        b.idempotency_key = Some("k1".into());
+        assert_eq!(q.scan(b, later(2)), Err(QueueError::IdempotencyKeyReused));
+    }
+
+    #[test]
+    fn priority_first_with_starvation_guard() {
+        let mut q = queue();
+        for i in 1..=3 {
+            issue(&mut q, "OPD1", &format!("n{i}"), None);
+        }
+        for i in 1..=5 {
+            issue(&mut q, "OPD1", &format!("p{i}"), Some(PriorityClass::Elderly));
+        }
+        // Predicted order before calling matches the actual call order.
+        let predicted: Vec<u32> = q.counter_view("OPD1").0.iter().map(|t| t.number).collect();
+        let aheads: Vec<u32> = predicted.iter().map(|n| q.position(&a_key("OPD1", *n)).ahead).collect();
+        assert_eq!(aheads, (0..8).collect::<Vec<u32>>());
+        let mut order = Vec::new();
+        while let Some(k) = q.call_next("OPD1", later(10)).unwrap() {
+            order.push(k.number);
+        }
+        // n1..n3 = 1..3, p1..p5 = 4..8
+        assert_eq!(order, vec![4, 5, 6, 1, 7, 8, 2, 3]);
+        assert_eq!(order, predicted);
+    }
+
+    #[test]
+    fn priority_keeps_going_when_no_normal_waits() {
+        let mut q = queue();
+        for i in 1..=5 {
+            issue(&mut q, "OPD1", &format!("p{i}"), Some(PriorityClass::Pregnant));
+        }
+        let mut order = Vec::new();
+        while let Some(k) = q.call_next("OPD1", later(10)).unwrap() {
+            order.push(k.number);
+        }
+        assert_eq!(order, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn transitions_and_illegal_ones() {
+        let mut q = queue();
+        let k = issue(&mut q, "OPD1", "p", None);
+        assert!(matches!(q.complete(&k, later(1)), Err(QueueError::IllegalTransition { .. })));
+        assert!(matches!(q.recall(&k, later(1)), Err(QueueError::IllegalTransition { .. })));
+        assert!(matches!(q.no_show(&k, later(1)), Err(QueueError::IllegalTransition { .. })));
+        assert_eq!(q.call_next("OPD1", later(2)).unwrap(), Some(k.clone()));
+        q.recall(&k, later(3)).unwrap();
+        q.no_show(&k, later(4)).unwrap();
+        assert!(matches!(q.transfer(&k, "OPD2", later(5)), Err(QueueError::IllegalTransition { .. })));
+        let events: Vec<Event> = q.get(&k).unwrap().history.iter().map(|h| h.event).collect();
+        assert_eq!(events, vec![Event::Issued, Event::Called, Event::Recalled, Event::NoShow]);
+        assert_eq!(q.call_next("OPD1", later(6)).unwrap(), None);
+        assert_eq!(q.call_next("NOPE", later(6)), Err(QueueError::UnknownCounter));
+    }
+
+    #[test]
+    fn transfer_keeps_number_and_jumps_the_lane() {
+        let mut q = queue();
+        issue(&mut q, "OPD2", "x1", None);
+        issue(&mut q, "OPD2", "x2", None);
+        let k = issue(&mut q, "OPD1", "p", None);
+        assert!(matches!(q.transfer(&k, "OPD1", later(1)), Err(QueueError::IllegalTransition { .. })));
+        assert_eq!(q.transfer(&k, "NOPE", later(1)), Err(QueueError::UnknownCounter));
+        q.transfer(&k, "OPD2", later(1)).unwrap();
+        assert_eq!(q.position(&k).ahead, 0);
+        assert_eq!(q.position(&a_key("OPD2", 1)).ahead, 1);
+        let called = q.call_next("OPD2", later(2)).unwrap().unwrap();
+        assert_eq!(called, k);
+        assert_eq!(q.get(&k).unwrap().display(), "OPD1-001");
+        assert_eq!(q.get(&k).unwrap().at_counter, "OPD2");
+        assert_eq!(q.call_next("OPD1", later(3)).unwrap(), None);
+    }
+
+    #[test]
+    fn estimated_wait_uses_recent_service_times() {
+        let mut q = queue();
+        let a = issue(&mut q, "OPD1", "a", None);
+        issue(&mut q, "OPD1", "b", None);
+        let c = issue(&mut q, "OPD1", "c", None);
+        assert_eq!(q.position(&c), Position { ahead: 2, estimated_wait_s: 240 });
+        q.call_next("OPD1", later(0)).unwrap();
+        q.complete(&a, later(60)).unwrap();
+        assert_eq!(q.position(&c), Position { ahead: 1, estimated_wait_s: 60 });
+    }
+
+    #[test]
+    fn call_next_skips_expired_tokens() {
+        let mut q = queue();
+        let a = issue(&mut q, "OPD1", "a", None);
+        let b = q.scan(input("OPD1", "b", None), later(1000)).unwrap().key;
+        assert_eq!(q.call_next("OPD1", later(1850)).unwrap(), Some(b));
+        assert_eq!(q.get(&a).unwrap().status, Status::Expired);
+    }
+
+    #[test]
+    fn expire_due_marks_only_waiting_past_validity() {
+        let mut q = queue();
+        issue(&mut q, "OPD1", "a", None);
+        issue(&mut q, "OPD1", "b", None);
+        q.call_next("OPD1", later(1)).unwrap();
+        q.take_changes();
+        assert_eq!(q.expire_due(later(1799)), 0);
+        assert_eq!(q.expire_due(later(1800)), 1);
+        assert_eq!(q.take_changes().0.len(), 1);
+    }
+
+    #[test]
+    fn local_day_and_staleness() {
+        let q = queue();
+        // 23:59 IST on the 23rd is 18:29Z; 00:01 IST on the 24th is 18:31Z.
+        let before: Timestamp = "2026-11-23T18:29:00Z".parse().unwrap();
+        let after: Timestamp = "2026-11-23T18:31:00Z".parse().unwrap();
+        assert!(!q.is_stale(before));
+        assert!(q.is_stale(after));
+        assert_eq!(q.service_day_at(after).to_string(), "2026-11-24");
+    }
+
+    #[test]
+    fn restore_rebuilds_lanes_numbers_and_repeat_index() {
+        let mut q = queue();
+        for i in 1..=3 {
+            issue(&mut q, "OPD1", &format!("n{i}"), None);
+        }
+        let p = issue(&mut q, "OPD1", "p1", Some(PriorityClass::Disabled));
+        let first = q.call_next("OPD1", later(5)).unwrap().unwrap();
+        assert_eq!(first, p);
+        let stored: Vec<Token> = q.tokens.values().cloned().collect();
+        let keys = |p: &Profile| PatientKeys {
+            by_address: format!("d-{}", p.name),
+            by_number: None,
+        };
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
+        assert_eq!(r.lanes["OPD1"].streak, 1);
+        assert_eq!(r.scan(input("OPD1", "n2", None), later(6)).unwrap().kind, ScanKind::Repeat);
+        assert_eq!(r.scan(input("OPD1", "new", None), later(6)).unwrap().key.number, 5);
+        assert_eq!(r.counter_view("OPD1").1.len(), 1);
+        let order: Vec<u32> = std::iter::from_fn(|| r.call_next("OPD1", later(7)).unwrap()).map(|k| k.number).collect();
+        assert_eq!(order, vec![1, 2, 3, 5]);
+    }
+}

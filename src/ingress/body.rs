@@ -1,0 +1,160 @@
+//! Request bodies: content-type check, a hard size limit enforced while reading (413),
+//! and JSON decoding whose errors name the field but never echo the submitted value.
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::registry::FieldError;
+
+/// The request's media type, lower-cased, without parameters.
+pub fn media_type(req: &HttpRequest) -> Option<String> {
+    let ct = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(ct.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    match media_type(req).as_deref() {
+        Some("application/json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json")),
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes.
+pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::MalformedJson("the request body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Keeps a reported field name printable and short (unknown field names come from the client).
+fn safe_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+        .take(64)
+        .collect()
+}
+
+fn between_backticks(msg: &str) -> Option<&str> {
+    let start = msg.find('`')? + 1;
+    let end = start + msg[start..].find('`')?;
+    Some(&msg[start..end])
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() || path == "." {
+        safe_name(name)
+    } else {
+        format!("{}.{}", safe_name(path), safe_name(name))
+    }
+}
+
+/// Decodes JSON into `T`, classifying errors into precise codes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    let err = match result {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    use serde_json::error::Category;
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => Err(ApiError::MalformedJson(format!(
+            "malformed JSON at line {} column {}",
+            inner.line(),
+            inner.column()
+        ))),
+        Category::Data => {
+            let msg = inner.to_string();
+            if msg.starts_with("missing field") {
+                let name = between_backticks(&msg).unwrap_or("");
+                Err(ApiError::MissingField(join(&path, name)))
+            } else if msg.starts_with("unknown field") {
+                // serde_path_to_error's path already ends at the unknown key.
+                let name = between_backticks(&msg).unwrap_or("");
+                let full = if path.ends_with(name) { safe_name(&path) } else { join(&path, name) };
+                Err(ApiError::UnknownField(full))
+            } else if msg.starts_with("unknown variant") || msg.starts_with("invalid value") {
+                Err(ApiError::InvalidField(FieldError {
+                    field: safe_name(&path),
+                    message: "has a value that is not allowed",
+                }))
+            } else {
+                Err(ApiError::InvalidType(safe_name(&path)))
+            }
+        }
+    }
+}
+
+/// Content type, size limit and decoding in one call, for JSON routes.
+pub async fn json<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<T, ApiError> {
+    require_json(req)?;
+    let bytes = read(req, payload, limit).await?;
+    decode(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        year: u16,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        inner: Inner,
+    }
+
+    fn code_and_field(body: &str) -> (String, String) {
+        match decode::<Outer>(body.as_bytes()) {
+            Ok(_) => ("OK".into(), String::new()),
+            Err(e) => (
+                e.code().to_string(),
+                match &e {
+                    ApiError::MissingField(f) | ApiError::UnknownField(f) | ApiError::InvalidType(f) => f.clone(),
+                    ApiError::InvalidField(fe) => fe.field.clone(),
+                    _ => String::new(),
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_hide_the_value() {
+        assert_eq!(code_and_field("{"), ("MALFORMED_JSON".into(), "".into()));
+        assert_eq!(code_and_field(r#"{"name":"a"}"#), ("MISSING_FIELD".into(), "inner".into()));
+        assert_eq!(code_and_field(r#"{"name":"a","inner":{}}"#), ("MISSING_FIELD".into(), "inner.year".into()));
+        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":1,"x":2}}"#), ("UNKNOWN_FIELD".into(), "inner.x".into()));
+        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":"SECRET"}}"#), ("INVALID_TYPE".into(), "inner.year".into()));
+        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":99999}}"#), ("INVALID_FIELD".into(), "inner.year".into()));
+        let e = decode::<Outer>(br#"{"name":"a","inner":{"year":"SECRET"}}"#).unwrap_err();
+        assert!(!e.message().contains("SECRET"));
+    }
+}

@@ -1,0 +1,166 @@
+//! Every error the API can answer, mapped to its HTTP status and JSON body in one place:
+//! `{"error":{"code":"UPPER_SNAKE_CASE","message":"...","field":"..."}}`. Messages never
+//! carry submitted values, so patient data cannot leak through them.
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::facility::queue::QueueError;
+use crate::facility::FacilityError;
+use crate::persistence::StoreError;
+use crate::registry::import::LineError;
+use crate::registry::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("this credential may not do that")]
+    Forbidden,
+    #[error("unknown facility")]
+    UnknownFacility,
+    #[error("unknown counter")]
+    UnknownCounter,
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    IllegalTransition(String),
+    #[error("the Idempotency-Key was already used for a different scan")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("missing field")]
+    MissingField(String),
+    #[error("unknown field")]
+    UnknownField(String),
+    #[error("wrong type")]
+    InvalidType(String),
+    #[error("{0}")]
+    InvalidField(FieldError),
+    #[error("the import has invalid lines; nothing was imported")]
+    InvalidImport(Vec<LineError>),
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("the token store is unavailable; retry shortly")]
+    StoreUnavailable,
+    #[error("the gateway is overloaded; retry shortly")]
+    Overloaded,
+    #[error("the facility changed owner; retry")]
+    OwnerChanged,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "UNAUTHORIZED",
+            ApiError::Forbidden => "FORBIDDEN",
+            ApiError::UnknownFacility => "UNKNOWN_FACILITY",
+            ApiError::UnknownCounter => "UNKNOWN_COUNTER",
+            ApiError::UnknownToken => "UNKNOWN_TOKEN",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
+            ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::MalformedJson(_) => "MALFORMED_JSON",
+            ApiError::MissingField(_) => "MISSING_FIELD",
+            ApiError::UnknownField(_) => "UNKNOWN_FIELD",
+            ApiError::InvalidType(_) => "INVALID_TYPE",
+            ApiError::InvalidField(_) => "INVALID_FIELD",
+            ApiError::InvalidImport(_) => "INVALID_IMPORT",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::StoreUnavailable => "STORE_UNAVAILABLE",
+            ApiError::Overloaded => "OVERLOADED",
+            ApiError::OwnerChanged => "OWNER_CHANGED",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::MissingField(f) | ApiError::UnknownField(f) | ApiError::InvalidType(f) => Some(f),
+            ApiError::InvalidField(e) => Some(&e.field),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::MissingField(f) => format!("field `{f}` is required"),
+            ApiError::UnknownField(f) => format!("field `{f}` is not allowed"),
+            ApiError::InvalidType(f) => format!("field `{f}` has the wrong type"),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::UnknownFacility | ApiError::UnknownCounter | ApiError::UnknownToken | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::IllegalTransition(_) => StatusCode::CONFLICT,
+            ApiError::MalformedJson(_) | ApiError::MissingField(_) | ApiError::UnknownField(_) | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused | ApiError::InvalidField(_) | ApiError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "code": self.code(), "message": self.message() });
+        if let Some(f) = self.field() {
+            body["field"] = json!(f);
+        }
+        if let ApiError::InvalidImport(lines) = self {
+            body["lines"] = json!(lines);
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if self.status_code() == StatusCode::UNAUTHORIZED {
+            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        resp.json(json!({ "error": body }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable => ApiError::StoreUnavailable,
+            StoreError::Fenced | StoreError::Gap => ApiError::OwnerChanged,
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::InvalidField(e)
+    }
+}
+
+impl From<FacilityError> for ApiError {
+    fn from(e: FacilityError) -> Self {
+        match e {
+            FacilityError::UnknownFacility => ApiError::UnknownFacility,
+            FacilityError::Overloaded => ApiError::Overloaded,
+            FacilityError::Store(s) => s.into(),
+            FacilityError::Queue(q) => match q {
+                QueueError::UnknownCounter => ApiError::UnknownCounter,
+                QueueError::UnknownToken => ApiError::UnknownToken,
+                QueueError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+                e @ QueueError::IllegalTransition { .. } => ApiError::IllegalTransition(e.to_string()),
+            },
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The HTTP surface: routes, authentication, body limits and validation, and the mapping
+//! of every error to a status and JSON body ([`error`]). Handlers stay thin: they check
+//! the caller, validate, and hand the work to the facility directory.
+pub mod auth;
+pub mod body;
+pub mod counters;
+pub mod error;
+pub mod facilities;
+pub mod health;
+pub mod openapi;
+pub mod scans;
+pub mod validate;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Settings;
+use crate::facility::Directory;
+use crate::persistence::Store;
+use crate::telemetry::metrics::Metrics;
+use error::ApiError;
+
+/// Shared by all HTTP workers.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub directory: Arc<Directory>,
+    pub store: Store,
+    pub admin_digest: [u8; 32],
+    pub platform_digest: [u8; 32],
+    pub prometheus: PrometheusHandle,
+    /// Redis answered the last health ping.
+    pub redis_up: Arc<AtomicBool>,
+    pub shutting_down: Arc<AtomicBool>,
+    pub in_flight: AtomicUsize,
+}
+
+/// Mounts every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(health::livez))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(openapi::spec))
+        .route("/v1/scans", web::post().to(scans::create))
+        .route("/v1/facilities:import", web::post().to(facilities::import))
+        .service(
+            web::resource("/v1/facilities/{facility_id}")
+                .route(web::put().to(facilities::put))
+                .route(web::get().to(facilities::get)),
+        )
+        .route("/v1/facilities/{facility_id}/staff-keys", web::post().to(facilities::create_staff_key))
+        .route("/v1/facilities/{facility_id}/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key))
+        .route("/v1/facilities/{facility_id}/queue", web::get().to(counters::queue))
+        .route("/v1/facilities/{facility_id}/counters/{counter_id}/call-next", web::post().to(counters::call_next))
+        .route("/v1/tokens/{token_id}", web::get().to(counters::get_token))
+        .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act));
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let _ = req;
+    Err(ApiError::NotFound)
+}
+
+/// Records HTTP latency by route pattern (bounded label set) and status class.
+pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await?;
+    Metrics::http(&route, res.status().as_u16(), started.elapsed());
+    Ok(res)
+}

@@ -1,0 +1,188 @@
+//! Field rules for scans (ABHA address and number, gender, year of birth, phone, names,
+//! Idempotency-Key), turning a request into a normalised queue input.
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::facility::patient_keys::PatientHasher;
+use crate::facility::queue::{PriorityClass, Profile, ScanInput};
+use crate::registry::{field_error, valid_counter_id, valid_facility_id, FieldError};
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatientIn {
+    /// ABHA address, `name@abdm` (or `@sbx` in the sandbox).
+    pub abha_address: String,
+    /// 14 digits, with or without dashes (`91-1234-5678-9012`).
+    pub abha_number: Option<String>,
+    pub name: String,
+    /// One of M F O D T U.
+    pub gender: String,
+    pub year_of_birth: u16,
+    /// 10 digits.
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    pub facility_id: String,
+    pub counter_id: String,
+    pub priority: Option<PriorityClass>,
+    pub patient: PatientIn,
+}
+
+pub const MAX_NAME_CHARS: usize = 99;
+
+pub fn abha_address(v: &str) -> Result<String, FieldError> {
+    let v = v.trim().to_ascii_lowercase();
+    let bad = || field_error("patient.abha_address", "must look like name@abdm (or @sbx)");
+    let (local, domain) = v.rsplit_once('@').ok_or_else(bad)?;
+    if !matches!(domain, "abdm" | "sbx") {
+        return Err(bad());
+    }
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
+    if !(3..=64).contains(&local.len()) || !local.chars().all(ok_char) || local.starts_with('.') || local.ends_with('.') {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
+pub fn abha_number(v: &str) -> Result<String, FieldError> {
+    let digits: String = v.chars().filter(|c| *c != '-' && *c != ' ').collect();
+    if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(field_error("patient.abha_number", "must be 14 digits, with or without dashes"));
+    }
+    Ok(digits)
+}
+
+pub fn name(v: &str) -> Result<String, FieldError> {
+    let t = v.trim();
+    if t.chars().any(char::is_control) {
+        return Err(field_error("patient.name", "must not contain control characters"));
+    }
+    let n = t.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS {
+        return Err(field_error("patient.name", "must be 1 to 99 characters"));
+    }
+    Ok(t.to_string())
+}
+
+pub fn gender(v: &str) -> Result<String, FieldError> {
+    let g = v.trim().to_ascii_uppercase();
+    if matches!(g.as_str(), "M" | "F" | "O" | "D" | "T" | "U") {
+        Ok(g)
+    } else {
+        Err(field_error("patient.gender", "must be one of M F O D T U"))
+    }
+}
+
+pub fn year_of_birth(y: u16, current_year: i16) -> Result<u16, FieldError> {
+    if y < 1900 || i32::from(y) > i32::from(current_year) {
+        return Err(field_error("patient.year_of_birth", "must be between 1900 and the current year"));
+    }
+    Ok(y)
+}
+
+pub fn phone(v: &str) -> Result<String, FieldError> {
+    let digits: String = v.chars().filter(|c| *c != ' ' && *c != '-').collect();
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(field_error("patient.phone", "must be 10 digits"));
+    }
+    Ok(digits)
+}
+
+pub fn idempotency_key(v: &str) -> Result<String, FieldError> {
+    if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(field_error("Idempotency-Key", "must be 1-128 visible ASCII characters"));
+    }
+    Ok(v.to_string())
+}
+
+impl ScanRequest {
+    /// Validates and normalises; returns the facility id and the queue input.
+    pub fn into_input(self, hasher: &PatientHasher, current_year: i16, idem: Option<&str>) -> Result<(String, ScanInput), FieldError> {
+        if !valid_facility_id(&self.facility_id) {
+            return Err(field_error("facility_id", "must be 2-64 letters, digits, '-' or '_'"));
+        }
+        if !valid_counter_id(&self.counter_id) {
+            return Err(field_error("counter_id", "must be 1-250 letters, digits or spaces, with . - _ inside"));
+        }
+        let p = self.patient;
+        let profile = Profile {
+            abha_address: abha_address(&p.abha_address)?,
+            abha_number: p.abha_number.as_deref().map(abha_number).transpose()?,
+            name: name(&p.name)?,
+            gender: gender(&p.gender)?,
+            year_of_birth: year_of_birth(p.year_of_birth, current_year)?,
+            phone: p.phone.as_deref().map(phone).transpose()?,
+        };
+        let idempotency_key = idem.map(idempotency_key).transpose()?;
+        Ok((
+            self.facility_id,
+            ScanInput {
+                counter: self.counter_id,
+                priority: self.priority,
+                patient: hasher.keys(&profile),
+                profile,
+                idempotency_key,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn normalises_good_values() {
+        assert_eq!(abha_address(" Ravi.K@ABDM ").unwrap(), "ravi.k@abdm");
+        assert_eq!(abha_address("ravi_k@sbx").unwrap(), "ravi_k@sbx");
+        assert_eq!(abha_number("91-1234-5678-9012").unwrap(), "91123456789012");
+        assert_eq!(gender("f").unwrap(), "F");
+        assert_eq!(phone("98765 43210").unwrap(), "9876543210");
+        assert_eq!(name("  Ravi  Kumar ").unwrap(), "Ravi  Kumar");
+    }
+
+    #[test]
+    fn refuses_bad_values_with_the_field_name() {
+        let cases: Vec<(Result<String, FieldError>, &str)> = vec![
+            (abha_address("ravi@gmail.com"), "patient.abha_address"),
+            (abha_address("@abdm"), "patient.abha_address"),
+            (abha_address("r a@abdm"), "patient.abha_address"),
+            (abha_number("1234"), "patient.abha_number"),
+            (abha_number("91-1234-5678-901x"), "patient.abha_number"),
+            (name(""), "patient.name"),
+            (name("a\u{7}b"), "patient.name"),
+            (name(&"a".repeat(100)), "patient.name"),
+            (gender("X"), "patient.gender"),
+            (phone("12345"), "patient.phone"),
+            (idempotency_key("has space"), "Idempotency-Key"),
+        ];
+        for (r, field) in cases {
+            assert_eq!(r.unwrap_err().field, field);
+        }
+        assert!(year_of_birth(1899, 2026).is_err());
+        assert!(year_of_birth(2027, 2026).is_err());
+        assert!(year_of_birth(2026, 2026).is_ok());
+    }
+
+    proptest! {
+        // Any string either validates to a normalised value that validates again to itself,
+        // or is refused; validation never panics.
+        #[test]
+        fn validation_is_total_and_idempotent(s in "\\PC{0,80}") {
+            for f in [abha_address, abha_number, name, gender, phone, idempotency_key] {
+                if let Ok(v) = f(&s) {
+                    prop_assert_eq!(f(&v).unwrap(), v);
+                }
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = crate::ingress::body::decode::<ScanRequest>(&bytes);
+        }
+    }
+}

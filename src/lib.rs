@@ -1,0 +1,24 @@
+//! scan-gateway: the national Scan & Share OPD token gateway.
+//!
+//! # Layout
+//! - [`ingress`]: HTTP surface: routes, auth, body parsing and validation, error mapping.
+//! - [`facility`]: the per-facility queue ([`facility::queue`], pure logic) and the actix
+//!   actor shell around it, plus the directory that activates and passivates actors.
+//! - [`persistence`]: Redis: the key schema (one module), fenced Lua writes, group commit.
+//! - [`registry`]: facility records and staff keys, bulk import.
+//! - [`config`], [`telemetry`], [`clock`], [`startup`], [`shutdown`]: wiring.
+//!
+//! A scan travels: ingress handler -> facility directory (activate actor on first use) ->
+//! facility actor (numbering in memory) -> group-commit writer (one pipelined round trip for
+//! many scans, fenced by the facility epoch) -> reply only after Redis stored it.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod facility;
+pub mod ingress;
+pub mod persistence;
+pub mod registry;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,74 @@
+//! The Redis key schema, in one place. Every key of a facility carries the hash tag
+//! `{<facility_id>}`, so one facility's keys live in one Redis Cluster slot and its Lua
+//! scripts stay single-slot.
+//!
+//! | key | type | holds | lifetime |
+//! |---|---|---|---|
+//! | `sg:{F}:info` | string (JSON) | facility registry record | forever |
+//! | `sg:{F}:fence` | hash `e`, `w` | fencing epoch (HINCRBY per activation) and the write sequence of the current owner | forever |
+//! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | EXPIREAT end of local service day + retention |
+//! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
+//! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
+//! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
+//!
+//! Facility ids never contain `{`, `}` or `:` (validated at the edge), so keys are unambiguous.
+use jiff::civil::Date;
+
+pub const FACILITY_SET: &str = "sg:facilities";
+
+pub fn info(facility: &str) -> String {
+    format!("sg:{{{facility}}}:info")
+}
+
+pub fn fence(facility: &str) -> String {
+    format!("sg:{{{facility}}}:fence")
+}
+
+pub fn day_tokens(facility: &str, day: Date) -> String {
+    format!("sg:{{{facility}}}:d:{day}:t")
+}
+
+pub fn counts(facility: &str) -> String {
+    format!("sg:{{{facility}}}:n")
+}
+
+pub fn staff_keys(facility: &str) -> String {
+    format!("sg:{{{facility}}}:staff")
+}
+
+/// Field of a token in its day hash.
+pub fn token_field(counter: &str, number: u32) -> String {
+    format!("{counter}#{number}")
+}
+
+/// Splits a token field back into (counter, number).
+pub fn parse_token_field(field: &str) -> Option<(&str, u32)> {
+    let (counter, number) = field.rsplit_once('#')?;
+    Some((counter, number.parse().ok()?))
+}
+
+/// Field of a daily count.
+pub fn count_field(day: Date, counter: &str) -> String {
+    format!("{day}|{counter}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_facility_hash_tag() {
+        let d: Date = "2026-11-23".parse().unwrap();
+        for k in [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), staff_keys("IN01")] {
+            assert!(k.starts_with("sg:{IN01}:"), "{k}");
+        }
+        assert_eq!(day_tokens("IN01", d), "sg:{IN01}:d:2026-11-23:t");
+    }
+
+    #[test]
+    fn token_field_round_trips_counter_ids_with_spaces() {
+        let f = token_field("OPD 1-a", 17);
+        assert_eq!(parse_token_field(&f), Some(("OPD 1-a", 17)));
+        assert_eq!(parse_token_field("nonsense"), None);
+    }
+}

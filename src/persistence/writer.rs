@@ -1,0 +1,137 @@
+//! Group commit: facility actors hand their writes to the writer of their arbiter; the
+//! writer sends everything that queued up while the previous batch was in flight as one
+//! pipelined round trip of fenced script calls, then answers each write. Order per
+//! facility is the order of submission.
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{classify, StoreError, WRITE};
+use crate::telemetry::metrics::Metrics;
+
+/// One fenced write of a facility owner.
+#[derive(Debug)]
+pub struct WriteOp {
+    pub fence_key: String,
+    pub day_key: String,
+    pub counts_key: String,
+    pub epoch: u64,
+    /// The write sequence this write follows (the owner's previous write).
+    pub prev_seq: u64,
+    pub expire_at: i64,
+    pub count_fields: Vec<String>,
+    pub fields: Vec<(String, String)>,
+    pub done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub type WriterTx = mpsc::Sender<WriteOp>;
+
+struct Batch {
+    sha: String,
+}
+
+impl Batch {
+    fn pipeline(&self, ops: &[&WriteOp]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for op in ops {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(&self.sha)
+                .arg(3)
+                .arg(&op.fence_key)
+                .arg(&op.day_key)
+                .arg(&op.counts_key)
+                .arg(op.epoch)
+                .arg(op.prev_seq)
+                .arg(op.expire_at)
+                .arg(op.count_fields.len());
+            for f in &op.count_fields {
+                cmd.arg(f);
+            }
+            for (k, v) in &op.fields {
+                cmd.arg(k).arg(v);
+            }
+        }
+        pipe
+    }
+}
+
+async fn send(conn: &mut ConnectionManager, pipe: &redis::Pipeline, timeout: Duration) -> Option<Vec<RedisResult<Value>>> {
+    match tokio::time::timeout(timeout, pipe.query_async::<Vec<RedisResult<Value>>>(conn)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!(kind = ?e.kind(), "write batch failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("write batch timed out");
+            None
+        }
+    }
+}
+
+fn is_noscript(r: &RedisResult<Value>) -> bool {
+    matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))
+}
+
+/// Writes one batch; returns one result per op, in order.
+async fn write_batch(conn: &mut ConnectionManager, batch: &Batch, ops: &[WriteOp], timeout: Duration) -> Vec<Result<(), StoreError>> {
+    let refs: Vec<&WriteOp> = ops.iter().collect();
+    let Some(mut replies) = send(conn, &batch.pipeline(&refs), timeout).await else {
+        return vec![Err(StoreError::Unavailable); ops.len()];
+    };
+    if replies.iter().any(is_noscript) {
+        // Redis lost its script cache (restart). A refused call wrote nothing, so every
+        // call refused for NOSCRIPT, or for a gap behind one, is safe to send again.
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(WRITE);
+        if !matches!(tokio::time::timeout(timeout, load.query_async::<String>(conn)).await, Ok(Ok(_))) {
+            return vec![Err(StoreError::Unavailable); ops.len()];
+        }
+        let retry: Vec<usize> = (0..ops.len())
+            .filter(|i| is_noscript(&replies[*i]) || matches!(&replies[*i], Err(e) if e.code() == Some("GAP")))
+            .collect();
+        let again: Vec<&WriteOp> = retry.iter().map(|i| &ops[*i]).collect();
+        match send(conn, &batch.pipeline(&again), timeout).await {
+            Some(second) => {
+                for (i, r) in retry.into_iter().zip(second) {
+                    replies[i] = r;
+                }
+            }
+            None => return vec![Err(StoreError::Unavailable); ops.len()],
+        }
+    }
+    replies
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(classify(&e)),
+        })
+        .collect()
+}
+
+/// Runs a writer until every sender is gone. Spawn one per facility arbiter.
+pub async fn run(mut rx: mpsc::Receiver<WriteOp>, mut conn: ConnectionManager, timeout: Duration, batch_max: usize, metrics: Metrics) {
+    let batch = Batch {
+        sha: redis::Script::new(WRITE).get_hash().to_string(),
+    };
+    let mut buf = Vec::with_capacity(batch_max);
+    loop {
+        if rx.recv_many(&mut buf, batch_max).await == 0 {
+            return;
+        }
+        let ops = std::mem::take(&mut buf);
+        let started = Instant::now();
+        let results = write_batch(&mut conn, &batch, &ops, timeout).await;
+        metrics.redis_batch(ops.len(), started.elapsed());
+        for (op, r) in ops.into_iter().zip(results) {
+            if r == Err(StoreError::Fenced) {
+                metrics.fencing_conflict();
+            }
+            let _ = op.done.send(r);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Builds the application: Redis handles, facility arbiters with their writers, the
+//! directory, the readiness probe and the HTTP server bound to its listener (port 0 works,
+//! so tests run many instances side by side).
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::facility::actor::Deps;
+use crate::facility::patient_keys::PatientHasher;
+use crate::facility::Directory;
+use crate::ingress::{self, auth::digest, AppState};
+use crate::persistence::{writer, Store};
+use crate::telemetry::metrics::{self, Metrics};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+    arbiters: Vec<Arbiter>,
+    grace: Duration,
+}
+
+/// A running application (tests): stop it gracefully with [`RunningApp::stop`].
+pub struct RunningApp {
+    pub port: u16,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: web::Data<AppState>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Application {
+    /// Must be called inside an actix system.
+    pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let prometheus = metrics::install();
+        let m = Metrics::new();
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        let store = Store::open(&settings.redis_url, timeout).context("SCANGW_REDIS_URL")?;
+        let n = settings.worker_count();
+        let mut arbiters = Vec::with_capacity(n);
+        let mut writers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let arbiter = Arbiter::new();
+            let (tx, rx) = mpsc::channel(settings.batch_max * 8);
+            // Each writer gets its own connection so flushes of different arbiters overlap.
+            let conn = Store::open(&settings.redis_url, timeout)?.connection();
+            let wm = m.clone();
+            let batch_max = settings.batch_max;
+            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, wm));
+            writers.push(tx);
+            arbiters.push(arbiter);
+        }
+        let deps = Arc::new(Deps {
+            store: store.clone(),
+            clock,
+            hasher: PatientHasher::new(&settings.patient_key_secret),
+            metrics: m,
+            max_priority_streak: settings.max_priority_streak,
+            default_service_s: settings.default_service_s,
+            idle_timeout: Duration::from_secs(settings.idle_timeout_s),
+            mailbox_capacity: settings.mailbox_capacity,
+            day_retention_s: 3600,
+        });
+        let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
+        let redis_up = Arc::new(AtomicBool::new(store.ping().await));
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            directory,
+            store: store.clone(),
+            admin_digest: digest(&settings.admin_token),
+            platform_digest: digest(&settings.platform_token),
+            prometheus,
+            redis_up: redis_up.clone(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            in_flight: AtomicUsize::new(0),
+        });
+        spawn_health_probe(store, redis_up);
+
+        let listener = TcpListener::bind(&settings.listen).with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let app_state = state.clone();
+        let grace = Duration::from_secs(settings.shutdown_grace_s);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .wrap(middleware::from_fn(ingress::observe))
+                .configure(ingress::routes)
+                .default_service(web::to(ingress::not_found))
+        })
+        .workers(n)
+        .backlog(4096)
+        .max_connection_rate(1024)
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs())
+        .listen(listener)?
+        .run();
+        tracing::info!(port, workers = n, "gateway built");
+        Ok(Self {
+            port,
+            server,
+            state,
+            arbiters,
+            grace,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains (see [`crate::shutdown`]).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let grace = self.grace;
+        let server = self.server;
+        let drain = crate::shutdown::on_signal(handle, state.shutting_down.clone(), grace);
+        let (served, _) = tokio::join!(server, drain);
+        served?;
+        for a in &self.arbiters {
+            a.stop();
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+
+    /// Runs in the background (tests).
+    pub fn spawn(self) -> RunningApp {
+        let handle = self.server.handle();
+        let task = actix_rt::spawn(self.server);
+        RunningApp {
+            port: self.port,
+            handle,
+            task,
+            state: self.state,
+            arbiters: self.arbiters,
+        }
+    }
+}
+
+impl RunningApp {
+    /// Drains in-flight requests, then stops the facility arbiters.
+    pub async fn stop(self) {
+        self.state.shutting_down.store(true, Ordering::Relaxed);
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+
+    /// Facility actors alive now.
+    pub fn active_facilities(&self) -> usize {
+        self.state.directory.len()
+    }
+}
+
+/// Keeps `redis_up` current; scans fail fast with 503 while Redis is unreachable.
+fn spawn_health_probe(store: Store, up: Arc<AtomicBool>) {
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ok = store.ping().await;
+            if up.swap(ok, Ordering::Relaxed) != ok {
+                if ok {
+                    tracing::info!("redis reachable again");
+                } else {
+                    tracing::warn!("redis unreachable: scans answer 503 STORE_UNAVAILABLE");
+                }
+            }
+            if Arc::strong_count(&up) == 1 {
+                return;
+            }
+        }
+    });
+}
