@@ -28,6 +28,8 @@ pub struct WriteOp {
 
 pub type WriterTx = mpsc::Sender<WriteOp>;
 
+const KEEPALIVE: Duration = Duration::from_millis(250);
+
 struct Batch {
     sha: String,
 }
@@ -119,10 +121,20 @@ pub async fn run(mut rx: mpsc::Receiver<WriteOp>, mut conn: ConnectionManager, t
         sha: redis::Script::new(WRITE).get_hash().to_string(),
     };
     let mut buf = Vec::with_capacity(batch_max);
+    // An idle connection to a Redis that restarted is only found dead by the next write,
+    // which would then fail a scan. A light keepalive finds it first and reconnects.
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if rx.recv_many(&mut buf, batch_max).await == 0 {
-            return;
+        tokio::select! {
+            n = rx.recv_many(&mut buf, batch_max) => if n == 0 { return },
+            _ = keepalive.tick() => {
+                let ping = redis::cmd("PING");
+                let _ = tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await;
+                continue;
+            }
         }
+        keepalive.reset();
         let ops = std::mem::take(&mut buf);
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
