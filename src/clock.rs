@@ -29,9 +29,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
-        Self {
-            micros: Arc::new(AtomicI64::new(start.as_microsecond())),
-        }
+        Self { micros: Arc::new(AtomicI64::new(start.as_microsecond())) }
     }
 
     pub fn set(&self, at: Timestamp) {

@@ -92,10 +92,10 @@ impl Settings {
     pub fn load() -> Result<Self, ConfigError> {
         let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("SCANGW_")).collect();
         let file = match env.get("SCANGW_CONFIG") {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?,
+            ),
             None => None,
         };
         Self::from_sources(file.as_deref(), &env)
@@ -186,10 +186,7 @@ impl Settings {
         }
         let positive = |key: &str, v: u64| {
             if v == 0 {
-                Err(ConfigError::Invalid {
-                    key: key.into(),
-                    reason: "must be greater than 0".into(),
-                })
+                Err(ConfigError::Invalid { key: key.into(), reason: "must be greater than 0".into() })
             } else {
                 Ok(())
             }

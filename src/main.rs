@@ -48,9 +48,9 @@ fn main() -> ExitCode {
     telemetry::init_logging(&settings.log);
     let result = match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => actix_rt::System::new().block_on(serve(settings)),
-        Cmd::Facilities {
-            command: FacilitiesCmd::Import { file },
-        } => actix_rt::System::new().block_on(import_file(settings, file)),
+        Cmd::Facilities { command: FacilitiesCmd::Import { file } } => {
+            actix_rt::System::new().block_on(import_file(settings, file))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,7 +83,8 @@ async fn import_file(settings: Settings, file: String) -> anyhow::Result<()> {
         }
     };
     let store = Store::open(&settings.redis_url, Duration::from_millis(settings.redis_timeout_ms.max(5000)))?;
-    let items: Vec<(String, String)> = infos.iter().map(|i| (i.facility_id.clone(), serde_json::to_string(i).expect("serialises"))).collect();
+    let items: Vec<(String, String)> =
+        infos.iter().map(|i| (i.facility_id.clone(), serde_json::to_string(i).expect("serialises"))).collect();
     let created = store.put_infos(&items).await.map_err(|e| anyhow::anyhow!("storing facilities: {e}"))?;
     println!("imported {} facilities ({} new)", items.len(), created);
     Ok(())

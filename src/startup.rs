@@ -86,7 +86,8 @@ impl Application {
         });
         spawn_health_probe(store, redis_up);
 
-        let listener = TcpListener::bind(&settings.listen).with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
         let grace = Duration::from_secs(settings.shutdown_grace_s);
@@ -105,13 +106,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, workers = n, "gateway built");
-        Ok(Self {
-            port,
-            server,
-            state,
-            arbiters,
-            grace,
-        })
+        Ok(Self { port, server, state, arbiters, grace })
     }
 
     pub fn port(&self) -> u16 {
@@ -138,13 +133,7 @@ impl Application {
     pub fn spawn(self) -> RunningApp {
         let handle = self.server.handle();
         let task = actix_rt::spawn(self.server);
-        RunningApp {
-            port: self.port,
-            handle,
-            task,
-            state: self.state,
-            arbiters: self.arbiters,
-        }
+        RunningApp { port: self.port, handle, task, state: self.state, arbiters: self.arbiters }
     }
 }
 

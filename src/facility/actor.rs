@@ -197,7 +197,7 @@ impl FacilityActor {
         Ok(Ready { epoch, info, queue })
     }
 
-fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
+    fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
         let end = day
             .tomorrow()
             .ok()
@@ -216,10 +216,7 @@ fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
         let day = r.queue.day();
         let expire_at = Self::expire_at(day, &r.queue.config().tz, self.deps.day_retention_s);
         let (tokens, issued) = r.queue.take_changes();
-        let fields = tokens
-            .into_iter()
-            .map(|t| (keys::token_field(&t.counter, t.number), record::encode(t)))
-            .collect();
+        let fields = tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
         let count_fields = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.submitted;
@@ -236,22 +233,25 @@ fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
             fields,
             done,
         });
-        ctx.spawn(
-            async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(()) => act.durable.send_modify(|d| {
-                        if let Durable::Upto(s) = d {
-                            *s = (*s).max(seq);
-                        }
-                    }),
-                    Err(e) => act.poison(e, ctx),
+        ctx.spawn(async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }.into_actor(self).map(
+            move |res, act, ctx| match res {
+                Ok(()) => act.durable.send_modify(|d| {
+                    if let Durable::Upto(s) = d {
+                        *s = (*s).max(seq);
+                    }
                 }),
-        );
+                Err(e) => act.poison(e, ctx),
+            },
+        ));
     }
 
     /// Answers once every write submitted so far is durable (or failed).
-    fn reply_when_durable<T: Send + 'static>(&self, reply: Reply<T>, value: Result<T, FacilityError>, started: Option<Instant>) {
+    fn reply_when_durable<T: Send + 'static>(
+        &self,
+        reply: Reply<T>,
+        value: Result<T, FacilityError>,
+        started: Option<Instant>,
+    ) {
         let target = self.submitted;
         let current = *self.durable.borrow();
         let metrics = self.deps.metrics.clone();
@@ -350,10 +350,7 @@ fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let key = TokenKey {
-                    counter: token.counter,
-                    number: token.number,
-                };
+                let key = TokenKey { counter: token.counter, number: token.number };
                 let q = &mut r.queue;
                 let result = match &action {
                     Action::Recall => q.recall(&key, now),
@@ -364,19 +361,16 @@ fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
                 if result.is_ok() {
                     Metrics::counter_op(action.name());
                 }
-                let result = result
-                    .map(|()| TokenView::of(q, &id, &key).expect("token exists"))
-                    .map_err(FacilityError::from);
+                let result =
+                    result.map(|()| TokenView::of(q, &id, &key).expect("token exists")).map_err(FacilityError::from);
                 self.finish(ctx, permit, reply, result, None);
             }
             Command::Get { token, reply } => {
                 if token.day == r.queue.day() {
-                    let key = TokenKey {
-                        counter: token.counter,
-                        number: token.number,
-                    };
+                    let key = TokenKey { counter: token.counter, number: token.number };
                     r.queue.expire_if_due(&key, now.as_millisecond());
-                    let result = TokenView::of(&r.queue, &id, &key).ok_or(FacilityError::Queue(QueueError::UnknownToken));
+                    let result =
+                        TokenView::of(&r.queue, &id, &key).ok_or(FacilityError::Queue(QueueError::UnknownToken));
                     self.finish(ctx, permit, reply, result, None);
                 } else {
                     // An earlier (or unknown) day: read the stored record as it is.
@@ -439,7 +433,12 @@ fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
     }
 }
 
-fn queue_view(info: &FacilityInfo, q: &FacilityQueue, id: &str, counter: Option<&str>) -> Result<QueueView, FacilityError> {
+fn queue_view(
+    info: &FacilityInfo,
+    q: &FacilityQueue,
+    id: &str,
+    counter: Option<&str>,
+) -> Result<QueueView, FacilityError> {
     if let Some(c) = counter {
         if q.counter(c).is_none() {
             return Err(FacilityError::Queue(QueueError::UnknownCounter));
@@ -459,11 +458,7 @@ fn queue_view(info: &FacilityInfo, q: &FacilityQueue, id: &str, counter: Option<
             }
         })
         .collect();
-    Ok(QueueView {
-        facility_id: id.to_string(),
-        service_date: q.day().to_string(),
-        counters,
-    })
+    Ok(QueueView { facility_id: id.to_string(), service_date: q.day().to_string(), counters })
 }
 
 impl Actor for FacilityActor {

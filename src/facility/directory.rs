@@ -33,13 +33,7 @@ impl Directory {
     pub fn new(deps: Arc<Deps>, arbiters: Vec<ArbiterHandle>, writers: Vec<WriterTx>) -> Self {
         assert_eq!(arbiters.len(), writers.len());
         assert!(!arbiters.is_empty());
-        Self {
-            actors: Arc::new(ActorMap::default()),
-            arbiters,
-            writers,
-            deps,
-            next_gen: AtomicU64::new(1),
-        }
+        Self { actors: Arc::new(ActorMap::default()), arbiters, writers, deps, next_gen: AtomicU64::new(1) }
     }
 
     pub fn deps(&self) -> &Arc<Deps> {
@@ -64,7 +58,13 @@ impl Directory {
             .or_insert_with(|| {
                 let i = shard(id, self.arbiters.len());
                 let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-                let actor = FacilityActor::new(id.to_string(), gen, self.deps.clone(), self.actors.clone(), self.writers[i].clone());
+                let actor = FacilityActor::new(
+                    id.to_string(),
+                    gen,
+                    self.deps.clone(),
+                    self.actors.clone(),
+                    self.writers[i].clone(),
+                );
                 (gen, FacilityActor::start_in_arbiter(&self.arbiters[i], move |_| actor))
             })
             .value()

@@ -14,9 +14,7 @@ pub struct PatientHasher {
 
 impl PatientHasher {
     pub fn new(secret: &str) -> Self {
-        Self {
-            mac: Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length"),
-        }
+        Self { mac: Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length") }
     }
 
     fn digest(&self, kind: &str, value: &str) -> String {
@@ -51,10 +49,7 @@ mod tests {
         let b = PatientHasher::new("secret-two-0123456789").keys(&p);
         assert_ne!(a, b);
         assert!(!a.by_address.contains("ravi"));
-        let lower = Profile {
-            abha_address: "ravi@abdm".into(),
-            ..p.clone()
-        };
+        let lower = Profile { abha_address: "ravi@abdm".into(), ..p.clone() };
         assert_eq!(PatientHasher::new("secret-one-0123456789").keys(&lower), a);
     }
 }

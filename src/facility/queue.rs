@@ -134,10 +134,7 @@ pub struct Token {
 
 impl Token {
     pub fn key(&self) -> TokenKey {
-        TokenKey {
-            counter: self.counter.clone(),
-            number: self.number,
-        }
+        TokenKey { counter: self.counter.clone(), number: self.number }
     }
 
     pub fn display(&self) -> String {
@@ -150,11 +147,7 @@ impl Token {
 
     fn push(&mut self, event: Event, at: Millis) {
         self.status = event.status();
-        self.history.push(Transition {
-            event,
-            at,
-            counter: self.at_counter.clone(),
-        });
+        self.history.push(Transition { event, at, counter: self.at_counter.clone() });
     }
 
     fn is_active(&self, now: Millis) -> bool {
@@ -290,7 +283,12 @@ impl FacilityQueue {
     }
 
     /// Rebuilds the live state from the day's stored tokens (rehydration).
-    pub fn restore(cfg: QueueConfig, day: Date, stored: Vec<Token>, patient_keys: impl Fn(&Profile) -> PatientKeys) -> Self {
+    pub fn restore(
+        cfg: QueueConfig,
+        day: Date,
+        stored: Vec<Token>,
+        patient_keys: impl Fn(&Profile) -> PatientKeys,
+    ) -> Self {
         let mut q = Self::new(cfg, day);
         let mut waiting: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
         let mut called: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
@@ -456,10 +454,7 @@ impl FacilityQueue {
         }
         let lane = self.lanes.entry(input.counter.clone()).or_default();
         lane.last_number += 1;
-        let key = TokenKey {
-            counter: input.counter.clone(),
-            number: lane.last_number,
-        };
+        let key = TokenKey { counter: input.counter.clone(), number: lane.last_number };
         let lane_priority = input.priority.is_some();
         if lane_priority {
             lane.priority.push_back(key.clone());
@@ -530,11 +525,7 @@ impl FacilityQueue {
         loop {
             let lane = self.lanes.entry(counter.to_string()).or_default();
             let take_priority = !lane.priority.is_empty() && (lane.streak < max_streak || lane.normal.is_empty());
-            let next = if take_priority {
-                lane.priority.pop_front()
-            } else {
-                lane.normal.pop_front()
-            };
+            let next = if take_priority { lane.priority.pop_front() } else { lane.normal.pop_front() };
             let Some(key) = next else { return Ok(None) };
             let t = self.tokens.get_mut(&key).expect("lane keys refer to tokens");
             if now_ms >= t.expires_at {
@@ -562,10 +553,7 @@ impl FacilityQueue {
         self.expire_if_due(key, now_ms);
         let t = self.token_mut(key)?;
         if t.status != Status::Called {
-            return Err(QueueError::IllegalTransition {
-                action,
-                from: t.status.as_str(),
-            });
+            return Err(QueueError::IllegalTransition { action, from: t.status.as_str() });
         }
         let called_at = t.last_at(Event::Called).unwrap_or(t.issued_at);
         t.push(event, now_ms);
@@ -590,10 +578,7 @@ impl FacilityQueue {
         self.expire_if_due(key, now_ms);
         let t = self.token_mut(key)?;
         if t.status != Status::Called {
-            return Err(QueueError::IllegalTransition {
-                action: "recall",
-                from: t.status.as_str(),
-            });
+            return Err(QueueError::IllegalTransition { action: "recall", from: t.status.as_str() });
         }
         t.push(Event::Recalled, now_ms);
         self.dirty.insert(key.clone());
@@ -611,10 +596,7 @@ impl FacilityQueue {
         let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
         let t = self.token_mut(key)?;
         if !matches!(t.status, Status::Waiting | Status::Called) {
-            return Err(QueueError::IllegalTransition {
-                action: "transfer",
-                from: t.status.as_str(),
-            });
+            return Err(QueueError::IllegalTransition { action: "transfer", from: t.status.as_str() });
         }
         if t.at_counter == to {
             return Err(QueueError::IllegalTransition {
@@ -662,10 +644,7 @@ impl FacilityQueue {
             0
         };
         let ahead = ahead as u32;
-        Position {
-            ahead,
-            estimated_wait_s: u64::from(ahead) * lane.service_s(self.cfg.default_service_s),
-        }
+        Position { ahead, estimated_wait_s: u64::from(ahead) * lane.service_s(self.cfg.default_service_s) }
     }
 
     /// Waiting tokens of a counter in call order (simulating the guard), and called ones.
@@ -724,10 +703,7 @@ mod tests {
         ScanInput {
             counter: counter.into(),
             priority,
-            patient: PatientKeys {
-                by_address: format!("d-{patient}"),
-                by_number: None,
-            },
+            patient: PatientKeys { by_address: format!("d-{patient}"), by_number: None },
             profile: Profile {
                 abha_address: format!("{patient}@abdm"),
                 name: patient.into(),
@@ -936,10 +912,7 @@ mod tests {
         let first = q.call_next("OPD1", later(5)).unwrap().unwrap();
         assert_eq!(first, p);
         let stored: Vec<Token> = q.tokens.values().cloned().collect();
-        let keys = |p: &Profile| PatientKeys {
-            by_address: format!("d-{}", p.name),
-            by_number: None,
-        };
+        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.lanes["OPD1"].streak, 1);
         assert_eq!(r.scan(input("OPD1", "n2", None), later(6)).unwrap().kind, ScanKind::Repeat);

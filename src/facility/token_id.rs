@@ -39,12 +39,7 @@ impl TokenRef {
         if parts.next().is_some() || facility.is_empty() || counter.is_empty() || number == 0 {
             return None;
         }
-        Some(Self {
-            facility,
-            day,
-            counter,
-            number,
-        })
+        Some(Self { facility, day, counter, number })
     }
 }
 

@@ -50,18 +50,11 @@ pub fn rfc3339(ms: Millis) -> String {
 impl TokenView {
     /// A view of a token; `queue` gives its position when it belongs to the live day.
     pub fn build(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>) -> Self {
-        let pos = queue.map(|q| q.position(&t.key())).unwrap_or(super::queue::Position {
-            ahead: 0,
-            estimated_wait_s: 0,
-        });
+        let pos =
+            queue.map(|q| q.position(&t.key())).unwrap_or(super::queue::Position { ahead: 0, estimated_wait_s: 0 });
         TokenView {
-            token_id: TokenRef {
-                facility: facility.to_string(),
-                day,
-                counter: t.counter.clone(),
-                number: t.number,
-            }
-            .encode(),
+            token_id: TokenRef { facility: facility.to_string(), day, counter: t.counter.clone(), number: t.number }
+                .encode(),
             token_number: t.number,
             display: t.display(),
             facility_id: facility.to_string(),

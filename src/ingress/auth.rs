@@ -38,9 +38,7 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     }
     let (facility, key_id, secret) = staff::parse(token).ok_or(ApiError::Unauthorized)?;
     match state.store.staff_key_hash(facility, key_id).await? {
-        Some(hash) if staff::matches(secret, &hash) => Ok(Principal::Staff {
-            facility: facility.to_string(),
-        }),
+        Some(hash) if staff::matches(secret, &hash) => Ok(Principal::Staff { facility: facility.to_string() }),
         _ => Err(ApiError::Unauthorized),
     }
 }

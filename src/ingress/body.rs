@@ -23,11 +23,8 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
 pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
     {
         if len > limit {
             return Err(ApiError::PayloadTooLarge(limit));
@@ -46,10 +43,7 @@ pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) ->
 
 /// Keeps a reported field name printable and short (unknown field names come from the client).
 fn safe_name(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
-        .take(64)
-        .collect()
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']')).take(64).collect()
 }
 
 fn between_backticks(msg: &str) -> Option<&str> {
@@ -78,11 +72,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let inner = err.into_inner();
     use serde_json::error::Category;
     match inner.classify() {
-        Category::Syntax | Category::Eof | Category::Io => Err(ApiError::MalformedJson(format!(
-            "malformed JSON at line {} column {}",
-            inner.line(),
-            inner.column()
-        ))),
+        Category::Syntax | Category::Eof | Category::Io => {
+            Err(ApiError::MalformedJson(format!("malformed JSON at line {} column {}", inner.line(), inner.column())))
+        }
         Category::Data => {
             let msg = inner.to_string();
             if msg.starts_with("missing field") {
@@ -151,9 +143,18 @@ mod tests {
         assert_eq!(code_and_field("{"), ("MALFORMED_JSON".into(), "".into()));
         assert_eq!(code_and_field(r#"{"name":"a"}"#), ("MISSING_FIELD".into(), "inner".into()));
         assert_eq!(code_and_field(r#"{"name":"a","inner":{}}"#), ("MISSING_FIELD".into(), "inner.year".into()));
-        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":1,"x":2}}"#), ("UNKNOWN_FIELD".into(), "inner.x".into()));
-        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":"SECRET"}}"#), ("INVALID_TYPE".into(), "inner.year".into()));
-        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":99999}}"#), ("INVALID_FIELD".into(), "inner.year".into()));
+        assert_eq!(
+            code_and_field(r#"{"name":"a","inner":{"year":1,"x":2}}"#),
+            ("UNKNOWN_FIELD".into(), "inner.x".into())
+        );
+        assert_eq!(
+            code_and_field(r#"{"name":"a","inner":{"year":"SECRET"}}"#),
+            ("INVALID_TYPE".into(), "inner.year".into())
+        );
+        assert_eq!(
+            code_and_field(r#"{"name":"a","inner":{"year":99999}}"#),
+            ("INVALID_FIELD".into(), "inner.year".into())
+        );
         let e = decode::<Outer>(br#"{"name":"a","inner":{"year":"SECRET"}}"#).unwrap_err();
         assert!(!e.message().contains("SECRET"));
     }

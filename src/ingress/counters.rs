@@ -21,7 +21,11 @@ fn token_ref(id: &str) -> Result<TokenRef, ApiError> {
     responses((status = 200, description = "The token now; `patient` only for staff of its facility", body = TokenView),
         (status = 404, description = "Unknown token")),
     security(("bearer" = [])))]
-pub async fn get_token(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let who = authenticate(&req, &state).await?;
     let token = token_ref(&path)?;
     let staff = who.is_staff_of(&token.facility);
@@ -31,10 +35,7 @@ pub async fn get_token(req: HttpRequest, path: web::Path<String>, state: web::Da
     let facility = token.facility.clone();
     let mut view = state
         .directory
-        .ask(&facility, |reply| Command::Get {
-            token: token.clone(),
-            reply,
-        })
+        .ask(&facility, |reply| Command::Get { token: token.clone(), reply })
         .await
         .map_err(not_found_as_token)?;
     if !staff {
@@ -64,7 +65,12 @@ pub struct TransferRequest {
         (status = 404, description = "Unknown token or counter"),
         (status = 409, description = "Illegal transition")),
     security(("bearer" = [])))]
-pub async fn act(req: HttpRequest, path: web::Path<(String, String)>, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn act(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (id, action) = path.into_inner();
     let who = authenticate(&req, &state).await?;
     let action = match action.as_str() {
@@ -79,7 +85,11 @@ pub async fn act(req: HttpRequest, path: web::Path<(String, String)>, payload: w
             }
             let body: TransferRequest = body::json(&req, payload, state.settings.max_body_bytes).await?;
             if !valid_counter_id(&body.counter_id) {
-                return Err(crate::registry::field_error("counter_id", "must be 1-250 letters, digits or spaces, with . - _ inside").into());
+                return Err(crate::registry::field_error(
+                    "counter_id",
+                    "must be 1-250 letters, digits or spaces, with . - _ inside",
+                )
+                .into());
             }
             Action::Transfer(body.counter_id)
         }
@@ -90,11 +100,7 @@ pub async fn act(req: HttpRequest, path: web::Path<(String, String)>, payload: w
     let facility = token.facility.clone();
     let view = state
         .directory
-        .ask(&facility, |reply| Command::Act {
-            token: token.clone(),
-            action: action.clone(),
-            reply,
-        })
+        .ask(&facility, |reply| Command::Act { token: token.clone(), action: action.clone(), reply })
         .await
         .map_err(not_found_as_token)?;
     Ok(HttpResponse::Ok().json(view))
@@ -106,16 +112,14 @@ pub async fn act(req: HttpRequest, path: web::Path<(String, String)>, payload: w
         (status = 204, description = "Nobody is waiting"),
         (status = 404, description = "Unknown facility or counter")),
     security(("bearer" = [])))]
-pub async fn call_next(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn call_next(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (facility, counter) = path.into_inner();
     authenticate(&req, &state).await?.require_staff_of(&facility)?;
-    let called = state
-        .directory
-        .ask(&facility, |reply| Command::CallNext {
-            counter: counter.clone(),
-            reply,
-        })
-        .await?;
+    let called = state.directory.ask(&facility, |reply| Command::CallNext { counter: counter.clone(), reply }).await?;
     Ok(match called {
         Some(view) => HttpResponse::Ok().json(view),
         None => HttpResponse::NoContent().finish(),
@@ -134,17 +138,16 @@ pub struct QueueQuery {
     responses((status = 200, description = "Called and waiting tokens per counter, in call order", body = QueueView),
         (status = 404, description = "Unknown facility or counter")),
     security(("bearer" = [])))]
-pub async fn queue(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn queue(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let facility = path.into_inner();
     authenticate(&req, &state).await?.require_staff_of(&facility)?;
-    let q = web::Query::<QueueQuery>::from_query(req.query_string()).map_err(|_| ApiError::UnknownField("query".into()))?;
+    let q =
+        web::Query::<QueueQuery>::from_query(req.query_string()).map_err(|_| ApiError::UnknownField("query".into()))?;
     let counter = q.into_inner().counter_id;
-    let view = state
-        .directory
-        .ask(&facility, |reply| Command::Queue {
-            counter: counter.clone(),
-            reply,
-        })
-        .await?;
+    let view = state.directory.ask(&facility, |reply| Command::Queue { counter: counter.clone(), reply }).await?;
     Ok(HttpResponse::Ok().json(view))
 }

@@ -104,14 +104,23 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::UnknownFacility | ApiError::UnknownCounter | ApiError::UnknownToken | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnknownFacility | ApiError::UnknownCounter | ApiError::UnknownToken | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IllegalTransition(_) => StatusCode::CONFLICT,
-            ApiError::MalformedJson(_) | ApiError::MissingField(_) | ApiError::UnknownField(_) | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,
-            ApiError::IdempotencyKeyReused | ApiError::InvalidField(_) | ApiError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MalformedJson(_)
+            | ApiError::MissingField(_)
+            | ApiError::UnknownField(_)
+            | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused | ApiError::InvalidField(_) | ApiError::InvalidImport(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

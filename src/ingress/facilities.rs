@@ -24,7 +24,12 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     responses((status = 201, description = "Created", body = FacilityInfo), (status = 200, description = "Updated", body = FacilityInfo),
         (status = 422, description = "Invalid field")),
     security(("bearer" = [])))]
-pub async fn put(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn put(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_admin()?;
     let id = path.into_inner();
     let spec: FacilitySpec = body::json(&req, payload, state.settings.max_body_bytes).await?;
@@ -33,18 +38,18 @@ pub async fn put(req: HttpRequest, path: web::Path<String>, payload: web::Payloa
     let json = serde_json::to_string(&info).expect("facility serialises");
     let created = state.store.put_infos(&[(id, json)]).await?;
     state.directory.reconfigure(info.clone());
-    Ok(if created > 0 {
-        HttpResponse::Created().json(info)
-    } else {
-        HttpResponse::Ok().json(info)
-    })
+    Ok(if created > 0 { HttpResponse::Created().json(info) } else { HttpResponse::Ok().json(info) })
 }
 
 #[utoipa::path(get, path = "/v1/facilities/{facility_id}", tag = "registry",
     params(("facility_id" = String, Path)),
     responses((status = 200, body = FacilityInfo), (status = 404, description = "Unknown facility")),
     security(("bearer" = [])))]
-pub async fn get(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_admin()?;
     let id = path.into_inner();
     check_id(&id)?;
@@ -63,7 +68,11 @@ pub struct ImportResult {
     request_body(content = String, description = "NDJSON (application/x-ndjson) or CSV (text/csv); all rows or none", content_type = "application/x-ndjson"),
     responses((status = 200, body = ImportResult), (status = 422, description = "INVALID_IMPORT with every bad line")),
     security(("bearer" = [])))]
-pub async fn import(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn import(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_admin()?;
     let format = match body::media_type(&req).as_deref() {
         Some("application/x-ndjson") | Some("application/ndjson") | Some("application/jsonl") => Format::Ndjson,
@@ -72,19 +81,15 @@ pub async fn import(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
     };
     let data = body::read(&req, payload, state.settings.max_import_bytes).await?;
     let s = &state.settings;
-    let infos = import::parse(format, &data, &s.default_timezone, s.default_token_validity_s).map_err(ApiError::InvalidImport)?;
+    let infos = import::parse(format, &data, &s.default_timezone, s.default_token_validity_s)
+        .map_err(ApiError::InvalidImport)?;
     let created = store_all(&state, &infos).await?;
-    Ok(HttpResponse::Ok().json(ImportResult {
-        imported: infos.len(),
-        created,
-    }))
+    Ok(HttpResponse::Ok().json(ImportResult { imported: infos.len(), created }))
 }
 
 async fn store_all(state: &AppState, infos: &[FacilityInfo]) -> Result<usize, ApiError> {
-    let items: Vec<(String, String)> = infos
-        .iter()
-        .map(|i| (i.facility_id.clone(), serde_json::to_string(i).expect("facility serialises")))
-        .collect();
+    let items: Vec<(String, String)> =
+        infos.iter().map(|i| (i.facility_id.clone(), serde_json::to_string(i).expect("facility serialises"))).collect();
     let created = state.store.put_infos(&items).await?;
     for i in infos {
         state.directory.reconfigure(i.clone());
@@ -96,7 +101,11 @@ async fn store_all(state: &AppState, infos: &[FacilityInfo]) -> Result<usize, Ap
     params(("facility_id" = String, Path)),
     responses((status = 201, description = "`{key_id, key}`: the key is shown only now"), (status = 404, description = "Unknown facility")),
     security(("bearer" = [])))]
-pub async fn create_staff_key(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn create_staff_key(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_admin()?;
     let id = path.into_inner();
     check_id(&id)?;
@@ -111,7 +120,11 @@ pub async fn create_staff_key(req: HttpRequest, path: web::Path<String>, state: 
     params(("facility_id" = String, Path), ("key_id" = String, Path)),
     responses((status = 204, description = "Revoked"), (status = 404, description = "No such key")),
     security(("bearer" = [])))]
-pub async fn revoke_staff_key(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn revoke_staff_key(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_admin()?;
     let (id, key_id) = path.into_inner();
     check_id(&id)?;

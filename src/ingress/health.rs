@@ -30,7 +30,5 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.prometheus.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.prometheus.render())
 }

@@ -32,12 +32,19 @@ impl Drop for InFlight<'_> {
         (status = 422, description = "Invalid field value, or Idempotency-Key reused"),
         (status = 503, description = "Store unavailable or overloaded (Retry-After)")),
     security(("bearer" = [])))]
-pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_platform()?;
     let scan: ScanRequest = body::json(&req, payload, state.settings.max_body_bytes).await?;
     let idem = match req.headers().get("Idempotency-Key") {
         Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::InvalidField(crate::registry::field_error("Idempotency-Key", "must be 1-128 visible ASCII characters"))
+            ApiError::InvalidField(crate::registry::field_error(
+                "Idempotency-Key",
+                "must be 1-128 visible ASCII characters",
+            ))
         })?),
         None => None,
     };
@@ -54,14 +61,8 @@ pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
         return Err(ApiError::Overloaded);
     }
     let _slot = InFlight(&state);
-    let reply = state
-        .directory
-        .ask(&facility, |reply| Command::Scan {
-            input: input.clone(),
-            reply,
-        })
-        .await
-        .map_err(|e| {
+    let reply =
+        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), reply }).await.map_err(|e| {
             let e = ApiError::from(e);
             if matches!(e, ApiError::StoreUnavailable) {
                 deps.metrics.store_errors.increment(1);

@@ -41,7 +41,8 @@ pub fn abha_address(v: &str) -> Result<String, FieldError> {
         return Err(bad());
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
-    if !(3..=64).contains(&local.len()) || !local.chars().all(ok_char) || local.starts_with('.') || local.ends_with('.') {
+    if !(3..=64).contains(&local.len()) || !local.chars().all(ok_char) || local.starts_with('.') || local.ends_with('.')
+    {
         return Err(bad());
     }
     Ok(v)
@@ -100,7 +101,12 @@ pub fn idempotency_key(v: &str) -> Result<String, FieldError> {
 
 impl ScanRequest {
     /// Validates and normalises; returns the facility id and the queue input.
-    pub fn into_input(self, hasher: &PatientHasher, current_year: i16, idem: Option<&str>) -> Result<(String, ScanInput), FieldError> {
+    pub fn into_input(
+        self,
+        hasher: &PatientHasher,
+        current_year: i16,
+        idem: Option<&str>,
+    ) -> Result<(String, ScanInput), FieldError> {
         if !valid_facility_id(&self.facility_id) {
             return Err(field_error("facility_id", "must be 2-64 letters, digits, '-' or '_'"));
         }

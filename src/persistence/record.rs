@@ -134,11 +134,7 @@ pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRec
                 None => (rest, counter),
             };
             let offset: i64 = offset.parse().map_err(|_| CorruptRecord("history time"))?;
-            history.push(Transition {
-                event,
-                at: issued_at + offset,
-                counter: at_counter.to_string(),
-            });
+            history.push(Transition { event, at: issued_at + offset, counter: at_counter.to_string() });
         }
     }
     Ok(Token {

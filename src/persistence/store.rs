@@ -81,11 +81,7 @@ impl Store {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
-        Ok(Self {
-            conn,
-            timeout,
-            activate: Script::new(ACTIVATE),
-        })
+        Ok(Self { conn, timeout, activate: Script::new(ACTIVATE) })
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -106,9 +102,7 @@ impl Store {
 
     pub async fn ping(&self) -> bool {
         let mut c = self.conn.clone();
-        self.call(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .is_ok()
+        self.call(async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await.is_ok()
     }
 
     /// Takes a new fencing epoch for the facility. `None` when it is not registered.
@@ -116,29 +110,25 @@ impl Store {
         let mut c = self.conn.clone();
         let mut inv = self.activate.key(keys::info(facility));
         inv.key(keys::fence(facility));
-        self.call(async move { inv.invoke_async::<Option<(u64, String)>>(&mut c).await })
-            .await
+        self.call(async move { inv.invoke_async::<Option<(u64, String)>>(&mut c).await }).await
     }
 
     /// All stored tokens of a facility's day, as (field, record).
     pub async fn load_day(&self, facility: &str, day: Date) -> Result<Vec<(String, String)>, StoreError> {
         let mut c = self.conn.clone();
         let key = keys::day_tokens(facility, day);
-        self.call(async move { c.hgetall::<_, Vec<(String, String)>>(key).await })
-            .await
+        self.call(async move { c.hgetall::<_, Vec<(String, String)>>(key).await }).await
     }
 
     pub async fn load_token(&self, facility: &str, day: Date, field: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();
         let key = keys::day_tokens(facility, day);
-        self.call(async move { c.hget::<_, _, Option<String>>(key, field).await })
-            .await
+        self.call(async move { c.hget::<_, _, Option<String>>(key, field).await }).await
     }
 
     pub async fn get_info(&self, facility: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();
-        self.call(async move { c.get::<_, Option<String>>(keys::info(facility)).await })
-            .await
+        self.call(async move { c.get::<_, Option<String>>(keys::info(facility)).await }).await
     }
 
     /// Stores registry records in pipelined chunks; returns how many were new.
@@ -159,21 +149,17 @@ impl Store {
 
     pub async fn put_staff_key(&self, facility: &str, key_id: &str, hash: &str) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        self.call(async move { c.hset::<_, _, _, ()>(keys::staff_keys(facility), key_id, hash).await })
-            .await
+        self.call(async move { c.hset::<_, _, _, ()>(keys::staff_keys(facility), key_id, hash).await }).await
     }
 
     pub async fn staff_key_hash(&self, facility: &str, key_id: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();
-        self.call(async move { c.hget::<_, _, Option<String>>(keys::staff_keys(facility), key_id).await })
-            .await
+        self.call(async move { c.hget::<_, _, Option<String>>(keys::staff_keys(facility), key_id).await }).await
     }
 
     pub async fn revoke_staff_key(&self, facility: &str, key_id: &str) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
-        let n: i64 = self
-            .call(async move { c.hdel(keys::staff_keys(facility), key_id).await })
-            .await?;
+        let n: i64 = self.call(async move { c.hdel(keys::staff_keys(facility), key_id).await }).await?;
         Ok(n > 0)
     }
 }

@@ -61,7 +61,11 @@ impl Batch {
     }
 }
 
-async fn send(conn: &mut ConnectionManager, pipe: &redis::Pipeline, timeout: Duration) -> Option<Vec<RedisResult<Value>>> {
+async fn send(
+    conn: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+    timeout: Duration,
+) -> Option<Vec<RedisResult<Value>>> {
     match tokio::time::timeout(timeout, pipe.query_async::<Vec<RedisResult<Value>>>(conn)).await {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
@@ -80,7 +84,12 @@ fn is_noscript(r: &RedisResult<Value>) -> bool {
 }
 
 /// Writes one batch; returns one result per op, in order.
-async fn write_batch(conn: &mut ConnectionManager, batch: &Batch, ops: &[WriteOp], timeout: Duration) -> Vec<Result<(), StoreError>> {
+async fn write_batch(
+    conn: &mut ConnectionManager,
+    batch: &Batch,
+    ops: &[WriteOp],
+    timeout: Duration,
+) -> Vec<Result<(), StoreError>> {
     let refs: Vec<&WriteOp> = ops.iter().collect();
     let Some(mut replies) = send(conn, &batch.pipeline(&refs), timeout).await else {
         return vec![Err(StoreError::Unavailable); ops.len()];
@@ -116,10 +125,14 @@ async fn write_batch(conn: &mut ConnectionManager, batch: &Batch, ops: &[WriteOp
 }
 
 /// Runs a writer until every sender is gone. Spawn one per facility arbiter.
-pub async fn run(mut rx: mpsc::Receiver<WriteOp>, mut conn: ConnectionManager, timeout: Duration, batch_max: usize, metrics: Metrics) {
-    let batch = Batch {
-        sha: redis::Script::new(WRITE).get_hash().to_string(),
-    };
+pub async fn run(
+    mut rx: mpsc::Receiver<WriteOp>,
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    batch_max: usize,
+    metrics: Metrics,
+) {
+    let batch = Batch { sha: redis::Script::new(WRITE).get_hash().to_string() };
     let mut buf = Vec::with_capacity(batch_max);
     // An idle connection to a Redis that restarted is only found dead by the next write,
     // which would then fail a scan. A light keepalive finds it first and reconnects.

@@ -77,19 +77,24 @@ fn parse_counters(s: &str) -> Option<Vec<Counter>> {
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             let (id, kind) = p.rsplit_once(':')?;
-            Some(Counter {
-                id: id.trim().to_string(),
-                kind: parse_kind(kind)?,
-            })
+            Some(Counter { id: id.trim().to_string(), kind: parse_kind(kind)? })
         })
         .collect()
 }
 
+/// One input row: the facility id and its spec, or why it could not be read.
+type ParsedRow = Result<(String, FacilitySpec), LineError>;
+
 const CSV_HEADER: [&str; 7] = ["facility_id", "name", "state", "district", "timezone", "token_validity_s", "counters"];
 
 /// Parses and validates every row; returns all records or every line's error.
-pub fn parse(format: Format, data: &[u8], default_tz: &str, default_validity_s: u64) -> Result<Vec<FacilityInfo>, Vec<LineError>> {
-    let mut rows: Vec<(usize, Result<(String, FacilitySpec), LineError>)> = Vec::new();
+pub fn parse(
+    format: Format,
+    data: &[u8],
+    default_tz: &str,
+    default_validity_s: u64,
+) -> Result<Vec<FacilityInfo>, Vec<LineError>> {
+    let mut rows: Vec<(usize, ParsedRow)> = Vec::new();
     match format {
         Format::Ndjson => {
             let text = match std::str::from_utf8(data) {
@@ -151,11 +156,7 @@ pub fn parse(format: Format, data: &[u8], default_tz: &str, default_validity_s: 
 }
 
 fn err(line: usize, code: &'static str, message: &str) -> LineError {
-    LineError {
-        line,
-        code,
-        message: message.to_string(),
-    }
+    LineError { line, code, message: message.to_string() }
 }
 
 fn csv_row(line: usize, r: &csv::StringRecord) -> Result<(String, FacilitySpec), LineError> {
@@ -164,7 +165,8 @@ fn csv_row(line: usize, r: &csv::StringRecord) -> Result<(String, FacilitySpec),
         "" => None,
         v => Some(v.parse().map_err(|_| err(line, "INVALID_FIELD", "token_validity_s: must be a number"))?),
     };
-    let counters = parse_counters(get(6)).ok_or_else(|| err(line, "INVALID_FIELD", "counters: expected id:kind;id:kind"))?;
+    let counters =
+        parse_counters(get(6)).ok_or_else(|| err(line, "INVALID_FIELD", "counters: expected id:kind;id:kind"))?;
     Ok((
         get(0).to_string(),
         FacilitySpec {

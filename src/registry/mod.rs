@@ -43,10 +43,7 @@ pub struct FieldError {
 }
 
 pub fn field_error(field: impl Into<String>, message: &'static str) -> FieldError {
-    FieldError {
-        field: field.into(),
-        message,
-    }
+    FieldError { field: field.into(), message }
 }
 
 pub const MAX_COUNTERS: usize = 200;
@@ -87,7 +84,12 @@ fn clean_text(field: &str, v: &str) -> Result<String, FieldError> {
 }
 
 impl FacilitySpec {
-    pub fn validate(self, facility_id: &str, default_tz: &str, default_validity_s: u64) -> Result<FacilityInfo, FieldError> {
+    pub fn validate(
+        self,
+        facility_id: &str,
+        default_tz: &str,
+        default_validity_s: u64,
+    ) -> Result<FacilityInfo, FieldError> {
         if !valid_facility_id(facility_id) {
             return Err(field_error("facility_id", "must be 2-64 letters, digits, '-' or '_'"));
         }
@@ -105,7 +107,10 @@ impl FacilitySpec {
         let mut seen = HashSet::new();
         for (i, c) in self.counters.iter().enumerate() {
             if !valid_counter_id(&c.id) {
-                return Err(field_error(format!("counters[{i}].id"), "must be 1-250 letters, digits or spaces, with . - _ inside"));
+                return Err(field_error(
+                    format!("counters[{i}].id"),
+                    "must be 1-250 letters, digits or spaces, with . - _ inside",
+                ));
             }
             if c.id == facility_id {
                 return Err(field_error(format!("counters[{i}].id"), "must not be the facility id"));

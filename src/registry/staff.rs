@@ -25,11 +25,7 @@ pub fn generate(facility: &str) -> NewStaffKey {
     rng.fill_bytes(&mut secret);
     let key_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let secret = URL_SAFE_NO_PAD.encode(secret);
-    NewStaffKey {
-        key: format!("stf.{facility}.{key_id}.{secret}"),
-        hash: hash_secret(&secret),
-        key_id,
-    }
+    NewStaffKey { key: format!("stf.{facility}.{key_id}.{secret}"), hash: hash_secret(&secret), key_id }
 }
 
 /// A presented staff key, split: (facility, key_id, secret).

@@ -29,9 +29,7 @@ pub const STORE_ERRORS: &str = "scangw_store_errors_total";
 /// `scangw_counter_ops_total{op}`: counter operations applied (call_next, recall, complete, no_show, transfer).
 pub const COUNTER_OPS: &str = "scangw_counter_ops_total";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -127,7 +125,8 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => class).record(took.as_secs_f64());
+        metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => class)
+            .record(took.as_secs_f64());
     }
 }
 
