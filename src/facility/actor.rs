@@ -133,8 +133,10 @@ pub struct FacilityActor {
     writer: WriterTx,
     phase: Phase,
     last_active: Instant,
-    /// Sequence of the last write handed to the writer.
+    /// Count of writes (barriers included) handed to the writer; answers wait on it.
     submitted: u64,
+    /// The facility's write sequence in Redis (`w`), which only non-empty writes advance.
+    wseq: u64,
     durable: watch::Sender<Durable>,
 }
 
@@ -149,6 +151,7 @@ impl FacilityActor {
             phase: Phase::Loading,
             last_active: Instant::now(),
             submitted: 0,
+            wseq: 0,
             durable: watch::Sender::new(Durable::Upto(0)),
         }
     }
@@ -207,19 +210,22 @@ impl FacilityActor {
         end + retention_s
     }
 
-    /// Hands the queue's pending changes to the writer as one fenced write.
+    /// Hands the queue's pending changes to the writer as one fenced write. With no changes
+    /// it is an empty write: a barrier that still checks the epoch, so even a read or an
+    /// unchanged answer from an actor that lost ownership is refused, not served stale.
     fn commit(&mut self, ctx: &mut Context<Self>, permit: tokio::sync::mpsc::OwnedPermit<WriteOp>) {
         let Phase::Ready(r) = &mut self.phase else { return };
-        if !r.queue.has_changes() {
-            return;
-        }
         let day = r.queue.day();
         let expire_at = Self::expire_at(day, &r.queue.config().tz, self.deps.day_retention_s);
         let (tokens, issued) = r.queue.take_changes();
-        let fields = tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
-        let count_fields = issued.iter().map(|c| keys::count_field(day, c)).collect();
+        let fields: Vec<(String, String)> =
+            tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
+        let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let (done, done_rx) = oneshot::channel();
-        let prev_seq = self.submitted;
+        let prev_seq = self.wseq;
+        if !fields.is_empty() || !count_fields.is_empty() {
+            self.wseq += 1;
+        }
         self.submitted += 1;
         let seq = self.submitted;
         permit.send(WriteOp {
@@ -299,13 +305,15 @@ impl FacilityActor {
         self.roll_day(now);
         // Reserve room at the writer before changing anything: a change that cannot be
         // persisted must not happen in memory either.
-        let permit = self.writer.clone().try_reserve_owned().ok();
-        let mutating = matches!(cmd, Command::Scan { .. } | Command::CallNext { .. } | Command::Act { .. });
-        if mutating && permit.is_none() {
-            self.deps.metrics.overloaded_writer.increment(1);
-            cmd.fail(FacilityError::Overloaded);
-            return;
-        }
+        let permit = match self.writer.clone().try_reserve_owned() {
+            Ok(p) => Some(p),
+            Err(_) if matches!(cmd, Command::Reconfigure(_)) => None,
+            Err(_) => {
+                self.deps.metrics.overloaded_writer.increment(1);
+                cmd.fail(FacilityError::Overloaded);
+                return;
+            }
+        };
         let id = self.id.clone();
         let Phase::Ready(r) = &mut self.phase else {
             cmd.fail(FacilityError::Store(StoreError::Unavailable));

@@ -62,10 +62,15 @@ fn join(path: &str, name: &str) -> String {
 
 /// Decodes JSON into `T`, classifying errors into precise codes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let err = match result {
-        Ok(v) => return Ok(v),
+        // Trailing bytes after the value make the whole body malformed.
+        Ok(v) => {
+            return de.end().map(|()| v).map_err(|e| {
+                ApiError::MalformedJson(format!("trailing characters at line {} column {}", e.line(), e.column()))
+            })
+        }
         Err(e) => e,
     };
     let path = err.path().to_string();
@@ -141,6 +146,7 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_hide_the_value() {
         assert_eq!(code_and_field("{"), ("MALFORMED_JSON".into(), "".into()));
+        assert_eq!(code_and_field(r#"{"name":"a","inner":{"year":1}} x"#), ("MALFORMED_JSON".into(), "".into()));
         assert_eq!(code_and_field(r#"{"name":"a"}"#), ("MISSING_FIELD".into(), "inner".into()));
         assert_eq!(code_and_field(r#"{"name":"a","inner":{}}"#), ("MISSING_FIELD".into(), "inner.year".into()));
         assert_eq!(

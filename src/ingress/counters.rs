@@ -47,7 +47,7 @@ pub async fn get_token(
 /// A token id naming a facility that no longer exists is an unknown token.
 fn not_found_as_token(e: crate::facility::FacilityError) -> ApiError {
     match ApiError::from(e) {
-        ApiError::UnknownFacility | ApiError::UnknownCounter => ApiError::UnknownToken,
+        ApiError::UnknownFacility => ApiError::UnknownToken,
         other => other,
     }
 }

@@ -35,7 +35,7 @@ return {epoch, info}
 /// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
 /// and the previous write of this activation must have been applied (no gaps).
 /// KEYS: fence, day tokens, counts. ARGV: epoch, prev seq, expire-at, n counts, count
-/// fields..., then field/value pairs.
+/// fields..., then field/value pairs. An empty write only checks (a read barrier).
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
 if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
@@ -47,7 +47,10 @@ if first <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, first, #ARGV))
   redis.call('EXPIREAT', KEYS[2], ARGV[3])
 end
-redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
+-- A write with nothing in it is a read barrier: checked, but it changes nothing.
+if nc > 0 or first <= #ARGV then
+  redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
+end
 return 1
 ";
 

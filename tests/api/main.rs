@@ -1,0 +1,7 @@
+//! Integration tests against a real redis-server and the gateway in-process on port 0.
+mod counters;
+mod durability;
+mod helpers;
+mod registry;
+mod scans;
+mod validation;
