@@ -152,6 +152,12 @@ impl RunningApp {
     pub fn active_facilities(&self) -> usize {
         self.state.directory.len()
     }
+
+    /// A probe of [`Self::active_facilities`] that outlives `&self` (tests).
+    pub fn active_facilities_probe(&self) -> impl Fn() -> usize + 'static {
+        let state = self.state.clone();
+        move || state.directory.len()
+    }
 }
 
 /// Keeps `redis_up` current; scans fail fast with 503 while Redis is unreachable.

@@ -523,3 +523,39 @@ async fn logs_never_contain_patient_data() {
         assert!(!out.contains(secret), "logs contain a credential:\n{out}");
     }
 }
+
+/// Sum and count of a Prometheus histogram in a scrape.
+fn histogram_sum_count(scrape: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
+#[actix_web::test]
+async fn concurrent_scans_share_redis_round_trips_group_commit() {
+    let redis = RedisServer::start();
+    let gw = Gateway::start(&redis, &[]);
+    let facilities: Vec<String> = (0..20).map(|i| fid(700 + i)).collect();
+    for f in &facilities {
+        gw.register(f).await;
+    }
+    let scans = 400;
+    let results = join_all((0..scans).map(|i| {
+        let body = scan_body(&facilities[i % facilities.len()], "OPD1", 50_000 + i);
+        let gw = &gw;
+        async move { gw.call("POST", "/v1/scans", PLATFORM, Some(&body)).await.status }
+    }))
+    .await;
+    assert!(results.iter().all(|s| *s == 201), "{results:?}");
+    let scrape = gw.call("GET", "/metrics", PLATFORM, None).await.text;
+    let (writes, batches) = histogram_sum_count(&scrape, "scangw_redis_batch_size");
+    println!("group commit: {writes} writes in {batches} round trips ({:.1} per round trip)", writes / batches);
+    assert!(writes >= scans as f64, "every scan is a write: {writes}");
+    assert!(batches > 0.0 && batches < writes / 2.0, "{writes} writes took {batches} round trips: not batched");
+}

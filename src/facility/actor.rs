@@ -3,6 +3,7 @@
 //! hands each change to its arbiter's group-commit writer, and answers only once Redis
 //! holds every change the answer reflects. Any failed write poisons the actor: it leaves
 //! the directory and the next request rehydrates from Redis, the source of truth.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,13 +124,24 @@ enum Phase {
     Failed(FacilityError),
 }
 
-pub type ActorMap = DashMap<String, (u64, Addr<FacilityActor>)>;
+/// A live actor as the directory knows it. `queued` counts messages sent but not yet
+/// handled: actix lets every fresh `Addr` clone past a full mailbox, so the bound on the
+/// mailbox is enforced here.
+#[derive(Clone)]
+pub struct Slot {
+    pub gen: u64,
+    pub addr: Addr<FacilityActor>,
+    pub queued: Arc<AtomicUsize>,
+}
+
+pub type ActorMap = DashMap<String, Slot>;
 
 pub struct FacilityActor {
     id: String,
     gen: u64,
     deps: Arc<Deps>,
     actors: Arc<ActorMap>,
+    queued: Arc<AtomicUsize>,
     writer: WriterTx,
     phase: Phase,
     last_active: Instant,
@@ -141,12 +153,20 @@ pub struct FacilityActor {
 }
 
 impl FacilityActor {
-    pub fn new(id: String, gen: u64, deps: Arc<Deps>, actors: Arc<ActorMap>, writer: WriterTx) -> Self {
+    pub fn new(
+        id: String,
+        gen: u64,
+        deps: Arc<Deps>,
+        actors: Arc<ActorMap>,
+        queued: Arc<AtomicUsize>,
+        writer: WriterTx,
+    ) -> Self {
         Self {
             id,
             gen,
             deps,
             actors,
+            queued,
             writer,
             phase: Phase::Loading,
             last_active: Instant::now(),
@@ -157,7 +177,7 @@ impl FacilityActor {
     }
 
     fn leave_directory(&self) {
-        self.actors.remove_if(&self.id, |_, (gen, _)| *gen == self.gen);
+        self.actors.remove_if(&self.id, |_, slot| slot.gen == self.gen);
     }
 
     fn poison(&mut self, e: StoreError, ctx: &mut Context<Self>) {
@@ -499,6 +519,7 @@ impl Handler<Envelope> for FacilityActor {
     type Result = ();
 
     fn handle(&mut self, Envelope(cmd): Envelope, ctx: &mut Context<Self>) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
         self.last_active = Instant::now();
         match &self.phase {
             Phase::Failed(e) => cmd.fail(e.clone()),

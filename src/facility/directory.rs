@@ -2,14 +2,14 @@
 //! the facility id (so a facility always lives on one thread, next to that thread's
 //! writer), and retries once on a fresh activation when the owner was fenced or retired.
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::dev::SendError;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply};
+use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply, Slot};
 use crate::persistence::writer::WriterTx;
 use crate::persistence::StoreError;
 
@@ -49,7 +49,7 @@ impl Directory {
         self.actors.is_empty()
     }
 
-    fn get(&self, id: &str) -> (u64, Addr<FacilityActor>) {
+    fn get(&self, id: &str) -> Slot {
         if let Some(e) = self.actors.get(id) {
             return e.value().clone();
         }
@@ -58,35 +58,45 @@ impl Directory {
             .or_insert_with(|| {
                 let i = shard(id, self.arbiters.len());
                 let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+                let queued = Arc::new(AtomicUsize::new(0));
                 let actor = FacilityActor::new(
                     id.to_string(),
                     gen,
                     self.deps.clone(),
                     self.actors.clone(),
+                    queued.clone(),
                     self.writers[i].clone(),
                 );
-                (gen, FacilityActor::start_in_arbiter(&self.arbiters[i], move |_| actor))
+                Slot { gen, addr: FacilityActor::start_in_arbiter(&self.arbiters[i], move |_| actor), queued }
             })
             .value()
             .clone()
     }
 
     fn forget(&self, id: &str, gen: u64) {
-        self.actors.remove_if(id, |_, (g, _)| *g == gen);
+        self.actors.remove_if(id, |_, slot| slot.gen == gen);
     }
 
     /// Sends a command to the facility and awaits its answer.
     pub async fn ask<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
         for attempt in 0..2 {
-            let (gen, addr) = self.get(id);
+            let slot = self.get(id);
+            let gen = slot.gen;
+            if slot.queued.fetch_add(1, Ordering::Relaxed) >= self.deps.mailbox_capacity {
+                slot.queued.fetch_sub(1, Ordering::Relaxed);
+                self.deps.metrics.overloaded_mailbox.increment(1);
+                return Err(FacilityError::Overloaded);
+            }
             let (tx, rx) = oneshot::channel();
-            match addr.try_send(Envelope(make(tx))) {
+            match slot.addr.try_send(Envelope(make(tx))) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {
+                    slot.queued.fetch_sub(1, Ordering::Relaxed);
                     self.deps.metrics.overloaded_mailbox.increment(1);
                     return Err(FacilityError::Overloaded);
                 }
                 Err(SendError::Closed(_)) => {
+                    slot.queued.fetch_sub(1, Ordering::Relaxed);
                     self.forget(id, gen);
                     continue;
                 }
@@ -108,7 +118,11 @@ impl Directory {
     /// Tells a live actor about new registry data; no-op when not active here.
     pub fn reconfigure(&self, info: crate::registry::FacilityInfo) {
         if let Some(e) = self.actors.get(&info.facility_id) {
-            let _ = e.value().1.try_send(Envelope(Command::Reconfigure(Box::new(info))));
+            let slot = e.value();
+            slot.queued.fetch_add(1, Ordering::Relaxed);
+            if slot.addr.try_send(Envelope(Command::Reconfigure(Box::new(info)))).is_err() {
+                slot.queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -490,6 +490,8 @@ pub struct TestApp {
     pub platform: String,
     pub clock: scan_gateway::clock::ManualClock,
     pub client: awc::Client,
+    /// Facility actors alive in this app now.
+    pub active_facilities: Box<dyn Fn() -> usize>,
     stop: Option<StopFn>,
 }
 
@@ -510,6 +512,7 @@ impl TestApp {
         let app = scan_gateway::startup::Application::build(settings, shared).await.expect("build the application");
         let port = app.port();
         let handle = app.spawn();
+        let active_facilities = Box::new(handle.active_facilities_probe());
         let stop: StopFn = Box::new(move || {
             Box::pin(async move {
                 let _ = handle.stop().await;
@@ -521,6 +524,7 @@ impl TestApp {
             platform,
             clock,
             client: client(),
+            active_facilities,
             stop: Some(stop),
         };
         let c = app.client.clone();

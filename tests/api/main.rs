@@ -2,6 +2,7 @@
 mod counters;
 mod durability;
 mod helpers;
+mod lifecycle;
 mod registry;
 mod scans;
 mod validation;

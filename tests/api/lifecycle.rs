@@ -1,0 +1,109 @@
+//! Actor lifecycle and store hygiene: passivation then rehydration, bounded mailboxes
+//! shedding with 503, and the TTL policy of day keys vs. counts.
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::Commands;
+
+use crate::helpers::*;
+
+fn fence_epoch(redis: &RedisServer, f: &str) -> i64 {
+    let e: Option<i64> = redis.conn().hget(format!("sg:{{{f}}}:fence"), "e").expect("HGET fence");
+    e.unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn idle_facility_is_passivated_and_rehydrates_on_next_use() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.idle_timeout_s = 1;
+    let mut app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(900);
+    app.register(&f).await;
+    let first = app.scan_new(&scan_body(&f, "OPD1", 1)).await;
+    app.scan_new(&scan_body(&f, "OPD1", 2)).await;
+    assert_eq!((app.active_facilities)(), 1);
+    assert_eq!(fence_epoch(&redis, &f), 1);
+
+    let active = &app.active_facilities;
+    eventually(Duration::from_secs(10), "the idle facility actor is passivated", || {
+        let n = active();
+        async move { n == 0 }
+    })
+    .await;
+
+    // Next use activates afresh (a new epoch) with the day's state intact.
+    let (st, again) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["repeat"], true);
+    assert_eq!(again["token_id"], first["token_id"]);
+    assert_eq!(fence_epoch(&redis, &f), 2, "rehydration takes a new fencing epoch");
+    let third = app.scan_new(&scan_body(&f, "OPD1", 3)).await;
+    assert_eq!(num(&third, "token_number"), 3, "numbering continues after passivation");
+    assert_eq!(num(&third, "ahead"), 2);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_full_mailbox_sheds_with_503_overloaded_and_loses_nothing_acknowledged() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.mailbox_capacity = 2;
+    let mut app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(901);
+    app.register(&f).await;
+
+    // Many scans at once for one facility whose actor is still activating: its mailbox
+    // (2) fills and the rest must be refused at once, not queued.
+    let results = join_all((0..300).map(|i| {
+        let body = scan_body(&f, "OPD1", 10_000 + i);
+        let app = &app;
+        async move { app.scan_resp(&body).await }
+    }))
+    .await;
+    let mut acked = Vec::new();
+    let mut shed = 0;
+    for r in results {
+        match r.status {
+            201 => acked.push(r.body.clone()),
+            503 => {
+                assert_eq!(r.body["error"]["code"], "OVERLOADED", "{}", r.body);
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+                shed += 1;
+            }
+            other => panic!("unexpected status {other}: {}", r.body),
+        }
+    }
+    println!("mailbox 2: {} acknowledged, {shed} shed with 503", acked.len());
+    assert!(shed > 0, "a mailbox of 2 must shed some of 300 simultaneous scans");
+    assert!(!acked.is_empty(), "the facility must still serve what it accepted");
+    // Every acknowledged token is durable, and acknowledged numbers are exactly 1..n.
+    let mut numbers: Vec<u64> = acked.iter().map(|t| num(t, "token_number")).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=acked.len() as u64).collect::<Vec<_>>());
+    let stored: usize = redis.conn().hlen(format!("sg:{{{f}}}:d:{START_DATE}:t")).unwrap();
+    assert_eq!(stored, acked.len(), "nothing shed was stored, everything acknowledged was");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn day_tokens_expire_after_the_local_day_but_counts_stay() {
+    let redis = RedisServer::start();
+    let mut app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let f = fid(902);
+    app.register(&f).await;
+    app.scan_new(&scan_body(&f, "OPD1", 1)).await;
+    app.scan_new(&scan_body(&f, "Pharmacy", 2)).await;
+    let mut con = redis.conn();
+    let day_key = format!("sg:{{{f}}}:d:{START_DATE}:t");
+    let expire_at: i64 = redis::cmd("EXPIRETIME").arg(&day_key).query(&mut con).unwrap();
+    // Local (IST) midnight after 2026-11-23 is 2026-11-23T18:30Z; one hour of retention.
+    let midnight: jiff::Timestamp = "2026-11-23T18:30:00Z".parse().unwrap();
+    assert_eq!(expire_at, midnight.as_second() + 3600);
+    let counts_ttl: i64 = con.ttl(format!("sg:{{{f}}}:n")).unwrap();
+    assert_eq!(counts_ttl, -1, "daily counts never expire");
+    let counts: std::collections::BTreeMap<String, i64> = con.hgetall(format!("sg:{{{f}}}:n")).unwrap();
+    assert_eq!(counts.get(&format!("{START_DATE}|OPD1")), Some(&1));
+    assert_eq!(counts.get(&format!("{START_DATE}|Pharmacy")), Some(&1));
+    app.stop().await;
+}
