@@ -271,7 +271,9 @@ impl FacilityActor {
         ));
     }
 
-    /// Answers once every write submitted so far is durable (or failed).
+    /// Answers once every write submitted so far is durable. Errors wait too: "unknown
+    /// token" or "illegal transition" from an actor that lost ownership must become a
+    /// fencing error (and a retry on a fresh activation), not a wrong answer.
     fn reply_when_durable<T: Send + 'static>(
         &self,
         reply: Reply<T>,
@@ -287,11 +289,10 @@ impl FacilityActor {
             }
             let _ = reply.send(r);
         };
-        match (current, value) {
-            (_, Err(e)) => drop(reply.send(Err(e))),
-            (Durable::Upto(s), Ok(v)) if s >= target => finish(Ok(v), reply),
-            (Durable::Broken(e), Ok(_)) => drop(reply.send(Err(FacilityError::Store(e)))),
-            (Durable::Upto(_), Ok(v)) => {
+        match current {
+            Durable::Upto(s) if s >= target => finish(value, reply),
+            Durable::Broken(e) => drop(reply.send(Err(FacilityError::Store(e)))),
+            Durable::Upto(_) => {
                 let mut rx = self.durable.subscribe();
                 actix::spawn(async move {
                     let outcome = rx
@@ -299,7 +300,7 @@ impl FacilityActor {
                         .await
                         .map(|d| *d);
                     match outcome {
-                        Ok(Durable::Upto(_)) => finish(Ok(v), reply),
+                        Ok(Durable::Upto(_)) => finish(value, reply),
                         Ok(Durable::Broken(e)) => drop(reply.send(Err(FacilityError::Store(e)))),
                         Err(_) => drop(reply.send(Err(FacilityError::Store(StoreError::Unavailable)))),
                     }

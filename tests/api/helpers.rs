@@ -574,9 +574,17 @@ impl TestApp {
         extra: &[(&str, &str)],
     ) -> Resp {
         let url = format!("{}{}", self.base, path);
-        http(&self.client, method, &url, bearer, content_type, body, extra)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: request failed: {e}"))
+        match http(&self.client, method, &url, bearer, content_type, body.clone(), extra).await {
+            Ok(r) => r,
+            // awc's pool occasionally reports its connector gone under load; a request that
+            // could not connect never reached the gateway, so sending it again is the same request.
+            Err(e) if e.to_string().contains("Failed to connect") => {
+                http(&client(), method, &url, bearer, content_type, body, extra)
+                    .await
+                    .unwrap_or_else(|e| panic!("{method} {path}: request failed: {e}"))
+            }
+            Err(e) => panic!("{method} {path}: request failed: {e}"),
+        }
     }
 
     // -- registry --------------------------------------------------------------------
