@@ -35,9 +35,7 @@ pub async fn put(
     let spec: FacilitySpec = body::json(&req, payload, state.settings.max_body_bytes).await?;
     let s = &state.settings;
     let info = spec.validate(&id, &s.default_timezone, s.default_token_validity_s)?;
-    let json = serde_json::to_string(&info).expect("facility serialises");
-    let created = state.store.put_infos(&[(id, json)]).await?;
-    state.directory.reconfigure(info.clone());
+    let created = store_all(&state, std::slice::from_ref(&info)).await?;
     Ok(if created > 0 { HttpResponse::Created().json(info) } else { HttpResponse::Ok().json(info) })
 }
 
