@@ -106,10 +106,30 @@ impl Message for Envelope {
     type Result = ();
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durable {
-    Upto(u64),
-    Broken(StoreError),
+/// What the writer has confirmed. Writes of one actor are applied in order (the Lua
+/// sequence check refuses any write behind a missing one), so a success at `n` means every
+/// earlier write landed, and a failure at `n` means every later one fails too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Durable {
+    /// Highest write known applied.
+    upto: u64,
+    /// Lowest write known refused or lost, and why.
+    failed: Option<(u64, StoreError)>,
+    /// Writes answered by the writer so far (either way).
+    resolved: u64,
+}
+
+impl Durable {
+    /// The fate of an answer that reflects writes up to `target`, once known.
+    fn outcome(&self, target: u64) -> Option<Result<(), StoreError>> {
+        if self.upto >= target {
+            return Some(Ok(()));
+        }
+        match self.failed {
+            Some((at, e)) if at <= target => Some(Err(e)),
+            _ => None,
+        }
+    }
 }
 
 struct Ready {
@@ -172,7 +192,7 @@ impl FacilityActor {
             last_active: Instant::now(),
             submitted: 0,
             wseq: 0,
-            durable: watch::Sender::new(Durable::Upto(0)),
+            durable: watch::Sender::new(Durable::default()),
         }
     }
 
@@ -180,14 +200,31 @@ impl FacilityActor {
         self.actors.remove_if(&self.id, |_, slot| slot.gen == self.gen);
     }
 
-    fn poison(&mut self, e: StoreError, ctx: &mut Context<Self>) {
-        if !matches!(self.phase, Phase::Failed(_)) {
-            tracing::warn!(facility = %self.id, error = %e, "facility write refused; dropping actor to rehydrate");
+    /// Records the writer's answer for write `seq`. A failure retires the actor: it leaves
+    /// the directory at once (new requests rehydrate elsewhere) and stops once every
+    /// earlier write has been answered, so answers that did land are still delivered.
+    fn resolved(&mut self, seq: u64, res: Result<(), StoreError>, ctx: &mut Context<Self>) {
+        self.durable.send_modify(|d| {
+            d.resolved += 1;
+            match res {
+                Ok(()) => d.upto = d.upto.max(seq),
+                Err(e) => {
+                    if d.failed.is_none_or(|(at, _)| seq < at) {
+                        d.failed = Some((seq, e));
+                    }
+                }
+            }
+        });
+        if let Err(e) = res {
+            if !matches!(self.phase, Phase::Failed(_)) {
+                tracing::warn!(facility = %self.id, error = %e, "facility write refused; dropping actor to rehydrate");
+                self.phase = Phase::Failed(FacilityError::Store(e));
+                self.leave_directory();
+            }
         }
-        self.durable.send_replace(Durable::Broken(e));
-        self.phase = Phase::Failed(FacilityError::Store(e));
-        self.leave_directory();
-        ctx.stop();
+        if matches!(self.phase, Phase::Failed(_)) && self.durable.borrow().resolved == self.submitted {
+            ctx.stop();
+        }
     }
 
     async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
@@ -259,16 +296,11 @@ impl FacilityActor {
             fields,
             done,
         });
-        ctx.spawn(async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }.into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(()) => act.durable.send_modify(|d| {
-                    if let Durable::Upto(s) = d {
-                        *s = (*s).max(seq);
-                    }
-                }),
-                Err(e) => act.poison(e, ctx),
-            },
-        ));
+        ctx.spawn(
+            async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }
+                .into_actor(self)
+                .map(move |res, act, ctx| act.resolved(seq, res, ctx)),
+        );
     }
 
     /// Answers once every write submitted so far is durable. Errors wait too: "unknown
@@ -281,29 +313,26 @@ impl FacilityActor {
         started: Option<Instant>,
     ) {
         let target = self.submitted;
-        let current = *self.durable.borrow();
         let metrics = self.deps.metrics.clone();
-        let finish = move |r: Result<T, FacilityError>, reply: Reply<T>| {
+        let finish = move |fate: Result<(), StoreError>, value: Result<T, FacilityError>, reply: Reply<T>| {
+            let r = fate.map_err(FacilityError::Store).and(value);
             if let (Some(t), Ok(_)) = (started, &r) {
                 metrics.token_issue.record(t.elapsed().as_secs_f64());
             }
             let _ = reply.send(r);
         };
-        match current {
-            Durable::Upto(s) if s >= target => finish(value, reply),
-            Durable::Broken(e) => drop(reply.send(Err(FacilityError::Store(e)))),
-            Durable::Upto(_) => {
+        let known = self.durable.borrow().outcome(target);
+        match known {
+            Some(fate) => finish(fate, value, reply),
+            None => {
                 let mut rx = self.durable.subscribe();
                 actix::spawn(async move {
-                    let outcome = rx
-                        .wait_for(|d| matches!(d, Durable::Broken(_)) || matches!(d, Durable::Upto(s) if *s >= target))
-                        .await
-                        .map(|d| *d);
-                    match outcome {
-                        Ok(Durable::Upto(_)) => finish(value, reply),
-                        Ok(Durable::Broken(e)) => drop(reply.send(Err(FacilityError::Store(e)))),
-                        Err(_) => drop(reply.send(Err(FacilityError::Store(StoreError::Unavailable)))),
-                    }
+                    let fate = match rx.wait_for(|d| d.outcome(target).is_some()).await {
+                        Ok(d) => d.outcome(target).expect("waited for it"),
+                        // The actor is gone without an answer for this write.
+                        Err(_) => Err(StoreError::Unavailable),
+                    };
+                    finish(fate, value, reply);
                 });
             }
         }
@@ -453,7 +482,7 @@ impl FacilityActor {
             }
         }
         let idle = self.last_active.elapsed() >= self.deps.idle_timeout;
-        let settled = *self.durable.borrow() == Durable::Upto(self.submitted);
+        let settled = self.durable.borrow().resolved == self.submitted;
         if idle && settled {
             tracing::debug!(facility = %self.id, "passivating idle facility");
             self.leave_directory();
@@ -527,5 +556,26 @@ impl Handler<Envelope> for FacilityActor {
             Phase::Loading => cmd.fail(FacilityError::Store(StoreError::Unavailable)),
             Phase::Ready(_) => self.apply(cmd, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_waits_for_its_own_writes_and_an_earlier_failure() {
+        let mut d = Durable::default();
+        assert_eq!(d.outcome(0), Some(Ok(())), "nothing to wait for");
+        assert_eq!(d.outcome(2), None);
+        d.upto = 2;
+        assert_eq!(d.outcome(2), Some(Ok(())));
+        // Write 4 refused: answers up to 3 still wait for their writes, later ones fail.
+        d.failed = Some((4, StoreError::Fenced));
+        assert_eq!(d.outcome(3), None);
+        assert_eq!(d.outcome(4), Some(Err(StoreError::Fenced)));
+        assert_eq!(d.outcome(9), Some(Err(StoreError::Fenced)));
+        d.upto = 3;
+        assert_eq!(d.outcome(3), Some(Ok(())));
     }
 }
