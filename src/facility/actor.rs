@@ -257,14 +257,17 @@ impl FacilityActor {
         Ok(Ready { epoch, info, queue })
     }
 
-    fn expire_at(day: Date, tz: &jiff::tz::TimeZone, retention_s: i64) -> i64 {
+    /// Seconds the day's token hash should live from now: until the end of the local
+    /// service day plus the retention. Relative, because "now" is the injected clock and
+    /// Redis expires by its own clock: an absolute time would be wrong under a test clock.
+    fn expire_in(day: Date, tz: &jiff::tz::TimeZone, now: Timestamp, retention_s: i64) -> i64 {
         let end = day
             .tomorrow()
             .ok()
             .and_then(|d| d.to_zoned(tz.clone()).ok())
             .map(|z| z.timestamp().as_second())
-            .unwrap_or_else(|| Timestamp::now().as_second() + 2 * 86_400);
-        end + retention_s
+            .unwrap_or_else(|| now.as_second() + 86_400);
+        (end - now.as_second() + retention_s).max(1)
     }
 
     /// Hands the queue's pending changes to the writer as one fenced write. With no changes
@@ -273,7 +276,7 @@ impl FacilityActor {
     fn commit(&mut self, ctx: &mut Context<Self>, permit: tokio::sync::mpsc::OwnedPermit<WriteOp>) {
         let Phase::Ready(r) = &mut self.phase else { return };
         let day = r.queue.day();
-        let expire_at = Self::expire_at(day, &r.queue.config().tz, self.deps.day_retention_s);
+        let expire_in = Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s);
         let (tokens, issued) = r.queue.take_changes();
         let fields: Vec<(String, String)> =
             tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
@@ -291,7 +294,7 @@ impl FacilityActor {
             counts_key: keys::counts(&self.id),
             epoch: r.epoch,
             prev_seq,
-            expire_at,
+            expire_in,
             count_fields,
             fields,
             done,

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `sg:{F}:info` | string (JSON) | facility registry record | forever |
 //! | `sg:{F}:fence` | hash `e`, `w` | fencing epoch (HINCRBY per activation) and the write sequence of the current owner | forever |
-//! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | EXPIREAT end of local service day + retention |
+//! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | expires at the end of the local service day + retention |
 //! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |

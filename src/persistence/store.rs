@@ -34,7 +34,7 @@ return {epoch, info}
 
 /// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
 /// and the previous write of this activation must have been applied (no gaps).
-/// KEYS: fence, day tokens, counts. ARGV: epoch, prev seq, expire-at, n counts, count
+/// KEYS: fence, day tokens, counts. ARGV: epoch, prev seq, ttl seconds, n counts, count
 /// fields..., then field/value pairs. An empty write only checks (a read barrier).
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
@@ -45,7 +45,7 @@ for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[4 + i], 1) end
 local first = 5 + nc
 if first <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, first, #ARGV))
-  redis.call('EXPIREAT', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 -- A write with nothing in it is a read barrier: checked, but it changes nothing.
 if nc > 0 or first <= #ARGV then

@@ -20,7 +20,8 @@ pub struct WriteOp {
     pub epoch: u64,
     /// The write sequence this write follows (the owner's previous write).
     pub prev_seq: u64,
-    pub expire_at: i64,
+    /// Seconds the day hash lives from now (EXPIRE, not EXPIREAT: see the actor).
+    pub expire_in: i64,
     pub count_fields: Vec<String>,
     pub fields: Vec<(String, String)>,
     pub done: oneshot::Sender<Result<(), StoreError>>,
@@ -48,7 +49,7 @@ impl Batch {
                 .arg(&op.counts_key)
                 .arg(op.epoch)
                 .arg(op.prev_seq)
-                .arg(op.expire_at)
+                .arg(op.expire_in)
                 .arg(op.count_fields.len());
             for f in &op.count_fields {
                 cmd.arg(f);
