@@ -43,6 +43,20 @@ pub struct Settings {
     /// Service time assumed per token before a counter has completed any (estimated wait).
     pub default_service_s: u64,
     pub workers: usize,
+    /// Requests per second for the whole process (load shedding); 0 = off.
+    pub limit_global_per_s: u32,
+    /// Requests per second per credential (or per client IP without one); 0 = off.
+    pub limit_client_per_s: u32,
+    /// Requests per minute per facility; 0 = off.
+    pub limit_facility_per_min: u32,
+    /// Scans per minute per patient (ABHA address or number); 0 = off.
+    pub limit_patient_per_min: u32,
+    /// Comma-separated proxy addresses whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: String,
+    /// How often idle keys are swept out of the keyed limiters.
+    pub limits_sweep_s: u64,
+    /// How long a finished day's tokens (and patient profiles) stay after local midnight.
+    pub day_retention_s: u64,
 }
 
 impl Default for Settings {
@@ -67,6 +81,13 @@ impl Default for Settings {
             max_import_bytes: 256 * 1024 * 1024,
             default_service_s: 180,
             workers: 0,
+            limit_global_per_s: 20_000,
+            limit_client_per_s: 10_000,
+            limit_facility_per_min: 1_200,
+            limit_patient_per_min: 5,
+            trusted_proxies: String::new(),
+            limits_sweep_s: 60,
+            day_retention_s: 0,
         }
     }
 }
@@ -84,6 +105,10 @@ impl Settings {
             patient_key_secret: "test-patient-secret-0123456789".into(),
             shutdown_grace_s: 5,
             workers: 2,
+            // Tests re-scan the same patients and facilities far faster than any counter;
+            // the limits have their own tests, which switch them on.
+            limit_facility_per_min: 0,
+            limit_patient_per_min: 0,
             ..Self::default()
         }
     }
@@ -122,7 +147,16 @@ impl Settings {
                 })?;
             } )*};
         }
-        string!(listen, redis_url, admin_token, platform_token, patient_key_secret, log, default_timezone);
+        string!(
+            listen,
+            redis_url,
+            admin_token,
+            platform_token,
+            patient_key_secret,
+            log,
+            default_timezone,
+            trusted_proxies
+        );
         number!(
             shutdown_grace_s,
             idle_timeout_s,
@@ -135,7 +169,13 @@ impl Settings {
             max_body_bytes,
             max_import_bytes,
             default_service_s,
-            workers
+            workers,
+            limit_global_per_s,
+            limit_client_per_s,
+            limit_facility_per_min,
+            limit_patient_per_min,
+            limits_sweep_s,
+            day_retention_s
         );
         s.validate()?;
         Ok(s)
@@ -199,7 +239,20 @@ impl Settings {
         positive("SCANGW_BATCH_MAX", self.batch_max as u64)?;
         positive("SCANGW_IDLE_TIMEOUT_S", self.idle_timeout_s)?;
         positive("SCANGW_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
+        positive("SCANGW_LIMITS_SWEEP_S", self.limits_sweep_s)?;
+        for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "SCANGW_TRUSTED_PROXIES".into(),
+                    reason: "expected comma-separated IP addresses".into(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    pub fn trusted_proxy_list(&self) -> Vec<std::net::IpAddr> {
+        self.trusted_proxies.split(',').filter_map(|p| p.trim().parse().ok()).collect()
     }
 
     /// HTTP worker and facility arbiter count: the configured value or the core count.

@@ -69,7 +69,7 @@ impl Application {
             default_service_s: settings.default_service_s,
             idle_timeout: Duration::from_secs(settings.idle_timeout_s),
             mailbox_capacity: settings.mailbox_capacity,
-            day_retention_s: 3600,
+            day_retention_s: settings.day_retention_s as i64,
         });
         let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
         let redis_up = Arc::new(AtomicBool::new(store.ping().await));
@@ -83,8 +83,10 @@ impl Application {
             redis_up: redis_up.clone(),
             shutting_down: Arc::new(AtomicBool::new(false)),
             in_flight: AtomicUsize::new(0),
+            limits: ingress::limits::Limits::from_settings(&settings),
         });
         spawn_health_probe(store, redis_up);
+        spawn_limit_sweeper(state.clone(), Duration::from_secs(settings.limits_sweep_s));
 
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
@@ -158,6 +160,22 @@ impl RunningApp {
         let state = self.state.clone();
         move || state.directory.len()
     }
+}
+
+/// Forgets idle rate-limit keys now and then, so a long run of distinct patients and
+/// clients cannot grow the limiters without bound.
+fn spawn_limit_sweeper(state: web::Data<AppState>, every: Duration) {
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            state.limits.sweep();
+            if state.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    });
 }
 
 /// Keeps `redis_up` current; scans fail fast with 503 while Redis is unreachable.

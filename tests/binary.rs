@@ -284,9 +284,12 @@ async fn kill_dash_nine_mid_load_loses_no_acknowledged_token_and_reuses_no_numbe
     }
     assert!(lost.is_empty(), "{} acknowledged tokens lost or changed after kill -9:\n{}", lost.len(), lost.join("\n"));
 
-    for f in &facilities {
-        for c in counters {
-            let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(f, c, 9_000_000))).await;
+    for (k, f) in facilities.iter().enumerate() {
+        for (j, c) in counters.into_iter().enumerate() {
+            // A new patient each time: one patient at eight counters in a second would
+            // (rightly) meet the per-patient limit.
+            let patient = 9_000_000 + k * 10 + j;
+            let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(f, c, patient))).await;
             assert_eq!(r.status, 201, "{}", r.text);
             let n = num(&r.body, "token_number");
             let max = max_by_counter.get(&(f.clone(), c.to_string())).copied().unwrap_or(0);

@@ -27,20 +27,56 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && t.len() <= 512)
 }
 
+fn limited(e: super::limits::Limited) -> ApiError {
+    crate::telemetry::metrics::Metrics::rate_limited(e.kind.label());
+    ApiError::RateLimited(e)
+}
+
+/// Refuses an unauthenticated caller, counting the attempt against its client address.
+fn unauthorized(req: &HttpRequest, state: &AppState) -> ApiError {
+    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = state.limits.client_ip(req.peer_addr().map(|a| a.ip()), xff);
+    let key = ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"));
+    match state.limits.client(&key) {
+        Err(e) => limited(e),
+        Ok(()) => ApiError::Unauthorized,
+    }
+}
+
+/// Global limit, then the credential (and its own limit), before any Redis work but the
+/// staff key lookup.
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
-    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    state.limits.global().map_err(limited)?;
+    let Some(token) = bearer(req) else { return Err(unauthorized(req, state)) };
     let d = digest(token);
     if bool::from(d.ct_eq(&state.admin_digest)) {
+        state.limits.client("admin").map_err(limited)?;
         return Ok(Principal::Admin);
     }
     if bool::from(d.ct_eq(&state.platform_digest)) {
+        state.limits.client("platform").map_err(limited)?;
         return Ok(Principal::Platform);
     }
-    let (facility, key_id, secret) = staff::parse(token).ok_or(ApiError::Unauthorized)?;
+    let Some((facility, key_id, secret)) = staff::parse(token) else { return Err(unauthorized(req, state)) };
+    state.limits.client(&format!("staff:{key_id}")).map_err(limited)?;
     match state.store.staff_key_hash(facility, key_id).await? {
         Some(hash) if staff::matches(secret, &hash) => Ok(Principal::Staff { facility: facility.to_string() }),
-        _ => Err(ApiError::Unauthorized),
+        _ => Err(unauthorized(req, state)),
     }
+}
+
+/// Per-facility and per-patient limits of a scan (patient keys are digests).
+pub fn limit_scan(
+    state: &AppState,
+    facility: &str,
+    patient: &crate::facility::queue::PatientKeys,
+) -> Result<(), ApiError> {
+    state.limits.facility(facility).map_err(limited)?;
+    state.limits.patient(&patient.by_address).map_err(limited)?;
+    if let Some(n) = &patient.by_number {
+        state.limits.patient(n).map_err(limited)?;
+    }
+    Ok(())
 }
 
 impl Principal {

@@ -5,6 +5,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use super::limits::Limited;
 use crate::facility::queue::QueueError;
 use crate::facility::FacilityError;
 use crate::persistence::StoreError;
@@ -53,6 +54,8 @@ pub enum ApiError {
     Overloaded,
     #[error("the facility changed owner; retry")]
     OwnerChanged,
+    #[error("rate limit exceeded; retry after the time in Retry-After")]
+    RateLimited(Limited),
 }
 
 impl ApiError {
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::StoreUnavailable => "STORE_UNAVAILABLE",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::OwnerChanged => "OWNER_CHANGED",
+            ApiError::RateLimited(l) => l.kind.code(),
         }
     }
 
@@ -121,6 +125,7 @@ impl ResponseError for ApiError {
             ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -135,6 +140,13 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let ApiError::RateLimited(l) = self {
+            let wait = l.retry_after_s.to_string();
+            resp.insert_header((header::RETRY_AFTER, wait.clone()))
+                .insert_header(("RateLimit-Limit", l.limit.to_string()))
+                .insert_header(("RateLimit-Remaining", "0"))
+                .insert_header(("RateLimit-Reset", wait));
         }
         if self.status_code() == StatusCode::UNAUTHORIZED {
             resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -7,6 +7,7 @@ pub mod counters;
 pub mod error;
 pub mod facilities;
 pub mod health;
+pub mod limits;
 pub mod openapi;
 pub mod scans;
 pub mod validate;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub redis_up: Arc<AtomicBool>,
     pub shutting_down: Arc<AtomicBool>,
     pub in_flight: AtomicUsize,
+    pub limits: limits::Limits,
 }
 
 /// Mounts every route.

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::authenticate;
+use super::auth::{authenticate, limit_scan};
 use super::error::ApiError;
 use super::validate::ScanRequest;
 use super::{body, AppState};
@@ -51,6 +51,7 @@ pub async fn create(
     let deps = state.directory.deps();
     let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
     let (facility, input) = scan.into_input(&deps.hasher, year, idem)?;
+    limit_scan(&state, &facility, &input.patient)?;
     if !state.redis_up.load(Ordering::Relaxed) {
         deps.metrics.store_errors.increment(1);
         return Err(ApiError::StoreUnavailable);

@@ -26,6 +26,8 @@ pub const REDIS_FLUSH: &str = "scangw_redis_flush_seconds";
 pub const FENCING_CONFLICTS: &str = "scangw_fencing_conflicts_total";
 /// `scangw_store_errors_total`: requests answered 503 STORE_UNAVAILABLE.
 pub const STORE_ERRORS: &str = "scangw_store_errors_total";
+/// `scangw_rate_limited_total{limit}`: requests refused with 429, by limit (global, client, facility, patient).
+pub const RATE_LIMITED: &str = "scangw_rate_limited_total";
 /// `scangw_counter_ops_total{op}`: counter operations applied (call_next, recall, complete, no_show, transfer).
 pub const COUNTER_OPS: &str = "scangw_counter_ops_total";
 
@@ -64,6 +66,7 @@ fn describe() {
     describe_counter!(FENCING_CONFLICTS, "Writes refused by the fencing epoch");
     describe_counter!(STORE_ERRORS, "Requests answered 503 STORE_UNAVAILABLE");
     describe_counter!(COUNTER_OPS, "Counter operations applied, by op");
+    describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit");
 }
 
 /// Pre-registered handles for the hot paths.
@@ -111,6 +114,10 @@ impl Metrics {
 
     pub fn fencing_conflict(&self) {
         self.fencing.increment(1);
+    }
+
+    pub fn rate_limited(limit: &'static str) {
+        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
     }
 
     pub fn counter_op(op: &'static str) {

@@ -97,11 +97,12 @@ async fn day_tokens_expire_after_the_local_day_but_counts_stay() {
     let mut con = redis.conn();
     let day_key = format!("sg:{{{f}}}:d:{START_DATE}:t");
     let ttl: i64 = con.ttl(&day_key).unwrap();
-    // Local (IST) midnight after 2026-11-23 is 2026-11-23T18:30Z; one hour of retention,
-    // counted from the gateway's (test) clock, whatever the real date is.
+    // Local (IST) midnight after 2026-11-23 is 2026-11-23T18:30Z (no retention by default:
+    // patient profiles go with the day), counted from the gateway's (test) clock, whatever
+    // the real date is.
     let midnight: jiff::Timestamp = "2026-11-23T18:30:00Z".parse().unwrap();
     let start: jiff::Timestamp = START.parse().unwrap();
-    let want = midnight.as_second() - start.as_second() + 3600;
+    let want = midnight.as_second() - start.as_second();
     assert!((want - 30..=want).contains(&ttl), "TTL {ttl}, want about {want}");
     let counts_ttl: i64 = con.ttl(format!("sg:{{{f}}}:n")).unwrap();
     assert_eq!(counts_ttl, -1, "daily counts never expire");

@@ -3,6 +3,7 @@ mod counters;
 mod durability;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod registry;
 mod scans;
 mod validation;
