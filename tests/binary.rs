@@ -17,6 +17,7 @@ use serde_json::json;
 use gateway::*;
 use helpers::*;
 
+/// Runs a command with a deadline, returning (status, stdout, stderr).
 fn run_with_deadline(mut cmd: Command, limit: Duration) -> (ExitStatus, String, String) {
     let mut child =
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn binary");

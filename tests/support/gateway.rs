@@ -30,8 +30,7 @@ pub fn base_env(redis_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Runs a command with a deadline, returning (status, stdout, stderr).
-
+/// The real binary, serving on a port it chose itself.
 pub struct Gateway {
     pub child: Child,
     pub base: String,
