@@ -107,6 +107,20 @@ async fn ten_x_overload_burst_sheds_cleanly_and_recovers() {
     // The burst: 16x the clients, far more than the 32 in-flight slots, for 30 s.
     let burst = drive(&gw, &facilities, 256, 30, 100_000_000).await;
     let rss_peak = vm_kib(gw.pid(), "VmHWM:");
+    // Server time of the shed answers, from the gateway's own latency histogram.
+    let scrape = gw.call("GET", "/metrics", PLATFORM, None).await.text;
+    let series = |suffix: &str, le: Option<&str>| -> f64 {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with(&format!("scangw_http_request_duration_seconds_{suffix}")))
+            .filter(|l| l.contains("route=\"/v1/scans\"") && l.contains("status_class=\"5xx\""))
+            .filter(|l| le.is_none_or(|le| l.contains(&format!("le=\"{le}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (shed_fast, shed_all) = (series("bucket", Some("0.001")), series("count", None));
+    println!("503 answers within 1 ms of server time: {shed_fast} of {shed_all}");
+    assert!(shed_all > 0.0, "the shed answers are measured");
     // Right after: the same load as the baseline.
     let after = drive(&gw, &facilities, 16, 3, 500_000_000).await;
 
