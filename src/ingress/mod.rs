@@ -19,7 +19,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Settings;
@@ -54,7 +54,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/facilities/{facility_id}")
                 .route(web::put().to(facilities::put))
-                .route(web::get().to(facilities::get)),
+                .route(web::get().to(facilities::get))
+                .default_service(web::to(method_not_allowed)),
         )
         .route("/v1/facilities/{facility_id}/staff-keys", web::post().to(facilities::create_staff_key))
         .route("/v1/facilities/{facility_id}/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key))
@@ -64,9 +65,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act));
 }
 
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let _ = req;
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
 }
 
 /// Records HTTP latency by route pattern (bounded label set) and status class.

@@ -279,3 +279,14 @@ async fn livez_openapi_and_metrics() {
     assert!(r.text.lines().any(|l| l.starts_with("# TYPE scangw_")), "Prometheus text format");
     assert!(!r.text.contains(&abha_address(1)), "metrics carry no patient data");
 }
+
+#[actix_web::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    let redis = RedisServer::start();
+    let mut app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let r = app.req("GET", "/v1/nowhere", Some(&app.admin), None, &[]).await;
+    assert_error(r.status, &r.body, 404, "NOT_FOUND");
+    let r = app.req("DELETE", "/v1/facilities/IN0410000183", Some(&app.admin), None, &[]).await;
+    assert_error(r.status, &r.body, 405, "METHOD_NOT_ALLOWED");
+    app.stop().await;
+}
