@@ -26,6 +26,8 @@ pub struct Settings {
     pub redis_url: String,
     pub admin_token: String,
     pub platform_token: String,
+    /// Bearer for the monitoring role (leaderboard API); empty = only admin reads them.
+    pub monitor_token: String,
     /// HMAC key for patient digests used in repeat detection (raw ids never reach Redis keys).
     pub patient_key_secret: String,
     pub log: String,
@@ -57,6 +59,16 @@ pub struct Settings {
     pub limits_sweep_s: u64,
     /// How long a finished day's tokens (and patient profiles) stay after local midnight.
     pub day_retention_s: u64,
+    /// Days a daily leaderboard stays in Redis (all-time boards stay).
+    pub leaderboard_retention_days: u64,
+    /// How often the live leaderboard feed (page, SSE, Prometheus gauges) re-reads Redis.
+    pub leaderboard_refresh_ms: u64,
+    /// Rows in the live feed and in the top-N Prometheus gauges.
+    pub leaderboard_top_n: usize,
+    /// How often a facility display board re-reads its queue.
+    pub board_refresh_ms: u64,
+    /// Open server-sent-event streams (pages) allowed at once.
+    pub max_sse_clients: usize,
 }
 
 impl Default for Settings {
@@ -66,6 +78,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             admin_token: String::new(),
             platform_token: String::new(),
+            monitor_token: String::new(),
             patient_key_secret: String::new(),
             log: "info".into(),
             shutdown_grace_s: 20,
@@ -88,6 +101,11 @@ impl Default for Settings {
             trusted_proxies: String::new(),
             limits_sweep_s: 60,
             day_retention_s: 0,
+            leaderboard_retention_days: 90,
+            leaderboard_refresh_ms: 2000,
+            leaderboard_top_n: 25,
+            board_refresh_ms: 1000,
+            max_sse_clients: 1000,
         }
     }
 }
@@ -102,6 +120,9 @@ impl Settings {
             redis_url: redis_url.into(),
             admin_token: "test-admin-token-0123456789".into(),
             platform_token: "test-platform-token-0123456789".into(),
+            monitor_token: "test-monitor-token-0123456789".into(),
+            leaderboard_refresh_ms: 200,
+            board_refresh_ms: 200,
             patient_key_secret: "test-patient-secret-0123456789".into(),
             shutdown_grace_s: 5,
             workers: 2,
@@ -152,6 +173,7 @@ impl Settings {
             redis_url,
             admin_token,
             platform_token,
+            monitor_token,
             patient_key_secret,
             log,
             default_timezone,
@@ -175,7 +197,12 @@ impl Settings {
             limit_facility_per_min,
             limit_patient_per_min,
             limits_sweep_s,
-            day_retention_s
+            day_retention_s,
+            leaderboard_retention_days,
+            leaderboard_refresh_ms,
+            leaderboard_top_n,
+            board_refresh_ms,
+            max_sse_clients
         );
         s.validate()?;
         Ok(s)
@@ -204,6 +231,21 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "SCANGW_PLATFORM_TOKEN".into(),
                 reason: "must differ from SCANGW_ADMIN_TOKEN".into(),
+            });
+        }
+        if !self.monitor_token.is_empty() {
+            secret("SCANGW_MONITOR_TOKEN", &self.monitor_token)?;
+            if self.monitor_token == self.admin_token || self.monitor_token == self.platform_token {
+                return Err(ConfigError::Invalid {
+                    key: "SCANGW_MONITOR_TOKEN".into(),
+                    reason: "must differ from the admin and platform tokens".into(),
+                });
+            }
+        }
+        if !(1..=100).contains(&self.leaderboard_top_n) {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_LEADERBOARD_TOP_N".into(),
+                reason: "must be between 1 and 100 (it bounds Prometheus series)".into(),
             });
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -240,6 +282,9 @@ impl Settings {
         positive("SCANGW_IDLE_TIMEOUT_S", self.idle_timeout_s)?;
         positive("SCANGW_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
         positive("SCANGW_LIMITS_SWEEP_S", self.limits_sweep_s)?;
+        positive("SCANGW_LEADERBOARD_RETENTION_DAYS", self.leaderboard_retention_days)?;
+        positive("SCANGW_LEADERBOARD_REFRESH_MS", self.leaderboard_refresh_ms)?;
+        positive("SCANGW_BOARD_REFRESH_MS", self.board_refresh_ms)?;
         for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if p.parse::<std::net::IpAddr>().is_err() {
                 return Err(ConfigError::Invalid {
@@ -308,6 +353,8 @@ mod tests {
             ("SCANGW_DEFAULT_TIMEZONE", "Mars/Olympus"),
             ("SCANGW_PLATFORM_TOKEN", "short"),
             ("SCANGW_MAX_PRIORITY_STREAK", "0"),
+            ("SCANGW_MONITOR_TOKEN", "admin-token-0123456789"),
+            ("SCANGW_LEADERBOARD_TOP_N", "1000"),
         ] {
             let mut e = good();
             e.retain(|(k, _)| *k != key);

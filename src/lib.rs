@@ -6,6 +6,7 @@
 //!   actor shell around it, plus the directory that activates and passivates actors.
 //! - [`persistence`]: Redis: the key schema (one module), fenced Lua writes, group commit.
 //! - [`registry`]: facility records and staff keys, bulk import.
+//! - [`leaderboard`]: exact national rankings (Redis sorted sets) and their live feed.
 //! - [`config`], [`telemetry`], [`clock`], [`startup`], [`shutdown`]: wiring.
 //!
 //! A scan travels: ingress handler -> facility directory (activate actor on first use) ->
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod facility;
 pub mod ingress;
+pub mod leaderboard;
 pub mod persistence;
 pub mod registry;
 pub mod shutdown;

@@ -70,22 +70,39 @@ impl Application {
             idle_timeout: Duration::from_secs(settings.idle_timeout_s),
             mailbox_capacity: settings.mailbox_capacity,
             day_retention_s: settings.day_retention_s as i64,
+            leaderboard_retention_s: (settings.leaderboard_retention_days * 86_400) as i64,
         });
+        let clock = deps.clock.clone();
+        let metrics_handles = deps.metrics.clone();
         let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
         let redis_up = Arc::new(AtomicBool::new(store.ping().await));
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let tz = jiff::tz::TimeZone::get(&settings.default_timezone).context("SCANGW_DEFAULT_TIMEZONE")?;
+        let feed = crate::leaderboard::feed::Feed::spawn(
+            store.clone(),
+            clock,
+            tz,
+            Duration::from_millis(settings.leaderboard_refresh_ms),
+            settings.leaderboard_top_n,
+            shutting_down.clone(),
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             directory,
             store: store.clone(),
             admin_digest: digest(&settings.admin_token),
             platform_digest: digest(&settings.platform_token),
+            monitor_digest: (!settings.monitor_token.is_empty()).then(|| digest(&settings.monitor_token)),
             prometheus,
             redis_up: redis_up.clone(),
-            shutting_down: Arc::new(AtomicBool::new(false)),
+            shutting_down,
             in_flight: AtomicUsize::new(0),
             limits: ingress::limits::Limits::from_settings(&settings),
+            feed,
+            boards: Arc::new(ingress::pages::Boards::new(Duration::from_millis(settings.board_refresh_ms))),
+            sse_clients: Arc::new(AtomicUsize::new(0)),
         });
-        spawn_health_probe(store, redis_up);
+        spawn_health_probe(store, redis_up, metrics_handles);
         spawn_limit_sweeper(state.clone(), Duration::from_secs(settings.limits_sweep_s));
 
         let listener = TcpListener::bind(&settings.listen)
@@ -179,13 +196,14 @@ fn spawn_limit_sweeper(state: web::Data<AppState>, every: Duration) {
 }
 
 /// Keeps `redis_up` current; scans fail fast with 503 while Redis is unreachable.
-fn spawn_health_probe(store: Store, up: Arc<AtomicBool>) {
+fn spawn_health_probe(store: Store, up: Arc<AtomicBool>, m: Metrics) {
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let ok = store.ping().await;
+            m.redis_up.set(if ok { 1.0 } else { 0.0 });
             if up.swap(ok, Ordering::Relaxed) != ok {
                 if ok {
                     tracing::info!("redis reachable again");

@@ -14,14 +14,14 @@ use jiff::Timestamp;
 use tokio::sync::{oneshot, watch};
 
 use super::patient_keys::PatientHasher;
-use super::queue::{FacilityQueue, QueueError, ScanInput, ScanKind, TokenKey};
+use super::queue::{CounterKind, FacilityQueue, QueueError, ScanInput, ScanKind, TokenKey};
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
 use crate::persistence::writer::{WriteOp, WriterTx};
 use crate::persistence::{keys, record, Store, StoreError};
 use crate::registry::FacilityInfo;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, ScanOutcome};
 
 /// Everything an actor needs, shared by all actors.
 pub struct Deps {
@@ -35,6 +35,8 @@ pub struct Deps {
     pub mailbox_capacity: usize,
     /// How long a finished day's tokens stay in Redis after local midnight.
     pub day_retention_s: i64,
+    /// How long a daily leaderboard stays in Redis after its first token.
+    pub leaderboard_retention_s: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -281,6 +283,9 @@ impl FacilityActor {
         let fields: Vec<(String, String)> =
             tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
         let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
+        let kinds: Vec<CounterKind> =
+            issued.iter().map(|c| r.info.counter_kind(c).unwrap_or(CounterKind::Other)).collect();
+        let leaderboard = crate::leaderboard::increments(&r.info, day, &kinds);
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.wseq;
         if !fields.is_empty() || !count_fields.is_empty() {
@@ -296,6 +301,8 @@ impl FacilityActor {
             prev_seq,
             expire_in,
             count_fields,
+            leaderboard,
+            leaderboard_ttl: self.deps.leaderboard_retention_s,
             fields,
             done,
         });
@@ -374,19 +381,21 @@ impl FacilityActor {
         };
         match cmd {
             Command::Scan { input, reply } => {
+                let (state, kind) = (r.info.state_code(), r.info.counter_kind(&input.counter));
                 let result = r.queue.scan(input, now).map_err(FacilityError::from).map(|out| {
                     let mut view = TokenView::of(&r.queue, &id, &out.key).expect("scanned token exists");
                     view.repeat = out.kind == ScanKind::Repeat;
                     ScanReply { view, kind: out.kind }
                 });
-                match &result {
+                let outcome = match &result {
                     Ok(s) => match s.kind {
-                        ScanKind::New => self.deps.metrics.scans_new.increment(1),
-                        ScanKind::Repeat => self.deps.metrics.scans_repeat.increment(1),
-                        ScanKind::Replay => self.deps.metrics.scans_replay.increment(1),
+                        ScanKind::New => ScanOutcome::New,
+                        ScanKind::Repeat => ScanOutcome::Repeat,
+                        ScanKind::Replay => ScanOutcome::Replay,
                     },
-                    Err(_) => self.deps.metrics.scans_rejected.increment(1),
-                }
+                    Err(_) => ScanOutcome::Rejected,
+                };
+                self.deps.metrics.scan(state, kind, outcome);
                 self.finish(ctx, permit, reply, result, Some(started));
             }
             Command::CallNext { counter, reply } => {

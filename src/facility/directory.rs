@@ -45,6 +45,11 @@ impl Directory {
         self.actors.len()
     }
 
+    /// Commands waiting in all facility mailboxes on this node.
+    pub fn mailbox_depth(&self) -> usize {
+        self.actors.iter().map(|e| e.value().queued.load(Ordering::Relaxed)).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.actors.is_empty()
     }

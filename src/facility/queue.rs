@@ -80,6 +80,24 @@ pub enum CounterKind {
     Other,
 }
 
+impl CounterKind {
+    pub const ALL: [CounterKind; 4] = [CounterKind::Opd, CounterKind::Pharmacy, CounterKind::Lab, CounterKind::Other];
+
+    /// The wire name, also used in metric labels and leaderboard keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CounterKind::Opd => "opd",
+            CounterKind::Pharmacy => "pharmacy",
+            CounterKind::Lab => "lab",
+            CounterKind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CounterKind> {
+        CounterKind::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Counter {

@@ -1,5 +1,5 @@
 //! Bearer credentials and roles: admin (registry, keys), platform (scans, token reads),
-//! staff (counter work for one facility). Configured tokens are compared as SHA-256
+//! monitor (leaderboards), staff (counter work for one facility). Configured tokens are compared as SHA-256
 //! digests in constant time; staff keys are looked up by id and checked against a hash.
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -14,6 +14,7 @@ use crate::registry::staff;
 pub enum Principal {
     Admin,
     Platform,
+    Monitor,
     Staff { facility: String },
 }
 
@@ -57,6 +58,10 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
         state.limits.client("platform").map_err(limited)?;
         return Ok(Principal::Platform);
     }
+    if state.monitor_digest.is_some_and(|m| bool::from(d.ct_eq(&m))) {
+        state.limits.client("monitor").map_err(limited)?;
+        return Ok(Principal::Monitor);
+    }
     let Some((facility, key_id, secret)) = staff::parse(token) else { return Err(unauthorized(req, state)) };
     state.limits.client(&format!("staff:{key_id}")).map_err(limited)?;
     match state.store.staff_key_hash(facility, key_id).await? {
@@ -86,6 +91,11 @@ impl Principal {
 
     pub fn require_platform(&self) -> Result<(), ApiError> {
         (*self == Principal::Platform).then_some(()).ok_or(ApiError::Forbidden)
+    }
+
+    /// Leaderboards: the monitoring role, and admins.
+    pub fn require_monitor(&self) -> Result<(), ApiError> {
+        matches!(self, Principal::Monitor | Principal::Admin).then_some(()).ok_or(ApiError::Forbidden)
     }
 
     pub fn require_staff_of(&self, facility: &str) -> Result<(), ApiError> {

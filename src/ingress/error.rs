@@ -34,6 +34,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("{0}")]
     MalformedJson(String),
+    #[error("the query string cannot be decoded")]
+    MalformedQuery,
     #[error("missing field")]
     MissingField(String),
     #[error("unknown field")]
@@ -71,6 +73,7 @@ impl ApiError {
             ApiError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::MalformedJson(_) => "MALFORMED_JSON",
+            ApiError::MalformedQuery => "MALFORMED_QUERY",
             ApiError::MissingField(_) => "MISSING_FIELD",
             ApiError::UnknownField(_) => "UNKNOWN_FIELD",
             ApiError::InvalidType(_) => "INVALID_TYPE",
@@ -114,6 +117,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IllegalTransition(_) => StatusCode::CONFLICT,
             ApiError::MalformedJson(_)
+            | ApiError::MalformedQuery
             | ApiError::MissingField(_)
             | ApiError::UnknownField(_)
             | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,

@@ -29,6 +29,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The exporter's series, then process RSS/CPU and the leaderboard gauges (both rendered
+/// here: their label sets change with the top N, and stale ranks must not linger).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.prometheus.render())
+    let deps = state.directory.deps();
+    deps.metrics.mailbox_depth.set(state.directory.mailbox_depth() as f64);
+    let mut body = state.prometheus.render();
+    body.push_str(&crate::telemetry::process::render());
+    body.push_str(&crate::leaderboard::feed::render_prometheus(&state.feed.latest()));
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }

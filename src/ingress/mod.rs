@@ -7,8 +7,10 @@ pub mod counters;
 pub mod error;
 pub mod facilities;
 pub mod health;
+pub mod leaderboards;
 pub mod limits;
 pub mod openapi;
+pub mod pages;
 pub mod scans;
 pub mod validate;
 
@@ -35,12 +37,18 @@ pub struct AppState {
     pub store: Store,
     pub admin_digest: [u8; 32],
     pub platform_digest: [u8; 32],
+    /// Absent when no monitor token is configured.
+    pub monitor_digest: Option<[u8; 32]>,
     pub prometheus: PrometheusHandle,
     /// Redis answered the last health ping.
     pub redis_up: Arc<AtomicBool>,
     pub shutting_down: Arc<AtomicBool>,
     pub in_flight: AtomicUsize,
     pub limits: limits::Limits,
+    pub feed: Arc<crate::leaderboard::feed::Feed>,
+    pub boards: Arc<pages::Boards>,
+    /// Open server-sent-event streams.
+    pub sse_clients: Arc<AtomicUsize>,
 }
 
 /// Mounts every route.
@@ -62,7 +70,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/facilities/{facility_id}/queue", web::get().to(counters::queue))
         .route("/v1/facilities/{facility_id}/counters/{counter_id}/call-next", web::post().to(counters::call_next))
         .route("/v1/tokens/{token_id}", web::get().to(counters::get_token))
-        .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act));
+        .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act))
+        .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
+        .route("/leaderboard", web::get().to(pages::leaderboard_page))
+        .route("/leaderboard/events", web::get().to(pages::leaderboard_events))
+        .route("/facilities/{facility_id}/board", web::get().to(pages::board_page))
+        .route("/facilities/{facility_id}/board/events", web::get().to(pages::board_events));
 }
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {

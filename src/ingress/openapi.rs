@@ -29,6 +29,7 @@ impl Modify for Bearer {
         super::facilities::import,
         super::facilities::create_staff_key,
         super::facilities::revoke_staff_key,
+        super::leaderboards::get,
     ),
     modifiers(&Bearer)
 )]

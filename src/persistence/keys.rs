@@ -10,6 +10,14 @@
 //! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
+//! | `lb:{lb}:<period>:<kind>:<scope>` | sorted set member -> tokens | leaderboards ([`leaderboard`]) | daily: leaderboard retention; `all`: forever |
+//!
+//! Leaderboards are national, so they cannot share a facility's slot: their keys share the
+//! hash tag `{lb}` instead. `<period>` is a service day (`YYYY-MM-DD`) or `all`; `<kind>`
+//! is `all` or a counter kind; `<scope>` is `s` (states), `d` (districts), `d:<state>`,
+//! `f` (facilities), `f:s:<state>` or `f:d:<district id>`. The fenced WRITE script bumps
+//! them in the same atomic step that stores the token, on a single Redis. (On Redis Cluster
+//! a script cannot span two slots; see the README.)
 //!
 //! Facility ids never contain `{`, `}` or `:` (validated at the edge), so keys are unambiguous.
 use jiff::civil::Date;
@@ -52,9 +60,42 @@ pub fn count_field(day: Date, counter: &str) -> String {
     format!("{day}|{counter}")
 }
 
+/// Which ranking of a leaderboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbScope<'a> {
+    States,
+    Districts,
+    /// Districts of one state (state code).
+    DistrictsIn(&'a str),
+    Facilities,
+    /// Facilities of one state (state code).
+    FacilitiesInState(&'a str),
+    /// Facilities of one district (district id `<state code>/<name>`).
+    FacilitiesInDistrict(&'a str),
+}
+
+/// A leaderboard key: `period` is a service day or `all`, `kind` is `all` or a counter kind.
+pub fn leaderboard(period: &str, kind: &str, scope: LbScope<'_>) -> String {
+    match scope {
+        LbScope::States => format!("lb:{{lb}}:{period}:{kind}:s"),
+        LbScope::Districts => format!("lb:{{lb}}:{period}:{kind}:d"),
+        LbScope::DistrictsIn(state) => format!("lb:{{lb}}:{period}:{kind}:d:{state}"),
+        LbScope::Facilities => format!("lb:{{lb}}:{period}:{kind}:f"),
+        LbScope::FacilitiesInState(state) => format!("lb:{{lb}}:{period}:{kind}:f:s:{state}"),
+        LbScope::FacilitiesInDistrict(d) => format!("lb:{{lb}}:{period}:{kind}:f:d:{d}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaderboard_keys_share_one_hash_tag() {
+        let k = leaderboard("2026-11-23", "opd", LbScope::FacilitiesInDistrict("KA/Mysuru"));
+        assert_eq!(k, "lb:{lb}:2026-11-23:opd:f:d:KA/Mysuru");
+        assert_eq!(leaderboard("all", "all", LbScope::States), "lb:{lb}:all:all:s");
+    }
 
     #[test]
     fn keys_share_the_facility_hash_tag() {

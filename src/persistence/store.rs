@@ -34,21 +34,32 @@ return {epoch, info}
 
 /// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
 /// and the previous write of this activation must have been applied (no gaps).
-/// KEYS: fence, day tokens, counts. ARGV: epoch, prev seq, ttl seconds, n counts, count
-/// fields..., then field/value pairs. An empty write only checks (a read barrier).
+/// KEYS: fence, day tokens, counts, then one leaderboard key per leaderboard increment.
+/// ARGV: epoch, prev seq, ttl seconds, n counts, count fields..., leaderboard ttl, then per
+/// leaderboard key (member, increment, daily 0/1), then token field/value pairs.
+/// Leaderboards move in the same atomic step as the tokens they count, so they are exact.
+/// An empty write only checks (a read barrier).
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
 if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
 if f[2] ~= ARGV[2] then return redis.error_reply('GAP write sequence') end
 local nc = tonumber(ARGV[4])
 for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[4 + i], 1) end
-local first = 5 + nc
-if first <= #ARGV then
-  redis.call('HSET', KEYS[2], unpack(ARGV, first, #ARGV))
+local p = 5 + nc
+local lbttl = ARGV[p]
+p = p + 1
+for i = 4, #KEYS do
+  redis.call('ZINCRBY', KEYS[i], ARGV[p + 1], ARGV[p])
+  -- Daily boards expire after the retention; NX keeps the first deadline.
+  if ARGV[p + 2] == '1' then redis.call('EXPIRE', KEYS[i], lbttl, 'NX') end
+  p = p + 3
+end
+if p <= #ARGV then
+  redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 -- A write with nothing in it is a read barrier: checked, but it changes nothing.
-if nc > 0 or first <= #ARGV then
+if nc > 0 or p <= #ARGV then
   redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
 end
 return 1
@@ -164,5 +175,31 @@ impl Store {
         let mut c = self.conn.clone();
         let n: i64 = self.call(async move { c.hdel(keys::staff_keys(facility), key_id).await }).await?;
         Ok(n > 0)
+    }
+
+    /// The top `n` members of a sorted set, highest first (all of them when `n` is 0).
+    pub async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(key).arg(0).arg(n as i64 - 1).arg("REV").arg("WITHSCORES");
+        self.call(async move { cmd.query_async::<Vec<(String, f64)>>(&mut c).await }).await
+    }
+
+    pub async fn score(&self, key: &str, member: &str) -> Result<Option<f64>, StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move { c.zscore::<_, _, Option<f64>>(key, member).await }).await
+    }
+
+    /// Registry records of several facilities, in order (`None` for unknown ids).
+    pub async fn get_infos(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("GET").arg(keys::info(id));
+        }
+        let mut c = self.conn.clone();
+        self.call(async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }).await
     }
 }

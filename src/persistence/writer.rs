@@ -23,8 +23,22 @@ pub struct WriteOp {
     /// Seconds the day hash lives from now (EXPIRE, not EXPIREAT: see the actor).
     pub expire_in: i64,
     pub count_fields: Vec<String>,
+    /// Leaderboard increments for the tokens this write issues.
+    pub leaderboard: Vec<LbIncr>,
+    /// Seconds a daily leaderboard lives after its first increment.
+    pub leaderboard_ttl: i64,
     pub fields: Vec<(String, String)>,
     pub done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// One sorted-set increment: `member` of `key` goes up by `by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbIncr {
+    pub key: String,
+    pub member: String,
+    pub by: u32,
+    /// A daily board (expires), not an all-time one.
+    pub daily: bool,
 }
 
 pub type WriterTx = mpsc::Sender<WriteOp>;
@@ -43,16 +57,20 @@ impl Batch {
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(&self.sha)
-                .arg(3)
+                .arg(3 + op.leaderboard.len())
                 .arg(&op.fence_key)
                 .arg(&op.day_key)
-                .arg(&op.counts_key)
-                .arg(op.epoch)
-                .arg(op.prev_seq)
-                .arg(op.expire_in)
-                .arg(op.count_fields.len());
+                .arg(&op.counts_key);
+            for lb in &op.leaderboard {
+                cmd.arg(&lb.key);
+            }
+            cmd.arg(op.epoch).arg(op.prev_seq).arg(op.expire_in).arg(op.count_fields.len());
             for f in &op.count_fields {
                 cmd.arg(f);
+            }
+            cmd.arg(op.leaderboard_ttl);
+            for lb in &op.leaderboard {
+                cmd.arg(&lb.member).arg(lb.by).arg(if lb.daily { "1" } else { "0" });
             }
             for (k, v) in &op.fields {
                 cmd.arg(k).arg(v);

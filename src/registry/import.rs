@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn every_bad_line_is_reported_with_its_number() {
-        let nd = "{\"facility_id\":\"IN01\",\"name\":\"A\",\"state\":\"S\",\"district\":\"D\",\"counters\":[{\"id\":\"OPD1\",\"kind\":\"opd\"}]}\n{nope\n{\"facility_id\":\"IN01\",\"name\":\"A\",\"state\":\"S\",\"district\":\"D\",\"counters\":[{\"id\":\"OPD1\",\"kind\":\"opd\"}]}\n";
+        let nd = "{\"facility_id\":\"IN01\",\"name\":\"A\",\"state\":\"GA\",\"district\":\"D\",\"counters\":[{\"id\":\"OPD1\",\"kind\":\"opd\"}]}\n{nope\n{\"facility_id\":\"IN01\",\"name\":\"A\",\"state\":\"GA\",\"district\":\"D\",\"counters\":[{\"id\":\"OPD1\",\"kind\":\"opd\"}]}\n";
         let errs = parse(Format::Ndjson, nd.as_bytes(), "Asia/Kolkata", 1800).unwrap_err();
         let lines: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.code)).collect();
         assert_eq!(lines, vec![(2, "MALFORMED_JSON"), (3, "DUPLICATE_FACILITY")]);

@@ -2,6 +2,7 @@
 //! counters) with their validation rules, bulk import (CSV / NDJSON) and staff keys.
 pub mod import;
 pub mod staff;
+pub mod states;
 
 use std::collections::HashSet;
 
@@ -122,7 +123,12 @@ impl FacilitySpec {
         Ok(FacilityInfo {
             facility_id: facility_id.to_string(),
             name: clean_text("name", &self.name)?,
-            state: clean_text("state", &self.state)?,
+            state: states::lookup(&clean_text("state", &self.state)?)
+                .ok_or_else(|| {
+                    field_error("state", "must be one of the 36 states and union territories (name or code)")
+                })?
+                .name
+                .to_string(),
             district: clean_text("district", &self.district)?,
             timezone,
             token_validity_s,
@@ -140,6 +146,16 @@ impl FacilityInfo {
             default_service_s,
             counters: self.counters.clone(),
         }
+    }
+
+    /// The state's code, or `unknown` for a record stored before states were validated.
+    pub fn state_code(&self) -> &'static str {
+        states::lookup(&self.state).map_or("unknown", |s| s.code)
+    }
+
+    /// Districts are named within a state: `<state code>/<district>` is unique nationally.
+    pub fn district_id(&self) -> String {
+        format!("{}/{}", self.state_code(), self.district)
     }
 
     pub fn counter_kind(&self, id: &str) -> Option<CounterKind> {
@@ -195,6 +211,13 @@ mod tests {
         let mut s = spec();
         s.token_validity_s = Some(5);
         assert_eq!(s.validate("IN01", "Asia/Kolkata", 1800).unwrap_err().field, "token_validity_s");
+        let mut s = spec();
+        s.state = "Atlantis".into();
+        assert_eq!(s.validate("IN01", "Asia/Kolkata", 1800).unwrap_err().field, "state");
+        let mut s = spec();
+        s.state = "dl".into();
+        let f = s.validate("IN01", "Asia/Kolkata", 1800).unwrap();
+        assert_eq!((f.state.as_str(), f.state_code(), f.district_id()), ("Delhi", "DL", "DL/New Delhi".to_string()));
         let mut s = spec();
         s.name = "a\u{0}b".into();
         assert_eq!(s.validate("IN01", "Asia/Kolkata", 1800).unwrap_err().field, "name");

@@ -1,13 +1,15 @@
 //! The metrics catalog: every metric's name, type, unit, labels and meaning, once. Handles
 //! are registered once and cloned into the hot paths. Labels are bounded enums only:
 //! never a facility, patient or token id.
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// `scangw_scans_total{outcome}`: scans answered, by outcome (new, repeat, replay, rejected).
+/// `scangw_scans_total{state,counter_kind,outcome}`: scans answered by a facility, by the
+/// facility's state code (or `unknown`), the counter's kind (or `unknown`) and outcome
+/// (new = a token issued, repeat, replay, rejected).
 pub const SCANS: &str = "scangw_scans_total";
 /// `scangw_token_issue_seconds`: time from a scan reaching its facility actor to the token
 /// being durable in Redis.
@@ -30,6 +32,97 @@ pub const STORE_ERRORS: &str = "scangw_store_errors_total";
 pub const RATE_LIMITED: &str = "scangw_rate_limited_total";
 /// `scangw_counter_ops_total{op}`: counter operations applied (call_next, recall, complete, no_show, transfer).
 pub const COUNTER_OPS: &str = "scangw_counter_ops_total";
+/// `scangw_mailbox_depth`: commands waiting in facility mailboxes on this node (at scrape).
+pub const MAILBOX_DEPTH: &str = "scangw_mailbox_depth";
+/// `scangw_redis_up`: 1 when the last health ping reached Redis, else 0.
+pub const REDIS_UP: &str = "scangw_redis_up";
+/// `scangw_sse_clients`: open server-sent-event streams (live pages).
+pub const SSE_CLIENTS: &str = "scangw_sse_clients";
+/// `scangw_leaderboard_state_tokens{state,period}`: exact tokens per state, today or all
+/// time, read from the Redis leaderboards (every node exports the same national value).
+pub const LB_STATE: &str = "scangw_leaderboard_state_tokens";
+/// `scangw_leaderboard_top_facility_tokens{rank,facility_id,facility_name,state}`: today's
+/// top N facilities (N = `leaderboard_top_n`, so at most N series).
+pub const LB_TOP_FACILITY: &str = "scangw_leaderboard_top_facility_tokens";
+/// `scangw_leaderboard_top_district_tokens{rank,district,state}`: today's top N districts.
+pub const LB_TOP_DISTRICT: &str = "scangw_leaderboard_top_district_tokens";
+/// `process_resident_memory_bytes`: resident set size of the process.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// `process_cpu_seconds_total`: user + system CPU time of the process.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric: the catalog dashboards and alert rules are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub unit: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    kind: MetricKind,
+    unit: &'static str,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricDef {
+    MetricDef { name, kind, unit, labels, help }
+}
+
+use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+
+/// Every metric the gateway exports. Label values are bounded: 36 states + unknown, 5
+/// counter kinds, 4 outcomes, route patterns, status classes, limit and shed reasons; the
+/// leaderboard gauges are bounded by `leaderboard_top_n`.
+pub const CATALOG: &[MetricDef] = &[
+    def(SCANS, C, "scans", &["state", "counter_kind", "outcome"], "Scans answered by a facility"),
+    def(TOKEN_ISSUE, H, "seconds", &[], "Scan reaching its actor to token durable in Redis"),
+    def(HTTP_DURATION, H, "seconds", &["route", "status_class"], "HTTP request latency by route pattern"),
+    def(OVERLOADED, C, "requests", &["reason"], "Requests shed with 503 OVERLOADED"),
+    def(RATE_LIMITED, C, "requests", &["limit"], "Requests refused with 429"),
+    def(ACTIVE_ACTORS, G, "actors", &[], "Facility actors alive on this node"),
+    def(MAILBOX_DEPTH, G, "commands", &[], "Commands waiting in facility mailboxes"),
+    def(REDIS_BATCH_SIZE, H, "writes", &[], "Writes per group-commit round trip"),
+    def(REDIS_FLUSH, H, "seconds", &[], "Duration of one group-commit round trip"),
+    def(FENCING_CONFLICTS, C, "writes", &[], "Writes refused by the fencing epoch"),
+    def(STORE_ERRORS, C, "requests", &[], "Requests answered 503 STORE_UNAVAILABLE"),
+    def(COUNTER_OPS, C, "operations", &["op"], "Counter operations applied"),
+    def(REDIS_UP, G, "boolean", &[], "Redis reachable at the last health ping"),
+    def(SSE_CLIENTS, G, "streams", &[], "Open server-sent-event streams"),
+    def(LB_STATE, G, "tokens", &["state", "period"], "Tokens per state from the Redis leaderboards"),
+    def(
+        LB_TOP_FACILITY,
+        G,
+        "tokens",
+        &["rank", "facility_id", "facility_name", "state"],
+        "Today's top facilities by tokens",
+    ),
+    def(LB_TOP_DISTRICT, G, "tokens", &["rank", "district", "state"], "Today's top districts by tokens"),
+    def(PROCESS_RSS, G, "bytes", &[], "Resident set size"),
+    def(PROCESS_CPU, C, "seconds", &[], "User and system CPU time"),
+];
+
+/// Outcome of a scan, for [`SCANS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanOutcome {
+    New,
+    Repeat,
+    Replay,
+    Rejected,
+}
+
+const OUTCOMES: [&str; 4] = ["new", "repeat", "replay", "rejected"];
+const KINDS: [&str; 5] = ["opd", "pharmacy", "lab", "other", "unknown"];
+const N_STATES: usize = crate::registry::states::STATES.len() + 1;
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
@@ -67,15 +160,31 @@ fn describe() {
     describe_counter!(STORE_ERRORS, "Requests answered 503 STORE_UNAVAILABLE");
     describe_counter!(COUNTER_OPS, "Counter operations applied, by op");
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit");
+    describe_gauge!(MAILBOX_DEPTH, "Commands waiting in facility mailboxes on this node");
+    describe_gauge!(REDIS_UP, "Redis reachable at the last health ping");
+    describe_gauge!(SSE_CLIENTS, "Open server-sent-event streams");
+}
+
+/// One handle per (state, counter kind, outcome), registered up front: the label set is
+/// small and bounded, and every series exists from zero, which `rate()` and the
+/// silent-state alert need.
+fn scan_table() -> Arc<[Counter]> {
+    let states = crate::registry::states::STATES.iter().map(|s| s.code).chain(["unknown"]);
+    let mut v = Vec::with_capacity(N_STATES * KINDS.len() * OUTCOMES.len());
+    for state in states {
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                v.push(metrics::counter!(SCANS, "state" => state, "counter_kind" => kind, "outcome" => outcome));
+            }
+        }
+    }
+    v.into()
 }
 
 /// Pre-registered handles for the hot paths.
 #[derive(Clone)]
 pub struct Metrics {
-    pub scans_new: Counter,
-    pub scans_repeat: Counter,
-    pub scans_replay: Counter,
-    pub scans_rejected: Counter,
+    scans: Arc<[Counter]>,
     pub token_issue: Histogram,
     pub overloaded_mailbox: Counter,
     pub overloaded_in_flight: Counter,
@@ -85,16 +194,16 @@ pub struct Metrics {
     pub flush: Histogram,
     pub fencing: Counter,
     pub store_errors: Counter,
+    pub redis_up: Gauge,
+    pub mailbox_depth: Gauge,
+    pub sse_clients: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         install();
         Self {
-            scans_new: metrics::counter!(SCANS, "outcome" => "new"),
-            scans_repeat: metrics::counter!(SCANS, "outcome" => "repeat"),
-            scans_replay: metrics::counter!(SCANS, "outcome" => "replay"),
-            scans_rejected: metrics::counter!(SCANS, "outcome" => "rejected"),
+            scans: scan_table(),
             token_issue: metrics::histogram!(TOKEN_ISSUE),
             overloaded_mailbox: metrics::counter!(OVERLOADED, "reason" => "mailbox"),
             overloaded_in_flight: metrics::counter!(OVERLOADED, "reason" => "in_flight"),
@@ -104,7 +213,18 @@ impl Metrics {
             flush: metrics::histogram!(REDIS_FLUSH),
             fencing: metrics::counter!(FENCING_CONFLICTS),
             store_errors: metrics::counter!(STORE_ERRORS),
+            redis_up: metrics::gauge!(REDIS_UP),
+            mailbox_depth: metrics::gauge!(MAILBOX_DEPTH),
+            sse_clients: metrics::gauge!(SSE_CLIENTS),
         }
+    }
+
+    /// Counts a scan; `state` is a state code, `kind` the counter's kind when known.
+    pub fn scan(&self, state: &str, kind: Option<crate::facility::queue::CounterKind>, outcome: ScanOutcome) {
+        let s = crate::registry::states::index_of_code(state).unwrap_or(N_STATES - 1);
+        let k = kind.map_or(KINDS.len() - 1, |k| k as usize);
+        let i = (s * KINDS.len() + k) * OUTCOMES.len() + outcome as usize;
+        self.scans[i].increment(1);
     }
 
     pub fn redis_batch(&self, size: usize, took: Duration) {
@@ -140,5 +260,42 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_counts_land_on_their_own_labels() {
+        let handle = install();
+        let m = Metrics::new();
+        // Lakshadweep labs replaying twice: a combination no other test uses.
+        m.scan("LD", Some(crate::facility::queue::CounterKind::Lab), ScanOutcome::Replay);
+        m.scan("LD", Some(crate::facility::queue::CounterKind::Lab), ScanOutcome::Replay);
+        m.scan("??", None, ScanOutcome::Rejected);
+        let text = handle.render();
+        let line = |l: &str| text.lines().find(|x| x.starts_with(l)).map(str::to_string);
+        let ld = line(r#"scangw_scans_total{state="LD",counter_kind="lab",outcome="replay"}"#).unwrap();
+        assert!(ld.ends_with(" 2"), "{ld}");
+        assert!(line(r#"scangw_scans_total{state="unknown",counter_kind="unknown",outcome="rejected"}"#).is_some());
+        assert!(line(r#"scangw_scans_total{state="LD",counter_kind="opd",outcome="replay"} 0"#).is_some());
+    }
+
+    #[test]
+    fn catalog_names_use_base_units_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for m in CATALOG {
+            assert!(seen.insert(m.name), "{} twice", m.name);
+            match m.kind {
+                MetricKind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                MetricKind::Histogram if m.unit == "seconds" => assert!(m.name.ends_with("_seconds")),
+                _ => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            for l in m.labels {
+                assert!(!["patient", "token_id", "abha"].contains(l), "{}: {l}", m.name);
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Logs (tracing) and metrics (Prometheus). Patient data never goes to either: handlers
 //! log facility and counter ids, codes and timings only.
 pub mod metrics;
+pub mod process;
 
 use tracing_subscriber::EnvFilter;
 

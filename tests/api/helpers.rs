@@ -488,6 +488,7 @@ pub struct TestApp {
     pub base: String,
     pub admin: String,
     pub platform: String,
+    pub monitor: String,
     pub clock: scan_gateway::clock::ManualClock,
     pub client: awc::Client,
     /// Facility actors alive in this app now.
@@ -508,6 +509,7 @@ impl TestApp {
         use std::sync::Arc;
         let admin = settings.admin_token.clone();
         let platform = settings.platform_token.clone();
+        let monitor = settings.monitor_token.clone();
         let shared: Arc<dyn scan_gateway::clock::Clock> = Arc::new(clock.clone());
         let app = scan_gateway::startup::Application::build(settings, shared).await.expect("build the application");
         let port = app.port();
@@ -522,6 +524,7 @@ impl TestApp {
             base: format!("http://127.0.0.1:{port}"),
             admin,
             platform,
+            monitor,
             clock,
             client: client(),
             active_facilities,

@@ -1,0 +1,380 @@
+//! Leaderboards: exact counts after concurrent load (and under fencing conflicts between
+//! two gateways), filters, day rollover and retention, the monitor role, the live feed
+//! (SSE) and the Prometheus series it feeds.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use redis::Commands;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// (facility id, state name, state code, district, counters as (id, kind))
+type Fixture = (String, &'static str, &'static str, &'static str, Vec<(&'static str, &'static str)>);
+
+fn facilities() -> Vec<Fixture> {
+    vec![
+        (fid(700), "Uttar Pradesh", "UP", "Lucknow", vec![("OPD1", "opd"), ("Lab", "lab")]),
+        (fid(701), "Uttar Pradesh", "UP", "Lucknow", vec![("OPD1", "opd"), ("Pharmacy", "pharmacy")]),
+        (fid(702), "UP", "UP", "Varanasi", vec![("OPD1", "opd")]),
+        (fid(703), "Andhra Pradesh", "AP", "Guntur", vec![("OPD1", "opd"), ("Lab", "lab")]),
+        (fid(704), "karnataka", "KA", "Mysuru", vec![("OPD1", "opd"), ("Pharmacy", "pharmacy")]),
+        (fid(705), "Delhi", "DL", "New Delhi", vec![("OPD1", "opd")]),
+    ]
+}
+
+async fn register_all(app: &TestApp) {
+    for (id, state, _, district, counters) in facilities() {
+        let counters: Vec<Value> = counters.iter().map(|(c, k)| json!({"id": c, "kind": k})).collect();
+        let body =
+            json!({"name": format!("Hospital {id}"), "state": state, "district": district, "counters": counters});
+        let (st, v) = app.put_facility(&id, &body).await;
+        assert_eq!(st, 201, "{v}");
+    }
+}
+
+async fn board(app: &TestApp, path: &str) -> Value {
+    let r = app.req("GET", path, Some(&app.monitor), None, &[]).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text);
+    r.body
+}
+
+/// (id -> tokens) of a ranking, checking ranks, order and shares on the way.
+fn rows(v: &Value) -> BTreeMap<String, u64> {
+    let rows = v["rows"].as_array().expect("rows");
+    let total = num(v, "total");
+    let mut prev = u64::MAX;
+    for (i, r) in rows.iter().enumerate() {
+        let t = num(r, "tokens");
+        assert!(t <= prev, "rows sorted by tokens: {v}");
+        if t < prev {
+            assert_eq!(num(r, "rank"), i as u64 + 1, "competition rank: {v}");
+        }
+        prev = t;
+        let share = r["share"].as_f64().unwrap();
+        let want = if total == 0 { 0.0 } else { t as f64 / total as f64 };
+        assert!((share - want).abs() < 1e-5, "share of {r} in total {total}");
+    }
+    rows.iter().filter(|r| num(r, "tokens") > 0).map(|r| (s(r, "id").to_string(), num(r, "tokens"))).collect()
+}
+
+#[derive(Default)]
+struct Expected {
+    states: BTreeMap<String, u64>,
+    districts: BTreeMap<String, u64>,
+    facilities: BTreeMap<String, u64>,
+    lab_facilities: BTreeMap<String, u64>,
+    up_facilities: BTreeMap<String, u64>,
+    lucknow_facilities: BTreeMap<String, u64>,
+}
+
+impl Expected {
+    fn add(&mut self, facility: &str, counter: &str) {
+        let (_, _, code, district, counters) = facilities().into_iter().find(|f| f.0 == facility).unwrap();
+        let kind = counters.iter().find(|c| c.0 == counter).unwrap().1;
+        *self.states.entry(code.into()).or_default() += 1;
+        *self.districts.entry(format!("{code}/{district}")).or_default() += 1;
+        *self.facilities.entry(facility.into()).or_default() += 1;
+        if kind == "lab" {
+            *self.lab_facilities.entry(facility.into()).or_default() += 1;
+        }
+        if code == "UP" {
+            *self.up_facilities.entry(facility.into()).or_default() += 1;
+            if district == "Lucknow" {
+                *self.lucknow_facilities.entry(facility.into()).or_default() += 1;
+            }
+        }
+    }
+
+    async fn check(&self, app: &TestApp, date: &str) {
+        let q = |b: &str, extra: &str| format!("/v1/leaderboards/{b}?date={date}&limit=1000{extra}");
+        let states = board(app, &q("states", "")).await;
+        assert_eq!(rows(&states), self.states, "states");
+        assert_eq!(states["rows"].as_array().unwrap().len(), 36, "every state is listed");
+        assert_eq!(num(&states, "total"), self.facilities.values().sum::<u64>());
+        assert_eq!(rows(&board(app, &q("districts", "")).await), self.districts, "districts");
+        assert_eq!(rows(&board(app, &q("facilities", "")).await), self.facilities, "facilities");
+        assert_eq!(rows(&board(app, &q("facilities", "&counter_kind=lab")).await), self.lab_facilities, "labs");
+        let up = board(app, &q("facilities", "&state=Uttar%20Pradesh")).await;
+        assert_eq!(rows(&up), self.up_facilities, "facilities in UP");
+        assert_eq!(num(&up, "total"), self.states["UP"], "shares within a state are of the state's total");
+        let lko = board(app, &q("facilities", "&state=UP&district=Lucknow")).await;
+        assert_eq!(rows(&lko), self.lucknow_facilities, "facilities in Lucknow");
+        assert_eq!(num(&lko, "total"), self.districts["UP/Lucknow"]);
+        let up_districts = board(app, &q("districts", "&state=up")).await;
+        let want: BTreeMap<String, u64> =
+            self.districts.iter().filter(|(k, _)| k.starts_with("UP/")).map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(rows(&up_districts), want, "districts in UP");
+    }
+}
+
+/// Tokens each facility holds in Redis for the day: the ground truth.
+fn stored_tokens(redis: &RedisServer, facility: &str) -> u64 {
+    let n: u64 = redis.conn().hlen(format!("sg:{{{facility}}}:d:{START_DATE}:t")).unwrap();
+    n
+}
+
+#[actix_web::test]
+async fn leaderboards_equal_the_tokens_issued_after_a_concurrent_load() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    register_all(&app).await;
+    let fs = facilities();
+    // 600 scans over every (facility, counter), one patient in ten scanning twice.
+    let plan: Vec<(String, &str, usize)> = (0..600usize)
+        .map(|i| {
+            let f = &fs[i % fs.len()];
+            let c = f.4[(i / fs.len()) % f.4.len()].0;
+            // Same facility and counter 60 scans back: 60 is a multiple of 6 facilities x 2 counters.
+            let patient = if i % 10 == 9 && i >= 60 { i - 60 } else { i };
+            (f.0.clone(), c, patient)
+        })
+        .collect();
+    let results = join_all(plan.iter().map(|(f, c, p)| {
+        let app = &app;
+        async move { (f.clone(), *c, app.scan(&scan_body(f, c, *p)).await) }
+    }))
+    .await;
+    let mut want = Expected::default();
+    let mut repeats = 0;
+    for (f, c, (st, v)) in &results {
+        match st {
+            201 => want.add(f, c),
+            200 => repeats += 1,
+            _ => panic!("unexpected {st}: {v}"),
+        }
+    }
+    assert!(repeats > 0, "the plan re-scans some patients");
+    for (f, n) in &want.facilities {
+        assert_eq!(stored_tokens(&redis, f), *n, "tokens of {f} in Redis");
+    }
+    want.check(&app, START_DATE).await;
+    want.check(&app, "all").await;
+    // Counter operations and repeats move no leaderboard.
+    let (key_id, key) = app.create_staff_key(&fs[0].0).await;
+    let _ = key_id;
+    let r =
+        app.req("POST", &format!("/v1/facilities/{}/counters/OPD1/call-next", fs[0].0), Some(&key), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    want.check(&app, START_DATE).await;
+}
+
+#[actix_web::test]
+async fn a_write_refused_by_the_fence_moves_no_leaderboard() {
+    let redis = RedisServer::start();
+    let clock = TestApp::clock_at(START);
+    let a = TestApp::spawn(&redis, clock.clone()).await;
+    let b = TestApp::spawn(&redis, clock.clone()).await;
+    register_all(&a).await;
+    let fs = facilities();
+    let conflicts = || async {
+        let m = a.req("GET", "/metrics", None, None, &[]).await.text;
+        m.lines()
+            .find_map(|l| l.strip_prefix("scangw_fencing_conflicts_total "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let conflicts_before = conflicts().await;
+    let results = join_all((0..300usize).map(|i| {
+        // Alternate gateways so ownership keeps moving and some writes are fenced off.
+        let app = if (i / 7) % 2 == 0 { &a } else { &b };
+        let f = fs[i % 3].0.clone();
+        async move { (f.clone(), app.scan(&scan_body(&f, "OPD1", 5000 + i)).await) }
+    }))
+    .await;
+    let mut want = Expected::default();
+    let mut refused = 0;
+    for (f, (st, v)) in &results {
+        match st {
+            201 => want.add(f, "OPD1"),
+            503 => refused += 1,
+            _ => panic!("unexpected {st}: {v}"),
+        }
+    }
+    let fenced = conflicts().await - conflicts_before;
+    println!(
+        "fenced ping-pong: {} tokens, {refused} refused, {fenced} writes fenced off",
+        want.facilities.values().sum::<u64>()
+    );
+    assert!(fenced > 0.0, "the test must provoke writes the fence refuses");
+    for (f, n) in &want.facilities {
+        assert_eq!(stored_tokens(&redis, f), *n, "tokens of {f} in Redis");
+    }
+    want.check(&a, START_DATE).await;
+}
+
+#[actix_web::test]
+async fn daily_boards_follow_the_service_day_and_expire_after_the_retention() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.leaderboard_retention_days = 3;
+    // 04:00 UTC is 09:30 IST on 2026-11-23.
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    register_all(&app).await;
+    let f = fid(705);
+    for i in 0..3 {
+        app.scan_new(&scan_body(&f, "OPD1", i)).await;
+    }
+    // 18:31 UTC is 00:01 IST the next day: a new service day.
+    app.clock.set("2026-11-23T18:31:00Z".parse().unwrap());
+    for i in 10..12 {
+        app.scan_new(&scan_body(&f, "OPD1", i)).await;
+    }
+    let day1 = board(&app, "/v1/leaderboards/states?date=2026-11-23").await;
+    let day2 = board(&app, "/v1/leaderboards/states").await;
+    let all = board(&app, "/v1/leaderboards/states?date=all").await;
+    assert_eq!(s(&day2, "date"), "2026-11-24", "the default date is today's service day in IST");
+    assert_eq!((num(&day1, "total"), num(&day2, "total"), num(&all, "total")), (3, 2, 5));
+    assert_eq!(day1["rows"][0]["id"], "DL");
+    let mut c = redis.conn();
+    let ttl: i64 = c.ttl("lb:{lb}:2026-11-23:all:s").unwrap();
+    assert!((3 * 86_400 - 60..=3 * 86_400).contains(&ttl), "daily boards expire after the retention: {ttl}");
+    let ttl: i64 = c.ttl("lb:{lb}:all:all:s").unwrap();
+    assert_eq!(ttl, -1, "all-time boards stay");
+    let empty = board(&app, "/v1/leaderboards/facilities?date=2020-01-01").await;
+    assert_eq!((num(&empty, "total"), empty["rows"].as_array().unwrap().len()), (0, 0));
+}
+
+#[actix_web::test]
+async fn the_leaderboard_api_is_for_monitors_and_names_every_bad_parameter() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    register_all(&app).await;
+    let (_, staff) = app.create_staff_key(&fid(700)).await;
+    let path = "/v1/leaderboards/states";
+    let status = |r: Resp| (r.status, r.body["error"]["code"].as_str().unwrap_or("").to_string());
+    assert_eq!(status(app.req("GET", path, None, None, &[]).await), (401, "UNAUTHORIZED".into()));
+    assert_eq!(status(app.req("GET", path, Some(&app.platform), None, &[]).await), (403, "FORBIDDEN".into()));
+    assert_eq!(status(app.req("GET", path, Some(&staff), None, &[]).await), (403, "FORBIDDEN".into()));
+    assert_eq!(app.req("GET", path, Some(&app.monitor), None, &[]).await.status, 200);
+    assert_eq!(app.req("GET", path, Some(&app.admin), None, &[]).await.status, 200);
+    // The monitor credential reads leaderboards only.
+    let r = app.req("POST", "/v1/scans", Some(&app.monitor), Some(&scan_body(&fid(700), "OPD1", 1)), &[]).await;
+    assert_eq!(r.status, 403);
+    let r = app.req("GET", &format!("/v1/facilities/{}", fid(700)), Some(&app.monitor), None, &[]).await;
+    assert_eq!(r.status, 403);
+    for (q, st, code, field) in [
+        ("/v1/leaderboards/cities", 404, "NOT_FOUND", None),
+        ("/v1/leaderboards/states?date=yesterday", 422, "INVALID_FIELD", Some("date")),
+        ("/v1/leaderboards/facilities?state=Atlantis", 422, "INVALID_FIELD", Some("state")),
+        ("/v1/leaderboards/facilities?district=Lucknow", 422, "INVALID_FIELD", Some("district")),
+        ("/v1/leaderboards/facilities?counter_kind=xray", 422, "INVALID_FIELD", Some("counter_kind")),
+        ("/v1/leaderboards/facilities?limit=5000", 422, "INVALID_FIELD", Some("limit")),
+        ("/v1/leaderboards/facilities?order=asc", 400, "UNKNOWN_FIELD", Some("order")),
+    ] {
+        let r = app.req("GET", q, Some(&app.monitor), None, &[]).await;
+        assert_error(r.status, &r.body, st, code);
+        if let Some(f) = field {
+            assert_eq!(r.body["error"]["field"], f, "{q}: {}", r.text);
+        }
+    }
+}
+
+/// Reads server-sent events until `want` accepts one (or the deadline passes).
+async fn wait_for_event(
+    res: &mut awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut buf = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for an event: {what}");
+        let chunk = match actix_rt::time::timeout(left, res.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(other) => panic!("event stream ended while waiting for {what}: {other:?}"),
+            Err(_) => panic!("timed out waiting for an event: {what}"),
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let v: Value = serde_json::from_str(data).expect("event data is JSON");
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn pages_stream_live_updates_and_metrics_export_the_leaderboard() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.max_sse_clients = 2;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    register_all(&app).await;
+    let page = app.req("GET", "/leaderboard", None, None, &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/html"));
+    assert!(page.text.contains("/leaderboard/events"));
+    let unknown = app.req("GET", "/facilities/IN9999999999/board", None, None, &[]).await;
+    assert_error(unknown.status, &unknown.body, 404, "UNKNOWN_FACILITY");
+
+    let sse = client();
+    let mut national = sse.get(format!("{}/leaderboard/events", app.base)).send().await.unwrap();
+    assert_eq!(national.status().as_u16(), 200);
+    assert_eq!(national.headers().get("content-type").unwrap(), "text/event-stream");
+    let f = fid(703);
+    let mut hall = sse.get(format!("{}/facilities/{f}/board/events", app.base)).send().await.unwrap();
+    assert_eq!(hall.status().as_u16(), 200);
+    let third = app.req("GET", "/leaderboard/events", None, None, &[]).await;
+    assert_error(third.status, &third.body, 503, "OVERLOADED");
+
+    let first = wait_for_event(&mut hall, "the board's first state", |_| true).await;
+    assert_eq!(first["counters"][0]["waiting"], 0);
+    for i in 0..4 {
+        app.scan_new(&scan_body(&f, "OPD1", 100 + i)).await;
+    }
+    app.scan_new(&scan_body(&fid(700), "OPD1", 200)).await;
+    let snap = wait_for_event(&mut national, "5 tokens on the national feed", |v| v["total_today"] == 5).await;
+    assert_eq!(snap["states"][0]["id"], "AP");
+    assert_eq!(snap["states"][0]["tokens"], 4);
+    assert_eq!(snap["facilities"][0]["id"], f.as_str());
+    assert_eq!(snap["counter_kinds"][0], json!({"counter_kind": "opd", "tokens": 5}));
+    let shown = wait_for_event(&mut hall, "four waiting on the board", |v| v["counters"][0]["waiting"] == 4).await;
+    assert_eq!(shown["counters"][0]["next"][0], "OPD1-001");
+    let (_, key) = app.create_staff_key(&f).await;
+    let r = app.req("POST", &format!("/v1/facilities/{f}/counters/OPD1/call-next"), Some(&key), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let called =
+        wait_for_event(&mut hall, "token 1 called", |v| v["counters"][0]["now_serving"][0] == "OPD1-001").await;
+    assert_eq!(called["counters"][0]["waiting"], 3);
+    assert!(!called.to_string().contains("abha"), "the board shows numbers only: {called}");
+
+    let metrics = app.req("GET", "/metrics", None, None, &[]).await.text;
+    for line in [
+        r#"scangw_leaderboard_state_tokens{state="AP",period="today"} 4"#,
+        r#"scangw_leaderboard_state_tokens{state="UP",period="all"} 1"#,
+        r#"scangw_leaderboard_state_tokens{state="GA",period="today"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in /metrics");
+    }
+    let top: Vec<&str> = metrics.lines().filter(|l| l.starts_with("scangw_leaderboard_top_facility_tokens{")).collect();
+    assert_eq!(top.len(), 2, "{top:?}");
+    assert!(top[0].contains(&format!(r#"rank="1",facility_id="{f}",facility_name="Hospital {f}",state="AP"}} 4"#)));
+    assert!(metrics.lines().any(|l| l.starts_with("process_resident_memory_bytes ")));
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with(r#"scangw_scans_total{state="AP",counter_kind="opd",outcome="new"}"#)));
+    assert!(metrics.contains("scangw_redis_up 1"));
+    assert!(!metrics.contains("@sbx") && !metrics.contains("@abdm"), "no patient data in metrics");
+    drop(national);
+    drop(hall);
+    // Closed streams give their slots back.
+    eventually(Duration::from_secs(10), "SSE slots released", || {
+        let app = &app;
+        async move {
+            app.req("GET", "/leaderboard", None, None, &[]).await.status == 200 && {
+                let r = client().get(format!("{}/leaderboard/events", app.base)).send().await;
+                matches!(r, Ok(r) if r.status().as_u16() == 200)
+            }
+        }
+    })
+    .await;
+}
