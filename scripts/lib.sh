@@ -23,6 +23,8 @@ _pkg_command() {
         redis-server) echo redis-server ;;
         redis-tools) echo redis-cli ;;
         python3) echo python3 ;;
+        prometheus) echo promtool ;;
+        nodejs) echo node ;;
         *) echo "" ;;
     esac
 }

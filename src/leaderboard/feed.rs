@@ -159,16 +159,8 @@ async fn build(store: &Store, day: Date, top_n: usize) -> Result<Snapshot, Store
     let facilities = read(store, &q(Board::Facilities, today, None)).await?;
     let mut counter_kinds = Vec::new();
     for k in CounterKind::ALL {
-        let r = super::sum(
-            store,
-            &crate::persistence::keys::leaderboard(
-                &day.to_string(),
-                k.as_str(),
-                crate::persistence::keys::LbScope::States,
-            ),
-        )
-        .await?;
-        counter_kinds.push(KindTotal { counter_kind: k.as_str(), tokens: r });
+        let tokens = super::national(store, &day.to_string(), &[k.as_str()]).await?;
+        counter_kinds.push(KindTotal { counter_kind: k.as_str(), tokens });
     }
     Ok(Snapshot {
         date: day.to_string(),

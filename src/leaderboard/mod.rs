@@ -16,30 +16,33 @@ use crate::persistence::{Store, StoreError};
 use crate::registry::states::{self, State};
 use crate::registry::FacilityInfo;
 
-/// The sorted-set increments for the tokens one write issues: for the day and all-time,
-/// for all kinds and the counter's kind, the state, district and facility rankings.
+/// The sorted-set increments for the tokens one write issues. Per period (the service day
+/// and all-time) and counter kind: the state, district, facility and facility-in-district
+/// rankings, plus the all-kinds national facility ranking (too big to merge per read).
+/// Every other view (all kinds, a state's districts or facilities) is merged from these at
+/// read time, which keeps a token's cost inside the fenced script to ~10 increments.
 pub fn increments(info: &FacilityInfo, day: Date, issued_kinds: &[CounterKind]) -> Vec<LbIncr> {
     let mut per_kind: BTreeMap<&'static str, u32> = BTreeMap::new();
     for k in issued_kinds {
         *per_kind.entry(k.as_str()).or_default() += 1;
-        *per_kind.entry("all").or_default() += 1;
     }
+    let total = issued_kinds.len() as u32;
     let state = info.state_code();
     let district = info.district_id();
     let day = day.to_string();
-    let mut out = Vec::with_capacity(per_kind.len() * 12);
+    let mut out = Vec::with_capacity(per_kind.len() * 8 + 2);
     for (period, daily) in [(day.as_str(), true), ("all", false)] {
+        let mut add = |kind: &str, scope: LbScope<'_>, member: &str, by: u32| {
+            out.push(LbIncr { key: keys::leaderboard(period, kind, scope), member: member.to_string(), by, daily })
+        };
         for (kind, by) in &per_kind {
-            let by = *by;
-            let mut add = |scope: LbScope<'_>, member: &str| {
-                out.push(LbIncr { key: keys::leaderboard(period, kind, scope), member: member.to_string(), by, daily })
-            };
-            add(LbScope::States, state);
-            add(LbScope::Districts, &district);
-            add(LbScope::DistrictsIn(state), &district);
-            add(LbScope::Facilities, &info.facility_id);
-            add(LbScope::FacilitiesInState(state), &info.facility_id);
-            add(LbScope::FacilitiesInDistrict(&district), &info.facility_id);
+            add(kind, LbScope::States, state, *by);
+            add(kind, LbScope::Districts, &district, *by);
+            add(kind, LbScope::Facilities, &info.facility_id, *by);
+            add(kind, LbScope::FacilitiesInDistrict(&district), &info.facility_id, *by);
+        }
+        if total > 0 {
+            add("all", LbScope::Facilities, &info.facility_id, total);
         }
     }
     out
@@ -157,48 +160,89 @@ fn district_row(id: &str, tokens: u64) -> Row {
     }
 }
 
-async fn sum(store: &Store, key: &str) -> Result<u64, StoreError> {
-    Ok(store.top(key, 0).await?.iter().map(|(_, s)| count(*s)).sum())
+/// Counter kinds a query covers: one, or all four (merged).
+fn kinds(q: &Query) -> Vec<&'static str> {
+    match q.kind {
+        Some(k) => vec![k.as_str()],
+        None => CounterKind::ALL.iter().map(|k| k.as_str()).collect(),
+    }
+}
+
+/// Members and counts of several sorted sets, summed per member.
+async fn merged(store: &Store, keys: &[String]) -> Result<BTreeMap<String, u64>, StoreError> {
+    Ok(store.union(keys).await?.into_iter().map(|(m, s)| (m, count(s))).collect())
+}
+
+/// National tokens of a period over the given kinds.
+async fn national(store: &Store, period: &str, kinds: &[&str]) -> Result<u64, StoreError> {
+    let keys: Vec<String> = kinds.iter().map(|k| keys::leaderboard(period, k, LbScope::States)).collect();
+    Ok(merged(store, &keys).await?.values().sum())
 }
 
 /// Reads one ranking from Redis.
 pub async fn read(store: &Store, q: &Query) -> Result<Ranking, StoreError> {
     let period = q.period.key_part();
-    let kind = q.kind.map_or("all", |k| k.as_str());
-    let key = |scope| keys::leaderboard(&period, kind, scope);
-    let states_key = key(LbScope::States);
+    let kinds = kinds(q);
+    let per_kind =
+        |scope: LbScope<'_>| -> Vec<String> { kinds.iter().map(|k| keys::leaderboard(&period, k, scope)).collect() };
     let district_id = match (q.state, &q.district) {
         (Some(s), Some(d)) => Some(format!("{}/{}", s.code, d)),
         _ => None,
     };
-    let national = || async { sum(store, &states_key).await };
-    let in_state = |code: &'static str| {
-        let k = states_key.clone();
-        async move { Ok::<_, StoreError>(store.score(&k, code).await?.map_or(0, count)) }
-    };
-    let mut rows: Vec<Row> = match q.board {
+    let prefix = q.state.map(|s| format!("{}/", s.code));
+    let (mut rows, total): (Vec<Row>, u64) = match q.board {
         Board::States => {
-            let found: BTreeMap<String, u64> =
-                store.top(&states_key, 0).await?.into_iter().map(|(m, s)| (m, count(s))).collect();
+            let found = merged(store, &per_kind(LbScope::States)).await?;
             // Every state is listed, those without tokens last: who lags matters too.
-            states::STATES.iter().map(|s| state_row(s, found.get(s.code).copied().unwrap_or(0))).collect()
+            let rows = states::STATES.iter().map(|s| state_row(s, found.get(s.code).copied().unwrap_or(0))).collect();
+            (rows, found.values().sum())
         }
         Board::Districts => {
-            let scope = q.state.map_or(LbScope::Districts, |s| LbScope::DistrictsIn(s.code));
-            store.top(&key(scope), q.limit).await?.into_iter().map(|(m, s)| district_row(&m, count(s))).collect()
+            let found = merged(store, &per_kind(LbScope::Districts)).await?;
+            let rows: Vec<Row> = found
+                .iter()
+                .filter(|(id, _)| prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str())))
+                .map(|(id, n)| district_row(id, *n))
+                .collect();
+            let total = match q.state {
+                Some(_) => rows.iter().map(|r| r.tokens).sum(),
+                None => found.values().sum(),
+            };
+            (rows, total)
         }
         Board::Facilities => {
-            let scope = match (&district_id, q.state) {
-                (Some(d), _) => LbScope::FacilitiesInDistrict(d),
-                (None, Some(s)) => LbScope::FacilitiesInState(s.code),
-                (None, None) => LbScope::Facilities,
+            let (ranked, total): (Vec<(String, u64)>, u64) = match (&district_id, &prefix) {
+                (Some(d), _) => {
+                    let found = merged(store, &per_kind(LbScope::FacilitiesInDistrict(d))).await?;
+                    let total = found.values().sum();
+                    (found.into_iter().collect(), total)
+                }
+                (None, Some(p)) => {
+                    // A state's facilities: merge the rankings of its districts.
+                    let districts = merged(store, &per_kind(LbScope::Districts)).await?;
+                    let mine: Vec<&String> = districts.keys().filter(|d| d.starts_with(p.as_str())).collect();
+                    let keys: Vec<String> =
+                        mine.iter().flat_map(|d| per_kind(LbScope::FacilitiesInDistrict(d.as_str()))).collect();
+                    let found = merged(store, &keys).await?;
+                    let total = found.values().sum();
+                    (found.into_iter().collect(), total)
+                }
+                (None, None) => {
+                    let kind = q.kind.map_or("all", |k| k.as_str());
+                    let top = store.top(&keys::leaderboard(&period, kind, LbScope::Facilities), q.limit).await?;
+                    let total = national(store, &period, &kinds).await?;
+                    (top.into_iter().map(|(m, s)| (m, count(s))).collect(), total)
+                }
             };
-            let top = store.top(&key(scope), q.limit).await?;
-            let ids: Vec<String> = top.iter().map(|(m, _)| m.clone()).collect();
+            let mut ranked = ranked;
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            ranked.truncate(q.limit);
+            let ids: Vec<String> = ranked.iter().map(|(m, _)| m.clone()).collect();
             let infos = store.get_infos(&ids).await?;
-            top.into_iter()
+            let rows = ranked
+                .into_iter()
                 .zip(infos)
-                .map(|((id, s), info)| {
+                .map(|((id, tokens), info)| {
                     let info = info.and_then(|j| serde_json::from_str::<FacilityInfo>(&j).ok());
                     Row {
                         rank: 0,
@@ -206,17 +250,13 @@ pub async fn read(store: &Store, q: &Query) -> Result<Ranking, StoreError> {
                         state: info.as_ref().map_or("unknown", |i| i.state_code()).to_string(),
                         district: info.as_ref().map(|i| i.district.clone()),
                         id,
-                        tokens: count(s),
+                        tokens,
                         share: 0.0,
                     }
                 })
-                .collect()
+                .collect();
+            (rows, total)
         }
-    };
-    let total = match (q.board, &district_id, q.state) {
-        (Board::Facilities, Some(d), _) => store.score(&key(LbScope::Districts), d).await?.map_or(0, count),
-        (Board::States, _, _) | (_, _, None) => national().await?,
-        (_, _, Some(s)) => in_state(s.code).await?,
     };
     sort(&mut rows);
     rows.truncate(q.limit);
@@ -224,7 +264,7 @@ pub async fn read(store: &Store, q: &Query) -> Result<Ranking, StoreError> {
     Ok(Ranking {
         board: q.board,
         date: period,
-        counter_kind: kind.to_string(),
+        counter_kind: q.kind.map_or("all", |k| k.as_str()).to_string(),
         state: q.state.map(|s| s.code.to_string()),
         district: q.district.clone(),
         total,
@@ -253,14 +293,15 @@ mod tests {
     fn a_token_bumps_every_ranking_it_belongs_to_once() {
         let day: Date = "2026-11-23".parse().unwrap();
         let incs = increments(&info(), day, &[CounterKind::Opd, CounterKind::Opd, CounterKind::Lab]);
-        // 2 periods x 3 kinds (all, opd, lab) x 6 rankings.
-        assert_eq!(incs.len(), 36);
+        // 2 periods x (2 kinds x 4 rankings + the all-kinds facility ranking).
+        assert_eq!(incs.len(), 18);
         let get = |k: &str| incs.iter().find(|i| i.key == k).unwrap();
-        let all = get("lb:{lb}:2026-11-23:all:s");
-        assert_eq!((all.member.as_str(), all.by, all.daily), ("KA", 3, true));
+        let all = get("lb:{lb}:2026-11-23:all:f");
+        assert_eq!((all.member.as_str(), all.by, all.daily), ("IN2910005582", 3, true));
         assert_eq!(get("lb:{lb}:all:opd:f:d:KA/Mysuru").by, 2);
         assert!(!get("lb:{lb}:all:opd:f:d:KA/Mysuru").daily);
-        assert_eq!(get("lb:{lb}:2026-11-23:lab:d:KA").member, "KA/Mysuru");
+        assert_eq!(get("lb:{lb}:2026-11-23:lab:d").member, "KA/Mysuru");
+        assert_eq!(get("lb:{lb}:2026-11-23:lab:s").member, "KA");
         assert!(increments(&info(), day, &[]).is_empty());
     }
 

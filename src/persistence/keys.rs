@@ -14,10 +14,10 @@
 //!
 //! Leaderboards are national, so they cannot share a facility's slot: their keys share the
 //! hash tag `{lb}` instead. `<period>` is a service day (`YYYY-MM-DD`) or `all`; `<kind>`
-//! is `all` or a counter kind; `<scope>` is `s` (states), `d` (districts), `d:<state>`,
-//! `f` (facilities), `f:s:<state>` or `f:d:<district id>`. The fenced WRITE script bumps
-//! them in the same atomic step that stores the token, on a single Redis. (On Redis Cluster
-//! a script cannot span two slots; see the README.)
+//! is a counter kind (and `all` for the national facility ranking); `<scope>` is `s`
+//! (states), `d` (districts), `f` (facilities) or `f:d:<district id>`. The fenced WRITE
+//! script bumps them in the same atomic step that stores the token, on a single Redis.
+//! (On Redis Cluster a script cannot span two slots; see the README.)
 //!
 //! Facility ids never contain `{`, `}` or `:` (validated at the edge), so keys are unambiguous.
 use jiff::civil::Date;
@@ -65,23 +65,18 @@ pub fn count_field(day: Date, counter: &str) -> String {
 pub enum LbScope<'a> {
     States,
     Districts,
-    /// Districts of one state (state code).
-    DistrictsIn(&'a str),
     Facilities,
-    /// Facilities of one state (state code).
-    FacilitiesInState(&'a str),
     /// Facilities of one district (district id `<state code>/<name>`).
     FacilitiesInDistrict(&'a str),
 }
 
-/// A leaderboard key: `period` is a service day or `all`, `kind` is `all` or a counter kind.
+/// A leaderboard key: `period` is a service day or `all`, `kind` a counter kind (or `all`,
+/// kept for the national facility ranking only; see [`crate::leaderboard`]).
 pub fn leaderboard(period: &str, kind: &str, scope: LbScope<'_>) -> String {
     match scope {
         LbScope::States => format!("lb:{{lb}}:{period}:{kind}:s"),
         LbScope::Districts => format!("lb:{{lb}}:{period}:{kind}:d"),
-        LbScope::DistrictsIn(state) => format!("lb:{{lb}}:{period}:{kind}:d:{state}"),
         LbScope::Facilities => format!("lb:{{lb}}:{period}:{kind}:f"),
-        LbScope::FacilitiesInState(state) => format!("lb:{{lb}}:{period}:{kind}:f:s:{state}"),
         LbScope::FacilitiesInDistrict(d) => format!("lb:{{lb}}:{period}:{kind}:f:d:{d}"),
     }
 }
@@ -94,7 +89,7 @@ mod tests {
     fn leaderboard_keys_share_one_hash_tag() {
         let k = leaderboard("2026-11-23", "opd", LbScope::FacilitiesInDistrict("KA/Mysuru"));
         assert_eq!(k, "lb:{lb}:2026-11-23:opd:f:d:KA/Mysuru");
-        assert_eq!(leaderboard("all", "all", LbScope::States), "lb:{lb}:all:all:s");
+        assert_eq!(leaderboard("all", "opd", LbScope::States), "lb:{lb}:all:opd:s");
     }
 
     #[test]

@@ -49,9 +49,12 @@ local p = 5 + nc
 local lbttl = ARGV[p]
 p = p + 1
 for i = 4, #KEYS do
-  redis.call('ZINCRBY', KEYS[i], ARGV[p + 1], ARGV[p])
-  -- Daily boards expire after the retention; NX keeps the first deadline.
-  if ARGV[p + 2] == '1' then redis.call('EXPIRE', KEYS[i], lbttl, 'NX') end
+  local score = redis.call('ZINCRBY', KEYS[i], ARGV[p + 1], ARGV[p])
+  -- Daily boards expire after the retention. A key is born with its first member, so
+  -- setting the deadline when a member is new (score == increment) is enough.
+  if ARGV[p + 2] == '1' and tonumber(score) == tonumber(ARGV[p + 1]) then
+    redis.call('EXPIRE', KEYS[i], lbttl, 'NX')
+  end
   p = p + 3
 end
 if p <= #ARGV then
@@ -185,9 +188,15 @@ impl Store {
         self.call(async move { cmd.query_async::<Vec<(String, f64)>>(&mut c).await }).await
     }
 
-    pub async fn score(&self, key: &str, member: &str) -> Result<Option<f64>, StoreError> {
+    /// Members of several sorted sets with their scores summed (ZUNION), unordered.
+    pub async fn union(&self, keys: &[String]) -> Result<Vec<(String, f64)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn.clone();
-        self.call(async move { c.zscore::<_, _, Option<f64>>(key, member).await }).await
+        let mut cmd = redis::cmd("ZUNION");
+        cmd.arg(keys.len()).arg(keys).arg("WITHSCORES");
+        self.call(async move { cmd.query_async::<Vec<(String, f64)>>(&mut c).await }).await
     }
 
     /// Registry records of several facilities, in order (`None` for unknown ids).
