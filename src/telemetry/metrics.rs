@@ -237,23 +237,47 @@ impl Metrics {
     }
 
     pub fn rate_limited(limit: &'static str) {
-        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+        static HANDLES: OnceLock<[Counter; 4]> = OnceLock::new();
+        const LIMITS: [&str; 4] = ["global", "client", "facility", "patient"];
+        let h = HANDLES.get_or_init(|| LIMITS.map(|l| metrics::counter!(RATE_LIMITED, "limit" => l)));
+        match LIMITS.iter().position(|l| *l == limit) {
+            Some(i) => h[i].increment(1),
+            None => metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1),
+        }
     }
 
     pub fn counter_op(op: &'static str) {
-        metrics::counter!(COUNTER_OPS, "op" => op).increment(1);
+        static HANDLES: OnceLock<[Counter; 5]> = OnceLock::new();
+        const OPS: [&str; 5] = ["call_next", "recall", "complete", "no_show", "transfer"];
+        let h = HANDLES.get_or_init(|| OPS.map(|o| metrics::counter!(COUNTER_OPS, "op" => o)));
+        match OPS.iter().position(|o| *o == op) {
+            Some(i) => h[i].increment(1),
+            None => metrics::counter!(COUNTER_OPS, "op" => op).increment(1),
+        }
     }
 
+    /// Records one request. Handles are registered the first time a route pattern is seen
+    /// (route patterns are a fixed, small set) and looked up without allocating after that.
     pub fn http(route: &str, status: u16, took: Duration) {
+        static HANDLES: OnceLock<dashmap::DashMap<String, [Option<Histogram>; 5]>> = OnceLock::new();
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => class)
-            .record(took.as_secs_f64());
+        let map = HANDLES.get_or_init(dashmap::DashMap::new);
+        if let Some(h) = map.get(route).and_then(|e| e[class].clone()) {
+            h.record(took.as_secs_f64());
+            return;
+        }
+        let mut e = map.entry(route.to_string()).or_default();
+        let h = e[class].get_or_insert_with(|| {
+            metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => CLASSES[class])
+        });
+        h.record(took.as_secs_f64());
     }
 }
 
