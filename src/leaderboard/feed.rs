@@ -133,7 +133,8 @@ impl Feed {
     }
 }
 
-/// Tokens per minute from a sliding window of national totals; a new day starts afresh.
+/// Tokens per minute over the last minute of national totals (scaled while less than a
+/// minute but at least 10 s is known); a new day starts afresh.
 fn per_minute(history: &mut VecDeque<(Instant, String, u64)>, now: Instant, date: &str, total: u64) -> f64 {
     if history.back().is_some_and(|(_, d, _)| d != date) {
         history.clear();
@@ -144,7 +145,8 @@ fn per_minute(history: &mut VecDeque<(Instant, String, u64)>, now: Instant, date
     }
     let (t0, _, n0) = history.front().expect("just pushed");
     let secs = now.duration_since(*t0).as_secs_f64();
-    if secs < 1.0 {
+    // Under 10 s of history a per-minute figure is mostly extrapolation: show none yet.
+    if secs < 10.0 {
         return 0.0;
     }
     ((total.saturating_sub(*n0)) as f64 * 60.0 / secs * 10.0).round() / 10.0
@@ -153,8 +155,10 @@ fn per_minute(history: &mut VecDeque<(Instant, String, u64)>, now: Instant, date
 async fn build(store: &Store, day: Date, top_n: usize) -> Result<Snapshot, StoreError> {
     let q = |board, period, kind| Query { board, period, state: None, district: None, kind, limit: top_n };
     let today = Period::Day(day);
-    let states = read(store, &q(Board::States, today, None)).await?;
-    let all = read(store, &q(Board::States, Period::All, None)).await?;
+    // Every state, not the top N: the state gauges and the page list all 36.
+    let every_state = |period| Query { limit: crate::registry::states::STATES.len(), ..q(Board::States, period, None) };
+    let states = read(store, &every_state(today)).await?;
+    let all = read(store, &every_state(Period::All)).await?;
     let districts = read(store, &q(Board::Districts, today, None)).await?;
     let facilities = read(store, &q(Board::Facilities, today, None)).await?;
     let mut counter_kinds = Vec::new();

@@ -274,9 +274,9 @@ impl Metrics {
             return;
         }
         let mut e = map.entry(route.to_string()).or_default();
-        let h = e[class].get_or_insert_with(|| {
-            metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => CLASSES[class])
-        });
+        let h = e[class].get_or_insert_with(
+            || metrics::histogram!(HTTP_DURATION, "route" => route.to_string(), "status_class" => CLASSES[class]),
+        );
         h.record(took.as_secs_f64());
     }
 }

@@ -361,6 +361,15 @@ async fn pages_stream_live_updates_and_metrics_export_the_leaderboard() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in /metrics");
     }
+    for period in ["today", "all"] {
+        let n = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("scangw_leaderboard_state_tokens{") && l.contains(&format!("period=\"{period}\""))
+            })
+            .count();
+        assert_eq!(n, 36, "every state has a {period} series, with or without tokens");
+    }
     let top: Vec<&str> = metrics.lines().filter(|l| l.starts_with("scangw_leaderboard_top_facility_tokens{")).collect();
     assert_eq!(top.len(), 2, "{top:?}");
     assert!(top[0].contains(&format!(r#"rank="1",facility_id="{f}",facility_name="Hospital {f}",state="AP"}} 4"#)));
