@@ -33,12 +33,17 @@ fn limited(e: super::limits::Limited) -> ApiError {
     ApiError::RateLimited(e)
 }
 
-/// Refuses an unauthenticated caller, counting the attempt against its client address.
-fn unauthorized(req: &HttpRequest, state: &AppState) -> ApiError {
+/// The client-limit key of a caller without a credential: its address (the forwarded one
+/// only from a trusted proxy).
+pub fn anonymous_key(req: &HttpRequest, state: &AppState) -> String {
     let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let ip = state.limits.client_ip(req.peer_addr().map(|a| a.ip()), xff);
-    let key = ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"));
-    match state.limits.client(&key) {
+    ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))
+}
+
+/// Refuses an unauthenticated caller, counting the attempt against its client address.
+fn unauthorized(req: &HttpRequest, state: &AppState) -> ApiError {
+    match state.limits.client(&anonymous_key(req, state)) {
         Err(e) => limited(e),
         Ok(()) => ApiError::Unauthorized,
     }

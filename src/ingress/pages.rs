@@ -159,10 +159,10 @@ impl Drop for SseSlot {
 }
 
 fn take_sse_slot(req: &HttpRequest, state: &AppState) -> Result<SseSlot, ApiError> {
-    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = state.limits.client_ip(req.peer_addr().map(|a| a.ip()), xff);
-    let key = ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"));
-    state.limits.client(&key).map_err(ApiError::RateLimited)?;
+    state.limits.client(&super::auth::anonymous_key(req, state)).map_err(|e| {
+        Metrics::rate_limited(e.kind.label());
+        ApiError::RateLimited(e)
+    })?;
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::Overloaded);
     }
