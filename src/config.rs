@@ -69,6 +69,33 @@ pub struct Settings {
     pub board_refresh_ms: u64,
     /// Open server-sent-event streams (pages) allowed at once.
     pub max_sse_clients: usize,
+    /// The national switch (HIE-CM) the on-share callbacks go to; empty = protocol off.
+    pub hiecm_base_url: String,
+    /// `X-CM-ID` sent with every callback (e.g. `sbx`, `abdm`).
+    pub hiecm_cm_id: String,
+    /// Client credentials for the HIE-CM session endpoint (bearer for callbacks).
+    pub hiecm_client_id: String,
+    pub hiecm_client_secret: String,
+    /// Path of the session endpoint under `hiecm_base_url`.
+    pub hiecm_session_path: String,
+    /// JWKS to verify the switch's bearer JWTs: a file, or a URL refreshed periodically.
+    pub jwks_file: String,
+    pub jwks_url: String,
+    /// Expected `iss` of the switch's JWTs (empty = not checked).
+    pub jwt_issuer: String,
+    /// Allowed clock skew for `exp` / `nbf`.
+    pub jwt_leeway_s: u64,
+    /// `on` (default) or `off`: turning verification off must be explicit and is logged.
+    pub jwt_verification: String,
+    /// How long a callback is retried after the share arrived before it is given up.
+    pub onshare_deadline_s: u64,
+    /// First retry delay; doubles per attempt up to `onshare_backoff_max_ms`, with jitter.
+    pub onshare_backoff_ms: u64,
+    pub onshare_backoff_max_ms: u64,
+    /// An outbox entry idle this long under a consumer that stopped is taken over.
+    pub onshare_claim_idle_ms: u64,
+    /// Callbacks in flight per gateway process.
+    pub onshare_concurrency: usize,
 }
 
 impl Default for Settings {
@@ -106,6 +133,21 @@ impl Default for Settings {
             leaderboard_top_n: 25,
             board_refresh_ms: 1000,
             max_sse_clients: 1000,
+            hiecm_base_url: String::new(),
+            hiecm_cm_id: "sbx".into(),
+            hiecm_client_id: String::new(),
+            hiecm_client_secret: String::new(),
+            hiecm_session_path: "/api/hiecm/gateway/v3/sessions".into(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwt_issuer: String::new(),
+            jwt_leeway_s: 60,
+            jwt_verification: "on".into(),
+            onshare_deadline_s: 1800,
+            onshare_backoff_ms: 500,
+            onshare_backoff_max_ms: 30_000,
+            onshare_claim_idle_ms: 60_000,
+            onshare_concurrency: 256,
         }
     }
 }
@@ -177,7 +219,16 @@ impl Settings {
             patient_key_secret,
             log,
             default_timezone,
-            trusted_proxies
+            trusted_proxies,
+            hiecm_base_url,
+            hiecm_cm_id,
+            hiecm_client_id,
+            hiecm_client_secret,
+            hiecm_session_path,
+            jwks_file,
+            jwks_url,
+            jwt_issuer,
+            jwt_verification
         );
         number!(
             shutdown_grace_s,
@@ -202,7 +253,13 @@ impl Settings {
             leaderboard_refresh_ms,
             leaderboard_top_n,
             board_refresh_ms,
-            max_sse_clients
+            max_sse_clients,
+            jwt_leeway_s,
+            onshare_deadline_s,
+            onshare_backoff_ms,
+            onshare_backoff_max_ms,
+            onshare_claim_idle_ms,
+            onshare_concurrency
         );
         s.validate()?;
         Ok(s)
@@ -247,6 +304,9 @@ impl Settings {
                 key: "SCANGW_LEADERBOARD_TOP_N".into(),
                 reason: "must be between 1 and 100 (it bounds Prometheus series)".into(),
             });
+        }
+        if !self.hiecm_base_url.is_empty() {
+            self.validate_protocol()?;
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
@@ -294,6 +354,41 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The protocol settings, checked only when the protocol is on (`hiecm_base_url` set).
+    fn validate_protocol(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| ConfigError::Invalid { key: key.into(), reason: reason.into() };
+        let url = self.hiecm_base_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+            return Err(bad("SCANGW_HIECM_BASE_URL", "expected an http(s):// URL"));
+        }
+        if self.hiecm_client_id.is_empty() || self.hiecm_client_secret.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "SCANGW_HIECM_CLIENT_ID",
+                hint: "the HIE-CM client id and secret (SCANGW_HIECM_CLIENT_SECRET) are needed for callbacks",
+            });
+        }
+        match self.jwt_verification.as_str() {
+            "on" => {
+                if self.jwks_file.is_empty() == self.jwks_url.is_empty() {
+                    return Err(bad("SCANGW_JWKS_FILE", "set exactly one of SCANGW_JWKS_FILE and SCANGW_JWKS_URL"));
+                }
+            }
+            "off" => {}
+            _ => return Err(bad("SCANGW_JWT_VERIFICATION", "expected on or off")),
+        }
+        if self.onshare_backoff_ms == 0 || self.onshare_backoff_max_ms < self.onshare_backoff_ms {
+            return Err(bad("SCANGW_ONSHARE_BACKOFF_MS", "must be > 0 and at most SCANGW_ONSHARE_BACKOFF_MAX_MS"));
+        }
+        if self.onshare_claim_idle_ms < 1000 || self.onshare_concurrency == 0 {
+            return Err(bad("SCANGW_ONSHARE_CLAIM_IDLE_MS", "must be at least 1000 (and concurrency above 0)"));
+        }
+        Ok(())
+    }
+
+    pub fn protocol_enabled(&self) -> bool {
+        !self.hiecm_base_url.is_empty()
     }
 
     pub fn trusted_proxy_list(&self) -> Vec<std::net::IpAddr> {
@@ -355,6 +450,7 @@ mod tests {
             ("SCANGW_MAX_PRIORITY_STREAK", "0"),
             ("SCANGW_MONITOR_TOKEN", "admin-token-0123456789"),
             ("SCANGW_LEADERBOARD_TOP_N", "1000"),
+            ("SCANGW_HIECM_BASE_URL", "ftp://switch"),
         ] {
             let mut e = good();
             e.retain(|(k, _)| *k != key);

@@ -20,6 +20,7 @@ pub mod facility;
 pub mod ingress;
 pub mod leaderboard;
 pub mod persistence;
+pub mod protocol;
 pub mod registry;
 pub mod shutdown;
 pub mod startup;

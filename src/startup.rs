@@ -86,6 +86,11 @@ impl Application {
             settings.leaderboard_top_n,
             shutting_down.clone(),
         );
+        let protocol = if settings.protocol_enabled() {
+            Some(crate::protocol::build(&settings, Duration::from_secs(600)).await?)
+        } else {
+            None
+        };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             directory,
@@ -101,7 +106,11 @@ impl Application {
             feed,
             boards: Arc::new(ingress::pages::Boards::new(Duration::from_millis(settings.board_refresh_ms))),
             sse_clients: Arc::new(AtomicUsize::new(0)),
+            protocol,
         });
+        if state.protocol.is_some() {
+            crate::protocol::worker::spawn(state.clone());
+        }
         spawn_health_probe(store, redis_up, metrics_handles);
         spawn_limit_sweeper(state.clone(), Duration::from_secs(settings.limits_sweep_s));
 

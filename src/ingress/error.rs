@@ -36,6 +36,13 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("the query string cannot be decoded")]
     MalformedQuery,
+    #[error("header {0} is required")]
+    MissingHeader(&'static str),
+    #[error("header {0} {1}")]
+    InvalidHeader(&'static str, &'static str),
+    /// The switch's bearer JWT was refused; the code says why (expired, unknown key, ...).
+    #[error("the bearer token was refused")]
+    InvalidToken(&'static str),
     #[error("missing field")]
     MissingField(String),
     #[error("unknown field")]
@@ -74,6 +81,9 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::MalformedJson(_) => "MALFORMED_JSON",
             ApiError::MalformedQuery => "MALFORMED_QUERY",
+            ApiError::MissingHeader(_) => "MISSING_HEADER",
+            ApiError::InvalidHeader(..) => "INVALID_HEADER",
+            ApiError::InvalidToken(code) => code,
             ApiError::MissingField(_) => "MISSING_FIELD",
             ApiError::UnknownField(_) => "UNKNOWN_FIELD",
             ApiError::InvalidType(_) => "INVALID_TYPE",
@@ -92,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::MissingField(f) | ApiError::UnknownField(f) | ApiError::InvalidType(f) => Some(f),
             ApiError::InvalidField(e) => Some(&e.field),
+            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h, _) => Some(h),
             _ => None,
         }
     }
@@ -109,7 +120,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::UnknownFacility | ApiError::UnknownCounter | ApiError::UnknownToken | ApiError::NotFound => {
                 StatusCode::NOT_FOUND
@@ -118,6 +129,8 @@ impl ResponseError for ApiError {
             ApiError::IllegalTransition(_) => StatusCode::CONFLICT,
             ApiError::MalformedJson(_)
             | ApiError::MalformedQuery
+            | ApiError::MissingHeader(_)
+            | ApiError::InvalidHeader(..)
             | ApiError::MissingField(_)
             | ApiError::UnknownField(_)
             | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,

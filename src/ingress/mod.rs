@@ -11,6 +11,7 @@ pub mod leaderboards;
 pub mod limits;
 pub mod openapi;
 pub mod pages;
+pub mod protocol;
 pub mod scans;
 pub mod validate;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub boards: Arc<pages::Boards>,
     /// Open server-sent-event streams.
     pub sse_clients: Arc<AtomicUsize>,
+    /// The national protocol; `None` when no switch is configured (its routes answer 404).
+    pub protocol: Option<crate::protocol::ProtocolState>,
 }
 
 /// Mounts every route.
@@ -72,6 +75,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/tokens/{token_id}", web::get().to(counters::get_token))
         .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act))
         .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
+        .route("/api/v3/hip/patient/share", web::post().to(protocol::share_v3))
+        .route("/v3/hip/patient/share", web::post().to(protocol::share_v3))
+        .route("/v1.0/patients/profile/share", web::post().to(protocol::share_v1))
         .route("/leaderboard", web::get().to(pages::leaderboard_page))
         .route("/leaderboard/events", web::get().to(pages::leaderboard_events))
         .route("/facilities/{facility_id}/board", web::get().to(pages::board_page))

@@ -10,6 +10,7 @@
 //! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
+//! | `sg:{outbox}:shares` | stream, consumer group `onshare` | protocol shares waiting for their on-share callback (patient data: deleted once delivered or given up) | until delivered |
 //! | `lb:{lb}:<period>:<kind>:<scope>` | sorted set member -> tokens | leaderboards ([`leaderboard`]) | daily: leaderboard retention; `all`: forever |
 //!
 //! Leaderboards are national, so they cannot share a facility's slot: their keys share the
@@ -23,6 +24,10 @@
 use jiff::civil::Date;
 
 pub const FACILITY_SET: &str = "sg:facilities";
+
+/// The on-share outbox stream and its consumer group (one slot of its own).
+pub const OUTBOX: &str = "sg:{outbox}:shares";
+pub const OUTBOX_GROUP: &str = "onshare";
 
 pub fn info(facility: &str) -> String {
     format!("sg:{{{facility}}}:info")

@@ -109,6 +109,11 @@ impl Store {
         self.timeout
     }
 
+    /// [`Self::call`] for the other persistence modules.
+    pub(crate) async fn call_pub<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        self.call(fut).await
+    }
+
     async fn call<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),

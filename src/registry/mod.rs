@@ -150,7 +150,13 @@ impl FacilityInfo {
 
     /// The state's code, or `unknown` for a record stored before states were validated.
     pub fn state_code(&self) -> &'static str {
-        states::lookup(&self.state).map_or("unknown", |s| s.code)
+        // Stored records hold the canonical name: an exact match first keeps this cheap on
+        // the scan path; the lenient lookup is for records stored before validation.
+        states::STATES
+            .iter()
+            .find(|s| s.name == self.state)
+            .or_else(|| states::lookup(&self.state))
+            .map_or("unknown", |s| s.code)
     }
 
     /// Districts are named within a state: `<state code>/<district>` is unique nationally.

@@ -46,6 +46,15 @@ pub const LB_STATE: &str = "scangw_leaderboard_state_tokens";
 pub const LB_TOP_FACILITY: &str = "scangw_leaderboard_top_facility_tokens";
 /// `scangw_leaderboard_top_district_tokens{rank,district,state}`: today's top N districts.
 pub const LB_TOP_DISTRICT: &str = "scangw_leaderboard_top_district_tokens";
+/// `scangw_shares_total{version,outcome}`: protocol share calls (v3, v1), accepted (202) or
+/// rejected (4xx/5xx before the outbox).
+pub const SHARES: &str = "scangw_shares_total";
+/// `scangw_onshare_callbacks_total{outcome}`: on-share attempts: delivered, retried, gave_up.
+pub const ONSHARE: &str = "scangw_onshare_callbacks_total";
+/// `scangw_onshare_delay_seconds`: share accepted to its on-share delivered (retries included).
+pub const ONSHARE_DELAY: &str = "scangw_onshare_delay_seconds";
+/// `scangw_outbox_entries`: shares in the outbox not yet answered (all nodes).
+pub const OUTBOX_ENTRIES: &str = "scangw_outbox_entries";
 /// `process_resident_memory_bytes`: resident set size of the process.
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// `process_cpu_seconds_total`: user + system CPU time of the process.
@@ -107,6 +116,10 @@ pub const CATALOG: &[MetricDef] = &[
         "Today's top facilities by tokens",
     ),
     def(LB_TOP_DISTRICT, G, "tokens", &["rank", "district", "state"], "Today's top districts by tokens"),
+    def(SHARES, C, "requests", &["version", "outcome"], "Protocol share calls, accepted or rejected"),
+    def(ONSHARE, C, "callbacks", &["outcome"], "On-share attempts: delivered, retried, gave_up"),
+    def(ONSHARE_DELAY, H, "seconds", &[], "Share accepted to on-share delivered"),
+    def(OUTBOX_ENTRIES, G, "entries", &[], "Shares waiting for their on-share"),
     def(PROCESS_RSS, G, "bytes", &[], "Resident set size"),
     def(PROCESS_CPU, C, "seconds", &[], "User and system CPU time"),
 ];
@@ -125,6 +138,8 @@ const KINDS: [&str; 5] = ["opd", "pharmacy", "lab", "other", "unknown"];
 const N_STATES: usize = crate::registry::states::STATES.len() + 1;
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const CALLBACK_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -135,6 +150,7 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ONSHARE_DELAY.into()), CALLBACK_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REDIS_BATCH_SIZE.into()), SIZE_BUCKETS))
                 .expect("bucket lists are non-empty")
                 .build_recorder();
@@ -163,6 +179,10 @@ fn describe() {
     describe_gauge!(MAILBOX_DEPTH, "Commands waiting in facility mailboxes on this node");
     describe_gauge!(REDIS_UP, "Redis reachable at the last health ping");
     describe_gauge!(SSE_CLIENTS, "Open server-sent-event streams");
+    describe_counter!(SHARES, "Protocol share calls, accepted or rejected");
+    describe_counter!(ONSHARE, "On-share attempts: delivered, retried, gave_up");
+    describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
+    describe_gauge!(OUTBOX_ENTRIES, "Shares waiting for their on-share");
 }
 
 /// One handle per (state, counter kind, outcome), registered up front: the label set is
@@ -197,6 +217,11 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub mailbox_depth: Gauge,
     pub sse_clients: Gauge,
+    pub onshare_delivered: Counter,
+    pub onshare_retried: Counter,
+    pub onshare_gave_up: Counter,
+    pub onshare_delay: Histogram,
+    pub outbox_entries: Gauge,
 }
 
 impl Metrics {
@@ -216,6 +241,11 @@ impl Metrics {
             redis_up: metrics::gauge!(REDIS_UP),
             mailbox_depth: metrics::gauge!(MAILBOX_DEPTH),
             sse_clients: metrics::gauge!(SSE_CLIENTS),
+            onshare_delivered: metrics::counter!(ONSHARE, "outcome" => "delivered"),
+            onshare_retried: metrics::counter!(ONSHARE, "outcome" => "retried"),
+            onshare_gave_up: metrics::counter!(ONSHARE, "outcome" => "gave_up"),
+            onshare_delay: metrics::histogram!(ONSHARE_DELAY),
+            outbox_entries: metrics::gauge!(OUTBOX_ENTRIES),
         }
     }
 
@@ -244,6 +274,12 @@ impl Metrics {
             Some(i) => h[i].increment(1),
             None => metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1),
         }
+    }
+
+    /// A protocol share call: `version` is `v3` or `v1`, `accepted` whether it reached the outbox.
+    pub fn share(version: &'static str, accepted: bool) {
+        let outcome = if accepted { "accepted" } else { "rejected" };
+        metrics::counter!(SHARES, "version" => version, "outcome" => outcome).increment(1);
     }
 
     pub fn counter_op(op: &'static str) {

@@ -5,6 +5,7 @@ mod helpers;
 mod leaderboards;
 mod lifecycle;
 mod limits;
+mod protocol;
 mod registry;
 mod scans;
 mod validation;

@@ -1,0 +1,147 @@
+//! The national protocol's inbound calls: `POST /api/v3/hip/patient/share` (also without
+//! `/api`) and `POST /v1.0/patients/profile/share`. A share is checked (bearer JWT,
+//! headers, JSON), stored in the outbox and answered 202 at once; the token and its
+//! on-share callback follow from the outbox worker ([`crate::protocol::worker`]).
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{body, AppState};
+use crate::protocol::hiecm::Version;
+use crate::protocol::worker::{F_AT, F_BODY, F_HIP, F_REQUEST_ID, F_VERSION};
+use crate::registry::valid_facility_id;
+use crate::telemetry::metrics::Metrics;
+
+fn header<'a>(req: &'a HttpRequest, name: &'static str) -> Result<&'a str, ApiError> {
+    let v = req.headers().get(name).ok_or(ApiError::MissingHeader(name))?;
+    v.to_str().map(str::trim).map_err(|_| ApiError::InvalidHeader(name, "must be visible ASCII"))
+}
+
+/// A request id: a UUID as peers send it (36 characters of hex digits and dashes).
+pub fn valid_request_id(v: &str) -> bool {
+    v.len() == 36
+        && v.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// Checks the switch's credential (before anything else is read) and the per-client limit.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let p = state.protocol.as_ref().ok_or(ApiError::NotFound)?;
+    state.limits.global().map_err(rate_limited)?;
+    let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let now = state.directory.deps().clock.now().as_second();
+    if let Err(e) = p.verifier.verify(auth, now) {
+        state.limits.client(&super::auth::anonymous_key(req, state)).map_err(rate_limited)?;
+        return Err(ApiError::InvalidToken(e.code()));
+    }
+    state.limits.client("hiecm").map_err(rate_limited)
+}
+
+fn rate_limited(e: super::limits::Limited) -> ApiError {
+    Metrics::rate_limited(e.kind.label());
+    ApiError::RateLimited(e)
+}
+
+/// Reads the JSON body (size limit, content type, well-formed JSON).
+async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(web::Bytes, Value), ApiError> {
+    body::require_json(req)?;
+    let bytes = body::read(req, payload, state.settings.max_body_bytes).await?;
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson("the body is not valid JSON".into()))?;
+    if !v.is_object() {
+        return Err(ApiError::MalformedJson("the body must be a JSON object".into()));
+    }
+    Ok((bytes, v))
+}
+
+/// Stores the share and answers 202; the callback carries the outcome.
+async fn accept(
+    state: &AppState,
+    version: Version,
+    request_id: &str,
+    hip: &str,
+    bytes: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let body = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
+    let at = state.directory.deps().clock.now().as_millisecond().to_string();
+    let fields = [(F_VERSION, version.as_str()), (F_REQUEST_ID, request_id), (F_HIP, hip), (F_BODY, body), (F_AT, &at)];
+    state.store.outbox_add(&fields).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "requestId": request_id, "status": "ACCEPTED" })))
+}
+
+fn counted(version: &'static str, r: Result<HttpResponse, ApiError>) -> Result<HttpResponse, ApiError> {
+    Metrics::share(version, r.is_ok());
+    r
+}
+
+pub async fn share_v3(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    counted("v3", share_v3_inner(&req, payload, &state).await)
+}
+
+async fn share_v3_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
+    authenticate(req, state)?;
+    let rid = header(req, "REQUEST-ID")?;
+    if !valid_request_id(rid) {
+        return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
+    }
+    let ts = header(req, "TIMESTAMP")?;
+    if ts.parse::<jiff::Timestamp>().is_err() {
+        return Err(ApiError::InvalidHeader("TIMESTAMP", "must be a UTC ISO-8601 time, e.g. 2026-11-23T04:00:00.000Z"));
+    }
+    let hip = header(req, "X-HIP-ID")?;
+    if !valid_facility_id(hip) {
+        return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
+    }
+    let (bytes, v) = json_body(req, payload, state).await?;
+    // The body names the facility too; a share may not be routed by one and counted by
+    // another. Everything else in the body is judged by the worker (FAILURE on-share).
+    if let Some(meta_hip) = v.pointer("/metaData/hipId").and_then(Value::as_str) {
+        if meta_hip.trim() != hip {
+            return Err(ApiError::InvalidHeader("X-HIP-ID", "must match metaData.hipId"));
+        }
+    }
+    accept(state, Version::V3, rid, hip, &bytes).await
+}
+
+pub async fn share_v1(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    counted("v1", share_v1_inner(&req, payload, &state).await)
+}
+
+async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
+    authenticate(req, state)?;
+    let hip = header(req, "X-HIP-ID")?;
+    if !valid_facility_id(hip) {
+        return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
+    }
+    let (bytes, v) = json_body(req, payload, state).await?;
+    // v1.0 carries its correlation id in the body.
+    let rid = v.get("requestId").and_then(Value::as_str).ok_or(ApiError::MissingField("requestId".into()))?;
+    if !valid_request_id(rid) {
+        return Err(ApiError::InvalidField(crate::registry::field_error("requestId", "must be a UUID")));
+    }
+    let rid = rid.to_string();
+    accept(state, Version::V1, &rid, hip, &bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_uuids() {
+        assert!(super::valid_request_id("5f7a3c2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b"));
+        assert!(super::valid_request_id(&crate::protocol::hiecm::new_request_id()));
+        for bad in ["", "5f7a3c2e1b4d4e8f9a6b0c1d2e3f4a5b", "5f7a3c2e-1b4d-4e8f-9a6b-0c1d2e3f4a5g", "x"] {
+            assert!(!super::valid_request_id(bad), "{bad}");
+        }
+    }
+}

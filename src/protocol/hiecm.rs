@@ -1,0 +1,173 @@
+//! The outbound side of the protocol: a client for the national switch (HIE-CM) that keeps
+//! a client-credentials session bearer until it expires and posts on-share callbacks with
+//! the protocol's headers (`Authorization`, a new `REQUEST-ID`, `TIMESTAMP`, `X-CM-ID`).
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rand::RngCore;
+use serde_json::{json, Value};
+
+/// Which protocol version a share came in on (and its callback goes out on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V3,
+    V1,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V3 => "3",
+            Version::V1 => "1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Version> {
+        match s {
+            "3" => Some(Version::V3),
+            "1" => Some(Version::V1),
+            _ => None,
+        }
+    }
+
+    fn on_share_path(self) -> &'static str {
+        match self {
+            Version::V3 => "/api/hiecm/patient-share/v3/on-share",
+            Version::V1 => "/v1.0/patients/profile/on-share",
+        }
+    }
+}
+
+/// Why a callback attempt did not land; all of them are retried until the deadline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the switch could not be reached or timed out")]
+    Unreachable,
+    #[error("the session endpoint refused the client credentials (status {0})")]
+    Session(u16),
+    #[error("the switch answered {0}")]
+    Status(u16),
+}
+
+/// A random (version 4) UUID, as the protocol's `REQUEST-ID`.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The protocol's `TIMESTAMP`: UTC, milliseconds, `Z`.
+pub fn timestamp(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub struct HiecmConfig {
+    pub base_url: String,
+    pub cm_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub session_path: String,
+    pub timeout: Duration,
+}
+
+/// Shared by the callback tasks of one worker (awc clients live on one thread, so this is
+/// `Clone` but not `Send`). The session bearer is fetched by one task at a time.
+#[derive(Clone)]
+pub struct Hiecm {
+    cfg: std::rc::Rc<HiecmConfig>,
+    http: awc::Client,
+    /// The session bearer and when to stop using it.
+    session: std::rc::Rc<tokio::sync::Mutex<Option<(String, std::time::Instant)>>>,
+}
+
+impl Hiecm {
+    pub fn new(cfg: HiecmConfig) -> Self {
+        let http = awc::Client::builder().timeout(cfg.timeout).disable_redirects().finish();
+        Hiecm { cfg: std::rc::Rc::new(cfg), http, session: Default::default() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.cfg.base_url.trim_end_matches('/'), path)
+    }
+
+    /// The cached session bearer, or a fresh one from the session endpoint.
+    async fn bearer(&self, now: Timestamp) -> Result<String, SendError> {
+        let mut session = self.session.lock().await;
+        if let Some((token, until)) = session.as_ref() {
+            if std::time::Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        let body = json!({
+            "clientId": self.cfg.client_id,
+            "clientSecret": self.cfg.client_secret,
+            "grantType": "client_credentials",
+        });
+        let mut res = self
+            .http
+            .post(self.url(&self.cfg.session_path))
+            .insert_header(("REQUEST-ID", new_request_id()))
+            .insert_header(("TIMESTAMP", timestamp(now)))
+            .insert_header(("X-CM-ID", self.cfg.cm_id.as_str()))
+            .send_json(&body)
+            .await
+            .map_err(|_| SendError::Unreachable)?;
+        let status = res.status().as_u16();
+        if !res.status().is_success() {
+            return Err(SendError::Session(status));
+        }
+        let v: Value = res.json().limit(64 * 1024).await.map_err(|_| SendError::Session(status))?;
+        let token = v["accessToken"].as_str().filter(|t| !t.is_empty()).ok_or(SendError::Session(status))?;
+        let expires_in = v["expiresIn"].as_u64().unwrap_or(300);
+        // Renew a little early, so a bearer never expires in flight.
+        let until = std::time::Instant::now() + Duration::from_secs(expires_in.saturating_sub(30).max(1));
+        *session = Some((token.to_string(), until));
+        Ok(token.to_string())
+    }
+
+    /// Posts one on-share body. A 401 drops the cached session so the next attempt renews it.
+    pub async fn on_share(&self, version: Version, body: &Value, now: Timestamp) -> Result<(), SendError> {
+        let bearer = self.bearer(now).await?;
+        let res = self
+            .http
+            .post(self.url(version.on_share_path()))
+            .insert_header(("Authorization", format!("Bearer {bearer}")))
+            .insert_header(("REQUEST-ID", new_request_id()))
+            .insert_header(("TIMESTAMP", timestamp(now)))
+            .insert_header(("X-CM-ID", self.cfg.cm_id.as_str()))
+            .send_json(body)
+            .await
+            .map_err(|_| SendError::Unreachable)?;
+        let status = res.status().as_u16();
+        if res.status().is_success() {
+            return Ok(());
+        }
+        if status == 401 {
+            *self.session.lock().await = None;
+        }
+        Err(SendError::Status(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let t: Timestamp = "2026-11-23T04:00:00.5Z".parse().unwrap();
+        assert_eq!(timestamp(t), "2026-11-23T04:00:00.500Z");
+    }
+}

@@ -1,0 +1,284 @@
+//! The on-share worker: reads accepted shares from the outbox (consumer group), issues each
+//! token through the same facility actor path as `POST /v1/scans` (idempotent by the
+//! share's request id), and delivers the on-share callback with exponential backoff and
+//! jitter until the deadline. Entries of a stopped process are taken over once idle.
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::hiecm::{Hiecm, HiecmConfig, Version};
+use super::shapes::{self, Failure, FailureCode, TokenAck};
+use crate::facility::actor::FacilityError;
+use crate::facility::queue::QueueError;
+use crate::facility::Command;
+use crate::ingress::AppState;
+use crate::persistence::outbox::Entry;
+use crate::telemetry::metrics::Metrics;
+
+/// Outbox entry fields.
+pub const F_VERSION: &str = "v";
+pub const F_REQUEST_ID: &str = "rid";
+pub const F_HIP: &str = "hip";
+pub const F_BODY: &str = "body";
+/// Injected-clock milliseconds at which the share was accepted (the deadline counts from it).
+pub const F_AT: &str = "at";
+
+/// The answer for a share could not be decided yet (the store or the facility is busy).
+struct Transient(FailureCode);
+
+/// Delay before retry `attempt` (1-based): exponential, capped, with full jitter.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let ceiling = base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX)).min(max);
+    let ms = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+struct Ctx {
+    state: web::Data<AppState>,
+    hiecm: Hiecm,
+    consumer: String,
+    metrics: Metrics,
+    /// Entries a task of this process is working on: a claim of idle entries returns this
+    /// consumer's own slow ones too, and one entry must never have two senders.
+    working: std::cell::RefCell<std::collections::HashSet<String>>,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        self.state.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the worker on the current actix system; it stops when the gateway drains.
+pub fn spawn(state: web::Data<AppState>) {
+    actix_rt::spawn(async move {
+        let s = &state.settings;
+        let hiecm = Hiecm::new(HiecmConfig {
+            base_url: s.hiecm_base_url.clone(),
+            cm_id: s.hiecm_cm_id.clone(),
+            client_id: s.hiecm_client_id.clone(),
+            client_secret: s.hiecm_client_secret.clone(),
+            session_path: s.hiecm_session_path.clone(),
+            timeout: Duration::from_secs(10),
+        });
+        let consumer = format!("gw-{}-{}", std::process::id(), &super::hiecm::new_request_id()[..8]);
+        let metrics = state.directory.deps().metrics.clone();
+        let ctx = Rc::new(Ctx { state: state.clone(), hiecm, consumer, metrics, working: Default::default() });
+        run(ctx).await;
+    });
+}
+
+async fn run(ctx: Rc<Ctx>) {
+    let s = &ctx.state.settings;
+    let stop = ctx.state.shutting_down.clone();
+    let claim_idle = Duration::from_millis(s.onshare_claim_idle_ms);
+    while ctx.state.store.outbox_init().await.is_err() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracing::info!(consumer = %ctx.consumer, "on-share worker started");
+    let slots = std::sync::Arc::new(Semaphore::new(s.onshare_concurrency));
+    let mut last_claim: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut entries = Vec::new();
+        if last_claim.is_none_or(|t| t.elapsed() >= claim_idle / 4) {
+            last_claim = Some(Instant::now());
+            entries = ctx.state.store.outbox_claim_idle(&ctx.consumer, claim_idle, free).await.unwrap_or_default();
+            if let Ok(n) = ctx.state.store.outbox_len().await {
+                ctx.metrics.outbox_entries.set(n as f64);
+            }
+        }
+        if entries.is_empty() {
+            match ctx.state.store.outbox_read(&ctx.consumer, free, Duration::from_millis(500)).await {
+                Ok(e) => entries = e,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            }
+        }
+        for e in entries {
+            if !ctx.working.borrow_mut().insert(e.id.clone()) {
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                ctx.working.borrow_mut().remove(&e.id);
+                break;
+            };
+            let ctx = ctx.clone();
+            actix_rt::spawn(async move {
+                let id = e.id.clone();
+                handle(&ctx, e).await;
+                ctx.working.borrow_mut().remove(&id);
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn now_ms(ctx: &Ctx) -> i64 {
+    ctx.state.directory.deps().clock.now().as_millisecond()
+}
+
+/// Works one entry to the end: an answer, then its delivery (or the deadline).
+async fn handle(ctx: &Ctx, e: Entry) {
+    let s = &ctx.state.settings;
+    let (base, max) = (Duration::from_millis(s.onshare_backoff_ms), Duration::from_millis(s.onshare_backoff_max_ms));
+    let Some(version) = Version::parse(e.get(F_VERSION)) else {
+        tracing::warn!(id = %e.id, "outbox entry of unknown version dropped");
+        let _ = ctx.state.store.outbox_done(&e.id).await;
+        return;
+    };
+    let rid = e.get(F_REQUEST_ID).to_string();
+    let at: i64 = e.get(F_AT).parse().unwrap_or_else(|_| e.accepted_ms());
+    let deadline = at + (s.onshare_deadline_s as i64) * 1000;
+    let mut attempt = 0u32;
+    let answer = loop {
+        if ctx.stopping() {
+            return; // Still pending: another process (or this one restarted) takes it over.
+        }
+        match answer(ctx, version, &rid, e.get(F_HIP), e.get(F_BODY)).await {
+            Ok(v) => break v,
+            Err(Transient(code)) if now_ms(ctx) >= deadline => {
+                break body(ctx, version, &rid, Err(&Failure::new(code)))
+            }
+            Err(Transient(_)) => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt, base, max)).await;
+            }
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        if ctx.stopping() {
+            return;
+        }
+        if now_ms(ctx) >= deadline {
+            tracing::warn!(request_id = %rid, attempts = attempt, "on-share given up at its deadline");
+            ctx.metrics.onshare_gave_up.increment(1);
+            let _ = ctx.state.store.outbox_done(&e.id).await;
+            return;
+        }
+        match ctx.state.store.outbox_touch(&ctx.consumer, &e.id).await {
+            Ok(true) => {}
+            // Another process took this entry over (this one stalled): it sends from now on.
+            Ok(false) => return,
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt, base, max)).await;
+                continue;
+            }
+        }
+        let now = ctx.state.directory.deps().clock.now();
+        match ctx.hiecm.on_share(version, &answer, now).await {
+            Ok(()) => {
+                ctx.metrics.onshare_delivered.increment(1);
+                ctx.metrics.onshare_delay.record(((now.as_millisecond() - at).max(0) as f64) / 1000.0);
+                // Delivered: drop the entry (it holds patient data). If this fails the entry is
+                // delivered again after a takeover: the callback is idempotent by requestId.
+                for _ in 0..3 {
+                    if ctx.state.store.outbox_done(&e.id).await.is_ok() {
+                        break;
+                    }
+                }
+                return;
+            }
+            Err(err) => {
+                attempt += 1;
+                ctx.metrics.onshare_retried.increment(1);
+                tracing::info!(request_id = %rid, attempt, error = %err, "on-share attempt failed; retrying");
+                tokio::time::sleep(backoff(attempt, base, max)).await;
+            }
+        }
+    }
+}
+
+/// Seconds between two RFC 3339 timestamps of a token view (its validity).
+fn validity_s(issued: &str, expires: &str) -> u64 {
+    match (issued.parse::<jiff::Timestamp>(), expires.parse::<jiff::Timestamp>()) {
+        (Ok(a), Ok(b)) => (b.as_second() - a.as_second()).max(0) as u64,
+        _ => 0,
+    }
+}
+
+/// An on-share body (v1.0 bodies carry a new request id and time of their own).
+fn body(ctx: &Ctx, version: Version, rid: &str, outcome: Result<&TokenAck<'_>, &Failure>) -> Value {
+    let now = ctx.state.directory.deps().clock.now();
+    shapes::on_share(version, &super::hiecm::new_request_id(), &super::hiecm::timestamp(now), rid, outcome)
+}
+
+/// The on-share body for a share: the token (issued now, or the same one again), or a
+/// FAILURE with a code. Transient trouble (store down, facility overloaded) is retried.
+async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) -> Result<Value, Transient> {
+    let fail = |f: Failure| Ok(body(ctx, version, rid, Err(&f)));
+    let scan = match version {
+        Version::V3 => shapes::parse_v3(raw.as_bytes()).and_then(|s| s.into_scan()),
+        Version::V1 => shapes::parse_v1(raw.as_bytes()).and_then(|s| s.into_scan(hip)),
+    };
+    let scan = match scan {
+        Ok(s) => s,
+        Err(e) => return fail(Failure::invalid(&e, version)),
+    };
+    let state = &ctx.state;
+    let deps = state.directory.deps();
+    let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
+    let idem = format!("share:{rid}");
+    let (facility, input) = match scan.into_input(&deps.hasher, year, Some(&idem)) {
+        Ok(x) => x,
+        Err(e) => return fail(Failure::invalid(&e, version)),
+    };
+    if crate::ingress::auth::limit_scan(state, &facility, &input.patient).is_err() {
+        return fail(Failure::new(FailureCode::RateLimited));
+    }
+    if !state.redis_up.load(Ordering::Relaxed) {
+        return Err(Transient(FailureCode::StoreUnavailable));
+    }
+    let abha = input.profile.abha_address.clone();
+    let counter = input.counter.clone();
+    match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), reply }).await {
+        Ok(r) => {
+            let ack = TokenAck {
+                abha_address: &abha,
+                context: &counter,
+                token_number: r.view.token_number,
+                expiry_s: validity_s(&r.view.issued_at, &r.view.expires_at),
+            };
+            Ok(body(ctx, version, rid, Ok(&ack)))
+        }
+        Err(FacilityError::UnknownFacility) => fail(Failure::new(FailureCode::UnknownFacility)),
+        Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
+        Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
+        Err(FacilityError::Overloaded) => Err(Transient(FailureCode::Overloaded)),
+        Err(FacilityError::Store(_)) => Err(Transient(FailureCode::StoreUnavailable)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let (b, m) = (Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..50 {
+            let d1 = backoff(1, b, m);
+            assert!((50..=100).contains(&(d1.as_millis() as u64)), "{d1:?}");
+            let d3 = backoff(3, b, m);
+            assert!((200..=400).contains(&(d3.as_millis() as u64)), "{d3:?}");
+            let d30 = backoff(30, b, m);
+            assert!((1000..=2000).contains(&(d30.as_millis() as u64)), "{d30:?}");
+        }
+    }
+}

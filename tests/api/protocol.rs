@@ -1,0 +1,466 @@
+//! The national protocol end to end against an HIE-CM double (an actix-web server on a free
+//! port): JWT-signed v3 and v1.0 shares, the on-share callbacks it records, failures,
+//! retries, redelivery, a gateway restart with undelivered callbacks, and the delay.
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::future::join_all;
+use redis::Commands;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const KEY1: &str = include_str!("../fixtures/protocol/jwt/test-only-key1.pem");
+const KEY2: &str = include_str!("../fixtures/protocol/jwt/test-only-key2.pem");
+const JWKS: &str = "tests/fixtures/protocol/jwt/jwks.json";
+const ISSUER: &str = "test-hiecm";
+const SESSION_TOKEN: &str = "cm-session-token-0123456789";
+
+/// One callback the double received.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Recorder {
+    pub callbacks: Mutex<Vec<Callback>>,
+    /// Attempts answered 500 before the next success.
+    pub fail_next: AtomicUsize,
+    pub attempts: AtomicUsize,
+    pub sessions: AtomicUsize,
+}
+
+impl Recorder {
+    pub fn delivered(&self) -> Vec<Callback> {
+        self.callbacks.lock().unwrap().clone()
+    }
+}
+
+/// The HIE-CM double: session endpoint, on-share endpoints (v3 and v1.0), JWKS.
+pub struct Hiecm {
+    pub base: String,
+    pub rec: Arc<Recorder>,
+}
+
+async fn session(body: web::Json<Value>, rec: web::Data<Recorder>) -> HttpResponse {
+    rec.sessions.fetch_add(1, Ordering::SeqCst);
+    if body["clientId"] != "gateway-client" || body["clientSecret"] != "gateway-secret-0123456789" {
+        return HttpResponse::Unauthorized().finish();
+    }
+    HttpResponse::Ok().json(json!({"accessToken": SESSION_TOKEN, "expiresIn": 600, "tokenType": "bearer"}))
+}
+
+async fn on_share(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorder>) -> HttpResponse {
+    rec.attempts.fetch_add(1, Ordering::SeqCst);
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if auth != format!("Bearer {SESSION_TOKEN}") {
+        return HttpResponse::Unauthorized().finish();
+    }
+    if rec.fail_next.load(Ordering::SeqCst) > 0 {
+        rec.fail_next.fetch_sub(1, Ordering::SeqCst);
+        return HttpResponse::InternalServerError().finish();
+    }
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_uppercase(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body: Value = serde_json::from_slice(&body).expect("on-share body is JSON");
+    rec.callbacks.lock().unwrap().push(Callback { path: req.path().to_string(), headers, body, at: Instant::now() });
+    HttpResponse::Accepted().finish()
+}
+
+impl Hiecm {
+    pub async fn start() -> Hiecm {
+        let rec = Arc::new(Recorder::default());
+        let data = web::Data::from(rec.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/api/hiecm/gateway/v3/sessions", web::post().to(session))
+                .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
+                .route("/v1.0/patients/profile/on-share", web::post().to(on_share))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        // Stops with the test's actix system.
+        actix_rt::spawn(server);
+        Hiecm { base: format!("http://127.0.0.1:{port}"), rec }
+    }
+
+    /// Waits until `n` callbacks were delivered.
+    pub async fn wait_for(&self, n: usize, what: &str) -> Vec<Callback> {
+        let rec = self.rec.clone();
+        eventually(Duration::from_secs(20), what, || {
+            let rec = rec.clone();
+            async move { rec.delivered().len() >= n }
+        })
+        .await;
+        self.rec.delivered()
+    }
+}
+
+pub fn protocol_settings(redis: &RedisServer, hiecm: &Hiecm) -> scan_gateway::config::Settings {
+    let mut s = scan_gateway::config::Settings::for_tests(&redis.url());
+    s.hiecm_base_url = hiecm.base.clone();
+    s.hiecm_client_id = "gateway-client".into();
+    s.hiecm_client_secret = "gateway-secret-0123456789".into();
+    s.jwks_file = format!("{}/{JWKS}", env!("CARGO_MANIFEST_DIR"));
+    s.jwt_issuer = ISSUER.into();
+    s.onshare_backoff_ms = 20;
+    s.onshare_backoff_max_ms = 200;
+    s.onshare_claim_idle_ms = 1000;
+    s
+}
+
+/// A JWT as the switch signs it, valid around the app's clock.
+pub fn jwt(app: &TestApp, key: &str, kid: &str, exp_in: i64, iss: &str) -> String {
+    let now = app.clock_now().as_second();
+    let claims = json!({"iss": iss, "sub": "hiecm", "iat": now, "exp": now + exp_in});
+    scan_gateway::protocol::jwt::sign_rs256_for_tests(key, kid, &claims)
+}
+
+pub fn v3_body(facility: &str, counter: &str, i: usize) -> Value {
+    let p = patient(i);
+    json!({
+        "intent": "PROFILE_SHARE",
+        "metaData": {"hipId": facility, "context": counter, "hprId": "71-0000-0000-0001", "latitude": "28.56", "longitude": "77.21"},
+        "profile": {"patient": {
+            "abhaNumber": p["abha_number"], "abhaAddress": p["abha_address"], "name": p["name"],
+            "gender": p["gender"], "dayOfBirth": "15", "monthOfBirth": "1",
+            "yearOfBirth": p["year_of_birth"].to_string(), "phoneNumber": p["phone"],
+            "address": {"line": "1 MG Road", "district": "Mysuru", "state": "KARNATAKA", "pincode": "570001"}
+        }}
+    })
+}
+
+impl TestApp {
+    pub fn clock_now(&self) -> jiff::Timestamp {
+        use scan_gateway::clock::Clock;
+        self.clock.now()
+    }
+
+    /// Sends a v3 share with a fresh request id unless one is given; returns (status, body, request id).
+    pub async fn share_v3(&self, bearer: &str, body: &Value, rid: Option<&str>) -> (u16, Value, String) {
+        let rid = rid.map_or_else(scan_gateway::protocol::hiecm::new_request_id, str::to_string);
+        let ts = scan_gateway::protocol::hiecm::timestamp(self.clock_now());
+        let hip = body["metaData"]["hipId"].as_str().unwrap_or("IN0000000000").to_string();
+        let r = self
+            .req(
+                "POST",
+                "/api/v3/hip/patient/share",
+                Some(bearer),
+                Some(body),
+                &[("REQUEST-ID", &rid), ("TIMESTAMP", &ts), ("X-HIP-ID", &hip)],
+            )
+            .await;
+        (r.status, r.body, rid)
+    }
+}
+
+fn outbox_len(redis: &RedisServer) -> u64 {
+    redis.conn().xlen("sg:{outbox}:shares").unwrap_or(0)
+}
+
+fn for_request<'a>(cbs: &'a [Callback], rid: &str) -> Vec<&'a Callback> {
+    cbs.iter().filter(|c| c.body["response"]["requestId"] == rid || c.body["resp"]["requestId"] == rid).collect()
+}
+
+#[actix_web::test]
+async fn a_v3_share_is_answered_202_and_its_token_arrives_by_on_share() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(800);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let started = Instant::now();
+    let (st, body, rid) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the share is answered at once");
+    assert_eq!(body["requestId"], rid.as_str());
+    let cbs = hiecm.wait_for(1, "the on-share callback").await;
+    let cb = &cbs[0];
+    assert_eq!(cb.path, "/api/hiecm/patient-share/v3/on-share");
+    assert_eq!(
+        cb.body,
+        json!({"acknowledgement": {"status": "SUCCESS", "abhaAddress": abha_address(1),
+               "profile": {"context": "OPD1", "tokenNumber": "1", "expiry": "1800"}},
+               "response": {"requestId": rid}})
+    );
+    for h in ["REQUEST-ID", "TIMESTAMP", "X-CM-ID"] {
+        assert!(cb.headers.contains_key(h), "{h} sent: {:?}", cb.headers);
+    }
+    assert_ne!(cb.headers["REQUEST-ID"], rid, "the callback carries a new REQUEST-ID");
+    assert_eq!(cb.headers["X-CM-ID"], "sbx");
+    // The token is a real one: the same patient scanning through the native API gets it back.
+    let (st, again) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    assert_eq!((st, again["token_number"].as_u64()), (200, Some(1)), "{again}");
+    eventually(Duration::from_secs(5), "outbox emptied", || async { outbox_len(&redis) == 0 }).await;
+    assert_eq!(hiecm.rec.sessions.load(Ordering::SeqCst), 1, "the session bearer is cached");
+}
+
+#[actix_web::test]
+async fn shares_are_refused_before_the_outbox_without_a_valid_jwt_or_headers() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(801);
+    app.register(&f).await;
+    let body = v3_body(&f, "OPD1", 1);
+    let good = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    for (bearer, what) in [
+        (String::new(), "no bearer"),
+        (jwt(&app, KEY1, "test-key-1", -600, ISSUER), "expired"),
+        (jwt(&app, KEY2, "test-key-1", 300, ISSUER), "signed by another key"),
+        (jwt(&app, KEY2, "test-key-9", 300, ISSUER), "unknown key id"),
+        (jwt(&app, KEY1, "test-key-1", 300, "someone-else"), "wrong issuer"),
+    ] {
+        let r = app
+            .req(
+                "POST",
+                "/api/v3/hip/patient/share",
+                (!bearer.is_empty()).then_some(bearer.as_str()),
+                Some(&body),
+                &[
+                    ("REQUEST-ID", &scan_gateway::protocol::hiecm::new_request_id()),
+                    ("TIMESTAMP", "2026-11-23T04:00:00.000Z"),
+                    ("X-HIP-ID", &f),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text);
+        assert!(r.body["error"]["code"].is_string(), "{what}: {}", r.text);
+    }
+    let rid = scan_gateway::protocol::hiecm::new_request_id();
+    for (headers, field, what) in [
+        (vec![("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", f.as_str())], "REQUEST-ID", "no REQUEST-ID"),
+        (
+            vec![("REQUEST-ID", "not-a-uuid"), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", f.as_str())],
+            "REQUEST-ID",
+            "bad REQUEST-ID",
+        ),
+        (vec![("REQUEST-ID", rid.as_str()), ("X-HIP-ID", f.as_str())], "TIMESTAMP", "no TIMESTAMP"),
+        (
+            vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "yesterday"), ("X-HIP-ID", f.as_str())],
+            "TIMESTAMP",
+            "bad TIMESTAMP",
+        ),
+        (vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "2026-11-23T04:00:00.000Z")], "X-HIP-ID", "no X-HIP-ID"),
+        (
+            vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", "IN9999999999")],
+            "X-HIP-ID",
+            "X-HIP-ID not the body's hipId",
+        ),
+    ] {
+        let r = app.req("POST", "/api/v3/hip/patient/share", Some(&good), Some(&body), &headers).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        assert_eq!(r.body["error"]["field"], field, "{what}: {}", r.text);
+    }
+    let r = app
+        .raw(
+            "POST",
+            "/v3/hip/patient/share",
+            Some(&good),
+            Some("application/json"),
+            Some(b"{not json".to_vec()),
+            &[("REQUEST-ID", &rid), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", &f)],
+        )
+        .await;
+    assert_error(r.status, &r.body, 400, "MALFORMED_JSON");
+    assert_eq!(outbox_len(&redis), 0, "nothing refused reaches the outbox");
+    assert!(hiecm.rec.delivered().is_empty());
+}
+
+#[actix_web::test]
+async fn bad_profiles_and_unknown_places_get_failure_on_shares_never_silence() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.limit_patient_per_min = 1;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(802);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let mut bad_profile = v3_body(&f, "OPD1", 3);
+    bad_profile["profile"]["patient"]["abhaAddress"] = json!("not-an-address");
+    let cases = [
+        (v3_body(&fid(899), "OPD1", 1), "UNKNOWN_FACILITY"),
+        (v3_body(&f, "Radiology", 2), "UNKNOWN_COUNTER"),
+        (bad_profile, "INVALID_PROFILE"),
+    ];
+    let mut rids = Vec::new();
+    for (body, code) in &cases {
+        let (st, v, rid) = app.share_v3(&bearer, body, None).await;
+        assert_eq!(st, 202, "{code}: {v}");
+        rids.push((rid, *code));
+    }
+    // The same patient twice within the patient limit's minute: the second is rate limited.
+    let (_, _, first) = app.share_v3(&bearer, &v3_body(&f, "OPD2", 4), None).await;
+    let (_, _, second) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 4), None).await;
+    let cbs = hiecm.wait_for(5, "five on-shares").await;
+    for (rid, code) in &rids {
+        let got = for_request(&cbs, rid);
+        assert_eq!(got.len(), 1, "{code}");
+        assert_eq!(got[0].body["error"]["code"], *code, "{}", got[0].body);
+        let text = got[0].body.to_string();
+        for i in 1..=3 {
+            for v in [abha_address(i), abha_number(i)] {
+                assert!(!text.contains(&v), "no patient data in a failure: {text}");
+            }
+        }
+        assert!(!text.contains("not-an-address"), "the refused value is not echoed: {text}");
+    }
+    // Exactly one of the two went through (their order inside the worker is not fixed).
+    let outcome = |rid: &str| {
+        let b = &for_request(&cbs, rid)[0].body;
+        b["acknowledgement"]["status"].as_str().or(b["error"]["code"].as_str()).unwrap_or("").to_string()
+    };
+    let mut got = [outcome(&first), outcome(&second)];
+    got.sort();
+    assert_eq!(got, ["RATE_LIMITED".to_string(), "SUCCESS".to_string()]);
+}
+
+#[actix_web::test]
+async fn callbacks_that_fail_are_retried_and_redelivered_shares_never_get_a_second_token() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(803);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    hiecm.rec.fail_next.store(2, Ordering::SeqCst);
+    let (st, _, rid) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(1, "the callback after two failures").await;
+    assert_eq!(hiecm.rec.attempts.load(Ordering::SeqCst), 3, "two failed attempts, then one that landed");
+    assert_eq!(for_request(&cbs, &rid)[0].body["acknowledgement"]["profile"]["tokenNumber"], "1");
+
+    // The switch redelivers the same share (same REQUEST-ID): same token, a repeated on-share.
+    let (st, _, _) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), Some(&rid)).await;
+    assert_eq!(st, 202);
+    // A second share of the same patient at the same counter, new REQUEST-ID: the same token.
+    let (_, _, rid2) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), None).await;
+    let cbs = hiecm.wait_for(3, "the repeated on-shares").await;
+    assert_eq!(for_request(&cbs, &rid).len(), 2);
+    for cb in for_request(&cbs, &rid).into_iter().chain(for_request(&cbs, &rid2)) {
+        assert_eq!(cb.body["acknowledgement"]["profile"]["tokenNumber"], "1", "{}", cb.body);
+    }
+    let stored: u64 = redis.conn().hlen(format!("sg:{{{f}}}:d:{START_DATE}:t")).unwrap();
+    assert_eq!(stored, 1, "one token for the patient, however often the share came");
+    eventually(Duration::from_secs(5), "outbox emptied", || async { outbox_len(&redis) == 0 }).await;
+}
+
+#[actix_web::test]
+async fn a_v1_share_gets_a_v1_on_share() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(804);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let rid = scan_gateway::protocol::hiecm::new_request_id();
+    let p = patient(7);
+    let body = json!({
+        "requestId": rid, "timestamp": "2026-11-23T04:00:00.000Z",
+        "profile": {"hipCode": "OPD2", "patient": {
+            "healthId": p["abha_address"], "healthIdNumber": p["abha_number"], "name": p["name"],
+            "gender": p["gender"], "yearOfBirth": p["year_of_birth"],
+            "identifiers": [{"type": "MOBILE", "value": p["phone"]}]
+        }}
+    });
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&body), &[("X-HIP-ID", &f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(1, "the v1.0 on-share").await;
+    assert_eq!(cbs[0].path, "/v1.0/patients/profile/on-share");
+    assert_eq!(cbs[0].body["resp"]["requestId"], rid.as_str());
+    assert_eq!(cbs[0].body["acknowledgement"]["status"], "SUCCESS");
+    assert_eq!(cbs[0].body["acknowledgement"]["tokenNumber"], "1");
+}
+
+#[actix_web::test]
+async fn undelivered_callbacks_survive_a_gateway_restart() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let clock = TestApp::clock_at(START);
+    let mut a = TestApp::spawn_with(protocol_settings(&redis, &hiecm), clock.clone()).await;
+    let f = fid(805);
+    a.register(&f).await;
+    let bearer = jwt(&a, KEY1, "test-key-1", 300, ISSUER);
+    hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let mut rids = Vec::new();
+    for i in 0..3 {
+        let (st, _, rid) = a.share_v3(&bearer, &v3_body(&f, "OPD1", i), None).await;
+        assert_eq!(st, 202);
+        rids.push(rid);
+    }
+    let rec = hiecm.rec.clone();
+    eventually(Duration::from_secs(10), "the first gateway tried and failed", || {
+        let rec = rec.clone();
+        async move { rec.attempts.load(Ordering::SeqCst) >= 3 }
+    })
+    .await;
+    a.stop().await;
+    assert_eq!(outbox_len(&redis), 3, "undelivered callbacks stay in the outbox");
+    hiecm.rec.fail_next.store(0, Ordering::SeqCst);
+    // A new process (a new consumer) takes the idle entries over and delivers them.
+    let b = TestApp::spawn_with(protocol_settings(&redis, &hiecm), clock.clone()).await;
+    let cbs = hiecm.wait_for(3, "callbacks delivered by the restarted gateway").await;
+    let mut numbers: Vec<String> = rids
+        .iter()
+        .map(|rid| {
+            let got = for_request(&cbs, rid);
+            assert_eq!(got.len(), 1, "each callback delivered once");
+            got[0].body["acknowledgement"]["profile"]["tokenNumber"].as_str().unwrap().to_string()
+        })
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, ["1", "2", "3"], "the tokens issued before the restart, not new ones");
+    eventually(Duration::from_secs(5), "outbox emptied", || async { outbox_len(&redis) == 0 }).await;
+    drop(b);
+}
+
+#[actix_web::test]
+async fn share_to_on_share_delay_under_load() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let facilities: Vec<String> = (0..10).map(|i| fid(810 + i)).collect();
+    for f in &facilities {
+        app.register(f).await;
+    }
+    let bearer = jwt(&app, KEY1, "test-key-1", 600, ISSUER);
+    let n = 300;
+    let sent: Vec<(String, Instant)> = join_all((0..n).map(|i| {
+        let (app, bearer, f) = (&app, &bearer, &facilities[i % 10]);
+        async move {
+            let t = Instant::now();
+            let (st, v, rid) = app.share_v3(bearer, &v3_body(f, "OPD1", 10_000 + i), None).await;
+            assert_eq!(st, 202, "{v}");
+            (rid, t)
+        }
+    }))
+    .await;
+    let cbs = hiecm.wait_for(n, "every on-share").await;
+    let at: BTreeMap<String, Instant> =
+        cbs.iter().map(|c| (c.body["response"]["requestId"].as_str().unwrap().to_string(), c.at)).collect();
+    let mut delays: Vec<Duration> = sent.iter().map(|(rid, t)| at[rid].duration_since(*t)).collect();
+    delays.sort();
+    let pct = |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).min(delays.len()) - 1];
+    println!("share -> on-share over {n} concurrent shares (debug build): p50 {:?}, p99 {:?}", pct(0.5), pct(0.99));
+    assert!(cbs.iter().all(|c| c.body["acknowledgement"]["status"] == "SUCCESS"));
+    assert_eq!(cbs.len(), n, "one callback per share");
+}
