@@ -42,6 +42,8 @@ impl Application {
     /// Must be called inside an actix system.
     pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        // TLS for outbound calls (the national switch); a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let prometheus = metrics::install();
         let m = Metrics::new();
         let timeout = Duration::from_millis(settings.redis_timeout_ms);

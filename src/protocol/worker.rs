@@ -83,6 +83,12 @@ async fn run(ctx: Rc<Ctx>) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // XREADGROUP BLOCK holds its connection for the whole wait: it gets one of its own, or
+    // every other command on the shared multiplexed connection would queue behind it.
+    let Ok(reader) = crate::persistence::Store::open(&s.redis_url, ctx.state.store.timeout()) else {
+        tracing::error!("on-share worker cannot open its Redis connection; callbacks are not sent");
+        return;
+    };
     tracing::info!(consumer = %ctx.consumer, "on-share worker started");
     let slots = std::sync::Arc::new(Semaphore::new(s.onshare_concurrency));
     let mut last_claim: Option<Instant> = None;
@@ -101,7 +107,7 @@ async fn run(ctx: Rc<Ctx>) {
             }
         }
         if entries.is_empty() {
-            match ctx.state.store.outbox_read(&ctx.consumer, free, Duration::from_millis(500)).await {
+            match reader.outbox_read(&ctx.consumer, free, Duration::from_millis(500)).await {
                 Ok(e) => entries = e,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(250)).await;

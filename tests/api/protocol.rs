@@ -78,6 +78,11 @@ async fn on_share(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorder>) 
     HttpResponse::Accepted().finish()
 }
 
+async fn jwks() -> HttpResponse {
+    let path = format!("{}/{JWKS}", env!("CARGO_MANIFEST_DIR"));
+    HttpResponse::Ok().content_type("application/json").body(std::fs::read_to_string(path).unwrap())
+}
+
 impl Hiecm {
     pub async fn start() -> Hiecm {
         let rec = Arc::new(Recorder::default());
@@ -90,6 +95,7 @@ impl Hiecm {
                 .route("/api/hiecm/gateway/v3/sessions", web::post().to(session))
                 .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
                 .route("/v1.0/patients/profile/on-share", web::post().to(on_share))
+                .route("/jwks", web::get().to(jwks))
         })
         .workers(1)
         .disable_signals()
@@ -463,4 +469,68 @@ async fn share_to_on_share_delay_under_load() {
     println!("share -> on-share over {n} concurrent shares (debug build): p50 {:?}, p99 {:?}", pct(0.5), pct(0.99));
     assert!(cbs.iter().all(|c| c.body["acknowledgement"]["status"] == "SUCCESS"));
     assert_eq!(cbs.len(), n, "one callback per share");
+}
+
+#[actix_web::test]
+async fn keys_can_come_from_a_jwks_url_and_verification_off_must_be_explicit() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.jwks_file = String::new();
+    settings.jwks_url = format!("{}/jwks", hiecm.base);
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(830);
+    app.register(&f).await;
+    let (st, v, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202, "a key fetched from the JWKS URL verifies: {v}");
+    let (st, _, _) = app.share_v3(&jwt(&app, KEY2, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 2), None).await;
+    assert_eq!(st, 401);
+    hiecm.wait_for(1, "the on-share").await;
+
+    // Neither a JWKS nor an explicit off: the gateway refuses to start.
+    let mut bad = protocol_settings(&redis, &hiecm);
+    bad.jwks_file = String::new();
+    assert!(bad.validate().unwrap_err().to_string().contains("SCANGW_JWKS_FILE"));
+    // Explicitly off: shares need no bearer.
+    let mut off = protocol_settings(&redis, &hiecm);
+    off.jwks_file = String::new();
+    off.jwt_verification = "off".into();
+    off.validate().unwrap();
+    let app = TestApp::spawn_with(off, TestApp::clock_at(START)).await;
+    let rid = scan_gateway::protocol::hiecm::new_request_id();
+    let r = app
+        .req(
+            "POST",
+            "/api/v3/hip/patient/share",
+            None,
+            Some(&v3_body(&f, "OPD1", 3)),
+            &[("REQUEST-ID", &rid), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", &f)],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+}
+
+#[actix_web::test]
+async fn a_callback_that_never_lands_is_given_up_at_its_deadline() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.onshare_deadline_s = 60;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(831);
+    app.register(&f).await;
+    hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let (st, _, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    let rec = hiecm.rec.clone();
+    eventually(Duration::from_secs(10), "a few failed attempts", || {
+        let rec = rec.clone();
+        async move { rec.attempts.load(Ordering::SeqCst) >= 3 }
+    })
+    .await;
+    assert_eq!(outbox_len(&redis), 1, "still retrying before the deadline");
+    app.clock.advance(Duration::from_secs(61));
+    eventually(Duration::from_secs(10), "the entry is given up and deleted", || async { outbox_len(&redis) == 0 })
+        .await;
+    assert!(hiecm.rec.delivered().is_empty());
 }
