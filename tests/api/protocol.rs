@@ -229,11 +229,11 @@ async fn shares_are_refused_before_the_outbox_without_a_valid_jwt_or_headers() {
     let body = v3_body(&f, "OPD1", 1);
     let good = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
     for (bearer, what) in [
-        (String::new(), "no bearer"),
-        (jwt(&app, KEY1, "test-key-1", -600, ISSUER), "expired"),
-        (jwt(&app, KEY2, "test-key-1", 300, ISSUER), "signed by another key"),
-        (jwt(&app, KEY2, "test-key-9", 300, ISSUER), "unknown key id"),
-        (jwt(&app, KEY1, "test-key-1", 300, "someone-else"), "wrong issuer"),
+        (String::new(), "TOKEN_MISSING"),
+        (jwt(&app, KEY1, "test-key-1", -600, ISSUER), "TOKEN_EXPIRED"),
+        (jwt(&app, KEY2, "test-key-1", 300, ISSUER), "TOKEN_BAD_SIGNATURE"),
+        (jwt(&app, KEY2, "test-key-9", 300, ISSUER), "TOKEN_UNKNOWN_KEY"),
+        (jwt(&app, KEY1, "test-key-1", 300, "someone-else"), "TOKEN_WRONG_ISSUER"),
     ] {
         let r = app
             .req(
@@ -248,8 +248,7 @@ async fn shares_are_refused_before_the_outbox_without_a_valid_jwt_or_headers() {
                 ],
             )
             .await;
-        assert_eq!(r.status, 401, "{what}: {}", r.text);
-        assert!(r.body["error"]["code"].is_string(), "{what}: {}", r.text);
+        assert_error(r.status, &r.body, 401, what);
     }
     let rid = scan_gateway::protocol::hiecm::new_request_id();
     for (headers, field, what) in [
@@ -533,4 +532,32 @@ async fn a_callback_that_never_lands_is_given_up_at_its_deadline() {
     eventually(Duration::from_secs(10), "the entry is given up and deleted", || async { outbox_len(&redis) == 0 })
         .await;
     assert!(hiecm.rec.delivered().is_empty());
+}
+
+#[actix_web::test]
+async fn the_golden_share_and_its_drifted_twin_get_the_same_token_over_http() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    // The fixtures name facility IN3410000260, counter OPD1 and patient john@abdm.
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let golden: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share.json")).unwrap();
+    let drift: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share_drift.json")).unwrap();
+    let (_, _, a) = app.share_v3(&bearer, &golden, None).await;
+    let (_, _, b) = app.share_v3(&bearer, &drift, None).await;
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_drift.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let c = v1["requestId"].as_str().unwrap().to_string();
+    let cbs = hiecm.wait_for(3, "three on-shares").await;
+    let token = |rid: &str| {
+        let b = &for_request(&cbs, rid)[0].body;
+        (b["acknowledgement"]["status"].clone(), b["acknowledgement"]["profile"]["tokenNumber"].clone())
+    };
+    assert_eq!(token(&a), (json!("SUCCESS"), json!("1")));
+    assert_eq!(token(&b), token(&a), "the drifted share is the same patient: the same token");
+    let v1cb = &for_request(&cbs, &c)[0].body;
+    assert_eq!(v1cb["acknowledgement"]["tokenNumber"], "1", "and so is the v1.0 share: {v1cb}");
 }
