@@ -28,7 +28,8 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && t.len() <= 512)
 }
 
-fn limited(e: super::limits::Limited) -> ApiError {
+/// A refusal by a rate limit, counted by limit.
+pub fn limited(e: super::limits::Limited) -> ApiError {
     crate::telemetry::metrics::Metrics::rate_limited(e.kind.label());
     ApiError::RateLimited(e)
 }

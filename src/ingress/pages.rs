@@ -159,10 +159,7 @@ impl Drop for SseSlot {
 }
 
 fn take_sse_slot(req: &HttpRequest, state: &AppState) -> Result<SseSlot, ApiError> {
-    state.limits.client(&super::auth::anonymous_key(req, state)).map_err(|e| {
-        Metrics::rate_limited(e.kind.label());
-        ApiError::RateLimited(e)
-    })?;
+    state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::Overloaded);
     }

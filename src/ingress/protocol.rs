@@ -26,19 +26,14 @@ pub fn valid_request_id(v: &str) -> bool {
 /// Checks the switch's credential (before anything else is read) and the per-client limit.
 fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let p = state.protocol.as_ref().ok_or(ApiError::NotFound)?;
-    state.limits.global().map_err(rate_limited)?;
+    state.limits.global().map_err(super::auth::limited)?;
     let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let now = state.directory.deps().clock.now().as_second();
     if let Err(e) = p.verifier.verify(auth, now) {
-        state.limits.client(&super::auth::anonymous_key(req, state)).map_err(rate_limited)?;
+        state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
         return Err(ApiError::InvalidToken(e.code()));
     }
-    state.limits.client("hiecm").map_err(rate_limited)
-}
-
-fn rate_limited(e: super::limits::Limited) -> ApiError {
-    Metrics::rate_limited(e.kind.label());
-    ApiError::RateLimited(e)
+    state.limits.client("hiecm").map_err(super::auth::limited)
 }
 
 /// Reads the JSON body (size limit, content type, well-formed JSON).

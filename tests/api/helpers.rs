@@ -445,8 +445,27 @@ pub fn client() -> awc::Client {
         .finish()
 }
 
-/// One request. `body` is sent with `content_type` when given.
+/// One request. `body` is sent with `content_type` when given. awc's pool occasionally
+/// reports its connector gone under load; a request that could not connect never reached
+/// the gateway, so it is sent once more on a fresh client.
 pub async fn http(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+    extra: &[(&str, &str)],
+) -> Result<Resp, awc::error::SendRequestError> {
+    match http_once(client, method, url, bearer, content_type, body.clone(), extra).await {
+        Err(e) if e.to_string().contains("Failed to connect") => {
+            http_once(&self::client(), method, url, bearer, content_type, body, extra).await
+        }
+        r => r,
+    }
+}
+
+async fn http_once(
     client: &awc::Client,
     method: &str,
     url: &str,
@@ -577,17 +596,9 @@ impl TestApp {
         extra: &[(&str, &str)],
     ) -> Resp {
         let url = format!("{}{}", self.base, path);
-        match http(&self.client, method, &url, bearer, content_type, body.clone(), extra).await {
-            Ok(r) => r,
-            // awc's pool occasionally reports its connector gone under load; a request that
-            // could not connect never reached the gateway, so sending it again is the same request.
-            Err(e) if e.to_string().contains("Failed to connect") => {
-                http(&client(), method, &url, bearer, content_type, body, extra)
-                    .await
-                    .unwrap_or_else(|e| panic!("{method} {path}: request failed: {e}"))
-            }
-            Err(e) => panic!("{method} {path}: request failed: {e}"),
-        }
+        http(&self.client, method, &url, bearer, content_type, body, extra)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: request failed: {e}"))
     }
 
     // -- registry --------------------------------------------------------------------
