@@ -433,3 +433,33 @@ async fn concurrent_scans_share_redis_round_trips_group_commit() {
     assert!(writes >= scans as f64, "every scan is a write: {writes}");
     assert!(batches > 0.0 && batches < writes / 2.0, "{writes} writes took {batches} round trips: not batched");
 }
+
+#[actix_web::test]
+async fn switching_jwt_verification_off_is_explicit_and_logged() {
+    let redis = RedisServer::start();
+    let protocol = [
+        ("SCANGW_HIECM_BASE_URL", "http://127.0.0.1:9"),
+        ("SCANGW_HIECM_CLIENT_ID", "gateway-client"),
+        ("SCANGW_HIECM_CLIENT_SECRET", "gateway-secret-0123456789"),
+    ];
+    // With the protocol on, neither a JWKS nor an explicit off: refused at startup.
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").env_clear();
+    for (k, v) in base_env(&redis.url()) {
+        cmd.env(k, v);
+    }
+    cmd.envs(protocol);
+    let (status, _, err) = run_with_deadline(cmd, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(64), "{err}");
+    assert!(err.contains("SCANGW_JWKS_FILE"), "{err}");
+    // Explicitly off: it serves, and says so loudly at startup.
+    let mut env = protocol.to_vec();
+    env.push(("SCANGW_JWT_VERIFICATION", "off"));
+    let gw = Gateway::start(&redis, &env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let warned = |out: &str| out.lines().any(|l| l.contains("\"level\":\"WARN\"") && l.contains("JWT verification"));
+    while !warned(&gw.output()) {
+        assert!(std::time::Instant::now() < deadline, "no startup warning:\n{}", gw.output());
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
