@@ -1,11 +1,17 @@
-//! Opaque, URL-safe token ids. The id carries the facility, service day, counter and
-//! number, so a token lookup goes straight to its facility's actor without a global index.
+//! URL-safe token ids: `<facility_id>.<base64url(version, day, counter, number)>`. The id
+//! carries everything a lookup needs (no global index), and its facility prefix is readable
+//! so a load balancer can route token polls and counter calls to the facility's node.
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jiff::civil::Date;
 
+use crate::registry::{valid_counter_id, valid_facility_id};
+
 const SEP: char = '\u{1f}';
 const MAX_ID_LEN: usize = 512;
+/// Separates the readable facility prefix from the encoded rest. Neither facility ids nor
+/// the base64url alphabet contain it, and it needs no escaping in a URL path.
+const PREFIX_SEP: char = '.';
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRef {
@@ -16,53 +22,131 @@ pub struct TokenRef {
 }
 
 impl TokenRef {
+    /// The current format (`t2`): the facility in clear, the rest encoded.
     pub fn encode(&self) -> String {
-        let raw = format!("t1{SEP}{}{SEP}{}{SEP}{}{SEP}{}", self.facility, self.day, self.counter, self.number);
-        URL_SAFE_NO_PAD.encode(raw)
+        let rest = format!("t2{SEP}{}{SEP}{}{SEP}{}", self.day, self.counter, self.number);
+        format!("{}{PREFIX_SEP}{}", self.facility, URL_SAFE_NO_PAD.encode(rest))
     }
 
-    /// `None` for anything that is not an id this gateway made.
+    /// `None` for anything that is not an id this gateway made. Ids of the first format
+    /// (`t1`: everything, facility included, inside one base64url string) still decode, so
+    /// tokens handed out before the routable format keep working.
     pub fn decode(id: &str) -> Option<Self> {
         if id.is_empty() || id.len() > MAX_ID_LEN {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(id).ok()?;
-        let raw = String::from_utf8(raw).ok()?;
-        let mut parts = raw.split(SEP);
-        if parts.next()? != "t1" {
-            return None;
-        }
-        let facility = parts.next()?.to_string();
-        let day: Date = parts.next()?.parse().ok()?;
-        let counter = parts.next()?.to_string();
-        let number: u32 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || facility.is_empty() || counter.is_empty() || number == 0 {
+        let (facility, fields) = match id.split_once(PREFIX_SEP) {
+            Some((facility, rest)) => (facility.to_string(), unpack(rest, "t2")?),
+            None => {
+                let mut fields = unpack(id, "t1")?;
+                (fields.remove(0), fields)
+            }
+        };
+        let [day, counter, number] = <[String; 3]>::try_from(fields).ok()?;
+        let day: Date = day.parse().ok()?;
+        let number: u32 = number.parse().ok()?;
+        // The facility names Redis keys and the counter a token field: only ids that could
+        // have been registered get that far.
+        if !valid_facility_id(&facility) || !valid_counter_id(&counter) || number == 0 {
             return None;
         }
         Some(Self { facility, day, counter, number })
     }
 }
 
+/// Decodes base64url text into its fields after the `version` tag.
+fn unpack(encoded: &str, version: &str) -> Option<Vec<String>> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()?;
+    let mut parts = raw.split(SEP);
+    if parts.next()? != version {
+        return None;
+    }
+    Some(parts.map(str::to_string).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_url_safe() {
-        let r = TokenRef {
+    fn sample() -> TokenRef {
+        TokenRef {
             facility: "IN0410000183".into(),
             day: "2026-11-23".parse().unwrap(),
             counter: "Eye OPD".into(),
             number: 17,
-        };
+        }
+    }
+
+    /// The first format, as ids handed out before the routable one were made.
+    fn encode_t1(r: &TokenRef) -> String {
+        URL_SAFE_NO_PAD.encode(format!("t1{SEP}{}{SEP}{}{SEP}{}{SEP}{}", r.facility, r.day, r.counter, r.number))
+    }
+
+    #[test]
+    fn round_trip_and_url_safe() {
+        let r = sample();
         let id = r.encode();
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')), "{id}");
         assert_eq!(TokenRef::decode(&id), Some(r));
+        let odd = TokenRef { facility: "a-_9".into(), counter: "OPD 1.a".into(), number: u32::MAX, ..sample() };
+        assert_eq!(TokenRef::decode(&odd.encode()), Some(odd));
+    }
+
+    #[test]
+    fn facility_prefix_is_readable_for_routing() {
+        // What deploy/nginx/facility-routing.conf matches: `^/v1/tokens/(<facility>)\.`.
+        let id = sample().encode();
+        let (prefix, rest) = id.split_once('.').unwrap();
+        assert_eq!(prefix, "IN0410000183");
+        assert!(!rest.contains('.'), "{id}");
+    }
+
+    #[test]
+    fn first_format_ids_still_decode() {
+        let r = sample();
+        let old = encode_t1(&r);
+        assert!(!old.contains('.'), "{old}");
+        assert_eq!(TokenRef::decode(&old), Some(r));
     }
 
     #[test]
     fn garbage_is_none() {
         for bad in ["", "!!!", "dGVzdA", &"A".repeat(600)] {
+            assert_eq!(TokenRef::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_ids_are_rejected() {
+        let r = sample();
+        let rest = r.encode().split_once('.').unwrap().1.to_string();
+        let t1_inside = encode_t1(&r);
+        let t2_rest = |day: &str, counter: &str, number: &str| {
+            URL_SAFE_NO_PAD.encode(format!("t2{SEP}{day}{SEP}{counter}{SEP}{number}"))
+        };
+        let cases = [
+            format!(".{rest}"),                                                  // no facility
+            "IN0410000183.".to_string(),                                         // nothing after the prefix
+            format!("IN{{x}}.{rest}"),                                           // a hash tag breaker as facility
+            format!("IN:1.{rest}"),                                              // ':' separates key parts
+            format!("I.{rest}"),                                                 // facility too short
+            format!("{}.{rest}", "A".repeat(65)),                                // facility too long
+            format!("IN0410000183.{rest}.{rest}"),                               // two separators
+            format!("IN0410000183.{rest}=="),                                    // padding is not URL-safe
+            format!("IN0410000183.{t1_inside}"),                                 // old payload behind a prefix
+            URL_SAFE_NO_PAD.encode(format!("t2{SEP}2026-11-23{SEP}OPD1{SEP}1")), // new payload alone
+            format!("IN0410000183.{}", t2_rest("2026-13-40", "OPD1", "1")),
+            format!("IN0410000183.{}", t2_rest("2026-11-23", "OPD1", "0")),
+            format!("IN0410000183.{}", t2_rest("2026-11-23", "OPD1", "-1")),
+            format!("IN0410000183.{}", t2_rest("2026-11-23", "OPD#1", "1")),
+            format!("IN0410000183.{}", t2_rest("2026-11-23", "", "1")),
+            format!("IN0410000183.{}{}", t2_rest("2026-11-23", "OPD1", "1"), URL_SAFE_NO_PAD.encode("\u{1f}x")),
+            format!("IN0410000183.{}", URL_SAFE_NO_PAD.encode(format!("t2{SEP}2026-11-23{SEP}OPD1{SEP}1{SEP}x"))),
+            format!("IN0410000183.{}", URL_SAFE_NO_PAD.encode([0xff, 0xfe, 0x00])),
+            URL_SAFE_NO_PAD.encode(format!("t1{SEP}IN{{x}}{SEP}2026-11-23{SEP}OPD1{SEP}1")),
+            format!("IN0410000183.{}", "A".repeat(520)),
+        ];
+        for bad in &cases {
             assert_eq!(TokenRef::decode(bad), None, "{bad}");
         }
     }

@@ -32,6 +32,11 @@ pub enum ApiError {
     IllegalTransition(String),
     #[error("the Idempotency-Key was already used for a different scan")]
     IdempotencyKeyReused,
+    /// The routing facility (`X-Facility-Id` header or the path) and the body's
+    /// `facility_id` differ: the request was routed for one facility and would count for
+    /// another. The field names the routing side.
+    #[error("the facility routed to (X-Facility-Id header or path) differs from the body's facility_id")]
+    FacilityMismatch(&'static str),
     #[error("{0}")]
     MalformedJson(String),
     #[error("the query string cannot be decoded")]
@@ -79,6 +84,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::IllegalTransition(_) => "ILLEGAL_TRANSITION",
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::FacilityMismatch(_) => "FACILITY_MISMATCH",
             ApiError::MalformedJson(_) => "MALFORMED_JSON",
             ApiError::MalformedQuery => "MALFORMED_QUERY",
             ApiError::MissingHeader(_) => "MISSING_HEADER",
@@ -102,7 +108,7 @@ impl ApiError {
         match self {
             ApiError::MissingField(f) | ApiError::UnknownField(f) | ApiError::InvalidType(f) => Some(f),
             ApiError::InvalidField(e) => Some(&e.field),
-            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h, _) => Some(h),
+            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h, _) | ApiError::FacilityMismatch(h) => Some(h),
             _ => None,
         }
     }
@@ -134,9 +140,10 @@ impl ResponseError for ApiError {
             | ApiError::MissingField(_)
             | ApiError::UnknownField(_)
             | ApiError::InvalidType(_) => StatusCode::BAD_REQUEST,
-            ApiError::IdempotencyKeyReused | ApiError::InvalidField(_) | ApiError::InvalidImport(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::IdempotencyKeyReused
+            | ApiError::FacilityMismatch(_)
+            | ApiError::InvalidField(_)
+            | ApiError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => {

@@ -70,6 +70,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/facilities/{facility_id}/staff-keys", web::post().to(facilities::create_staff_key))
         .route("/v1/facilities/{facility_id}/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key))
+        .route("/v1/facilities/{facility_id}/scans", web::post().to(scans::create_for_facility))
         .route("/v1/facilities/{facility_id}/queue", web::get().to(counters::queue))
         .route("/v1/facilities/{facility_id}/counters/{counter_id}/call-next", web::post().to(counters::call_next))
         .route("/v1/tokens/{token_id}", web::get().to(counters::get_token))

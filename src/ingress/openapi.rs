@@ -20,6 +20,7 @@ impl Modify for Bearer {
     info(title = "scan-gateway", description = "National Scan & Share OPD token gateway"),
     paths(
         super::scans::create,
+        super::scans::create_for_facility,
         super::counters::get_token,
         super::counters::act,
         super::counters::call_next,

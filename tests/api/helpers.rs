@@ -365,10 +365,12 @@ pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
 /// Checks the fields every token view carries.
 pub fn assert_token_view(v: &Value) {
     let id = s(v, "token_id");
+    // `<facility_id>.<base64url>`: URL-safe, and routable by its readable facility prefix.
     assert!(
-        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-        "token_id must be opaque and URL-safe: {id:?}"
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
+        "token_id must be URL-safe: {id:?}"
     );
+    assert_eq!(id.split_once('.').map(|(f, _)| f), v["facility_id"].as_str(), "token_id names its facility: {v}");
     let n = num(v, "token_number");
     assert!(n >= 1, "token numbers start at 1: {v}");
     let display = s(v, "display");

@@ -7,5 +7,6 @@ mod lifecycle;
 mod limits;
 mod protocol;
 mod registry;
+mod routing;
 mod scans;
 mod validation;
