@@ -1,0 +1,475 @@
+//! Run output: the JSON summary (machine-readable, what `scripts/bench` tabulates), an HTML
+//! report with SVG charts (throughput and p50/p99 over time, the latency distribution,
+//! errors by code, the step search), and a one-screen text summary.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::recorder::{percentiles, Percentiles, Recorder};
+use crate::verify::Verdict;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        Machine { cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu, kernel }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpSummary {
+    pub ok: u64,
+    pub latency: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub t: usize,
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub server_rss_bytes: Option<u64>,
+    pub redis_used_memory: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    /// Server CPU seconds per acknowledged scan, in microseconds.
+    pub server_cpu_us_per_scan: Option<f64>,
+    pub server_rss_peak_bytes: Option<u64>,
+    pub server_rss_end_bytes: Option<u64>,
+    /// Growth of Redis `used_memory` divided by new tokens.
+    pub redis_bytes_per_token: Option<f64>,
+    pub redis_cpu_us_per_scan: Option<f64>,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub rate: f64,
+    pub achieved_ok_per_s: f64,
+    pub latency: Percentiles,
+    pub error_ratio: f64,
+    pub send_lag_p99_ms: f64,
+    pub passed: bool,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSummary {
+    pub p99_target_ms: f64,
+    pub max_error_ratio: f64,
+    pub steps: Vec<Step>,
+    /// The highest arrival rate that held the p99 target with under the error ratio.
+    pub max_sustainable_rate: f64,
+    /// True when the search stopped because the generator, not the server, fell behind.
+    pub generator_bound: bool,
+    /// The measurement at 80% of the max sustainable rate.
+    pub at_80_percent: Option<Step>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub target_kind: String,
+    pub target: String,
+    pub machine: Machine,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub scans_scheduled: u64,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_ratio: f64,
+    pub ok_per_s: f64,
+    pub latency: Percentiles,
+    pub ops: BTreeMap<String, OpSummary>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub send_lag: Percentiles,
+    pub dropped_follow_ups: u64,
+    pub timeline: Vec<Point>,
+    pub resources: Resources,
+    pub step: Option<StepSummary>,
+    pub verify: Option<Verdict>,
+    pub passed: bool,
+    pub notes: Vec<String>,
+}
+
+impl Summary {
+    pub fn from_recorder(r: &Recorder, duration_s: f64) -> Summary {
+        let ops = r
+            .ops
+            .iter()
+            .map(|(k, h)| {
+                (k.as_str().to_string(), OpSummary { ok: r.ok.get(k).copied().unwrap_or(0), latency: percentiles(h) })
+            })
+            .collect();
+        let errors_by_code = r.errors.iter().map(|((k, c), n)| (format!("{} {c}", k.as_str()), *n)).collect();
+        let timeline = r
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(t, s)| {
+                let p = percentiles(&s.latency);
+                Point { t, ok: s.ok, errors: s.errors, p50_ms: p.p50_ms, p99_ms: p.p99_ms }
+            })
+            .collect();
+        let ok: u64 = r.ok.values().sum();
+        Summary {
+            scenario: String::new(),
+            target_kind: String::new(),
+            target: String::new(),
+            machine: Machine::read(),
+            started_at: jiff::Timestamp::now().to_string(),
+            duration_s,
+            scans_scheduled: 0,
+            requests: r.total(),
+            ok,
+            errors: r.total_errors(),
+            error_ratio: r.error_ratio(),
+            ok_per_s: if duration_s > 0.0 { ok as f64 / duration_s } else { 0.0 },
+            latency: percentiles(&r.overall()),
+            ops,
+            errors_by_code,
+            send_lag: percentiles(&r.send_lag),
+            dropped_follow_ups: 0,
+            timeline,
+            resources: Resources::default(),
+            step: None,
+            verify: None,
+            passed: true,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The one-screen text summary.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "scan-load {} against {} ({}) on {} cores, {:.1} s",
+            self.scenario, self.target_kind, self.target, self.machine.cores, self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "requests {}  ok {}  errors {} ({:.3}%)  ok/s {:.0}",
+            self.requests,
+            self.ok,
+            self.errors,
+            self.error_ratio * 100.0,
+            self.ok_per_s
+        );
+        let _ = writeln!(
+            s,
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "op", "ok", "p50 ms", "p90", "p99", "p99.9", "max"
+        );
+        for (k, o) in &self.ops {
+            let l = &o.latency;
+            let _ = writeln!(
+                s,
+                "{:<10} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.1}",
+                k, o.ok, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+        for (code, n) in &self.errors_by_code {
+            let _ = writeln!(s, "  error {code}: {n}");
+        }
+        let _ =
+            writeln!(s, "generator send lag p99 {:.2} ms, max {:.1} ms", self.send_lag.p99_ms, self.send_lag.max_ms);
+        let r = &self.resources;
+        let mib = |b: u64| b as f64 / 1048576.0;
+        if let Some(c) = r.server_cpu_us_per_scan {
+            let _ = writeln!(s, "server CPU {c:.1} us/scan");
+        }
+        if let Some(p) = r.server_rss_peak_bytes {
+            let _ = writeln!(s, "server RSS peak {:.1} MiB", mib(p));
+        }
+        if let Some(b) = r.redis_bytes_per_token {
+            let _ = writeln!(s, "Redis memory {b:.0} bytes/token");
+        }
+        if let Some(c) = r.redis_cpu_us_per_scan {
+            let _ = writeln!(s, "Redis CPU {c:.1} us/scan");
+        }
+        if let Some(st) = &self.step {
+            let _ =
+                writeln!(s, "step search (p99 <= {} ms, errors < {}%):", st.p99_target_ms, st.max_error_ratio * 100.0);
+            for x in &st.steps {
+                let _ = writeln!(
+                    s,
+                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  {}",
+                    x.rate,
+                    x.achieved_ok_per_s,
+                    x.latency.p99_ms,
+                    x.error_ratio * 100.0,
+                    if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) }
+                );
+            }
+            let _ = writeln!(
+                s,
+                "max sustainable rate {:.0}/s{}",
+                st.max_sustainable_rate,
+                if st.generator_bound { " (generator-bound: the server may do more)" } else { "" }
+            );
+            if let Some(m) = &st.at_80_percent {
+                let _ = writeln!(
+                    s,
+                    "at 80% ({:.0}/s): p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  err {:.3}%",
+                    m.rate,
+                    m.latency.p50_ms,
+                    m.latency.p99_ms,
+                    m.latency.p999_ms,
+                    m.error_ratio * 100.0
+                );
+            }
+        }
+        if let Some(v) = &self.verify {
+            let _ = writeln!(
+                s,
+                "verify: {}  acknowledged {}  stored {}  missing {}  duplicates {}  gaps {}  count/leaderboard mismatches {}/{}",
+                if v.passed { "PASS" } else { "FAIL" },
+                v.acknowledged,
+                v.stored,
+                v.missing,
+                v.duplicates,
+                v.gaps,
+                v.count_mismatches,
+                v.leaderboard_mismatches
+            );
+            for p in v.problems.iter().take(5) {
+                let _ = writeln!(s, "  {p}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        let _ = writeln!(s, "result: {}", if self.passed { "PASS" } else { "FAIL" });
+        s
+    }
+
+    /// The HTML report: self-contained, charts as inline SVG.
+    pub fn html(&self) -> String {
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>scan-load {} {}</title>\
+             <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}\
+             pre{{background:#f4f4f4;padding:1em;overflow:auto}}svg{{background:#fff;border:1px solid #ddd}}\
+             h2{{margin-top:1.5em}}</style></head><body>",
+            esc(&self.scenario),
+            esc(&self.target_kind)
+        );
+        let _ = write!(h, "<h1>scan-load: {} against {}</h1>", esc(&self.scenario), esc(&self.target_kind));
+        let _ = write!(h, "<pre>{}</pre>", esc(&self.text()));
+        let ok: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.ok as f64)).collect();
+        let err: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.errors as f64)).collect();
+        h.push_str("<h2>Throughput over time</h2>");
+        h.push_str(&line_chart(&[("ok/s", "#2a7", &ok), ("errors/s", "#d33", &err)], "run second", "requests/s"));
+        let p50: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.p50_ms)).collect();
+        let p99: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.p99_ms)).collect();
+        h.push_str("<h2>Latency over time (from the scheduled send time)</h2>");
+        h.push_str(&line_chart(&[("p50 ms", "#27c", &p50), ("p99 ms", "#c72", &p99)], "run second", "ms"));
+        h.push_str("<h2>Latency distribution</h2>");
+        let spectrum: Vec<(f64, f64)> = [
+            (0.5, self.latency.p50_ms),
+            (0.9, self.latency.p90_ms),
+            (0.99, self.latency.p99_ms),
+            (0.999, self.latency.p999_ms),
+            (0.9999, self.latency.max_ms),
+        ]
+        .iter()
+        .map(|(q, v)| (-(1.0f64 - q).log10(), *v))
+        .collect();
+        h.push_str(&line_chart(
+            &[("latency ms", "#27c", &spectrum)],
+            "percentile (1 = p90, 2 = p99, 3 = p99.9, 4 = max)",
+            "ms",
+        ));
+        h.push_str("<h2>Errors by code</h2>");
+        if self.errors_by_code.is_empty() {
+            h.push_str("<p>No errors.</p>");
+        } else {
+            h.push_str(&bar_chart(&self.errors_by_code));
+        }
+        if let Some(st) = &self.step {
+            h.push_str("<h2>Step search: p99 by arrival rate</h2>");
+            let pts: Vec<(f64, f64)> = st.steps.iter().map(|s| (s.rate, s.latency.p99_ms)).collect();
+            let target: Vec<(f64, f64)> = st.steps.iter().map(|s| (s.rate, st.p99_target_ms)).collect();
+            h.push_str(&line_chart(&[("p99 ms", "#c72", &pts), ("target", "#999", &target)], "arrival rate /s", "ms"));
+        }
+        if !self.resources.samples.is_empty() {
+            h.push_str("<h2>Memory</h2>");
+            let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / 1048576.0;
+            let rss: Vec<(f64, f64)> =
+                self.resources.samples.iter().map(|s| (s.t_s, mib(s.server_rss_bytes))).collect();
+            let redis: Vec<(f64, f64)> =
+                self.resources.samples.iter().map(|s| (s.t_s, mib(s.redis_used_memory))).collect();
+            h.push_str(&line_chart(
+                &[("server RSS MiB", "#27c", &rss), ("Redis used MiB", "#c33", &redis)],
+                "s",
+                "MiB",
+            ));
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+const W: f64 = 900.0;
+const H: f64 = 280.0;
+const PAD: f64 = 50.0;
+
+/// A line chart of a few series sharing axes, with min/max tick labels.
+/// A named, coloured series of (x, y) points.
+type Series<'a> = (&'a str, &'a str, &'a [(f64, f64)]);
+
+fn line_chart(series: &[Series<'_>], x_label: &str, y_label: &str) -> String {
+    let pts = series.iter().flat_map(|s| s.2.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for (x, y) in pts {
+        x0 = x0.min(*x);
+        x1 = x1.max(*x);
+        y1 = y1.max(*y);
+    }
+    if x0 > x1 {
+        return "<p>No data.</p>".into();
+    }
+    if x1 == x0 {
+        x1 = x0 + 1.0;
+    }
+    let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.05 };
+    let sx = |x: f64| PAD + (x - x0) / (x1 - x0) * (W - 2.0 * PAD);
+    let sy = |y: f64| H - PAD + -(y / y1) * (H - 2.0 * PAD);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-size=\"12\">");
+    let _ = write!(
+        s,
+        "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#333\"/>",
+        b = H - PAD,
+        r = W - PAD
+    );
+    for i in 0..=4 {
+        let y = y1 * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><line x1=\"{PAD}\" x2=\"{}\" y1=\"{y2}\" y2=\"{y2}\" stroke=\"#eee\"/>",
+            PAD - 4.0,
+            sy(y) + 4.0,
+            fmt_num(y),
+            W - PAD,
+            y2 = sy(y)
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{PAD}\" y=\"{}\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+        H - PAD + 16.0,
+        fmt_num(x0),
+        W - PAD,
+        H - PAD + 16.0,
+        fmt_num(x1)
+    );
+    let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", W / 2.0, H - 10.0, esc(x_label));
+    let _ = write!(
+        s,
+        "<text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">{}</text>",
+        H / 2.0,
+        H / 2.0,
+        esc(y_label)
+    );
+    for (i, (name, color, data)) in series.iter().enumerate() {
+        let path: Vec<String> = data.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let _ =
+            write!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
+        let _ = write!(
+            s,
+            "<rect x=\"{}\" y=\"12\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"21\">{}</text>",
+            PAD + 10.0 + i as f64 * 160.0,
+            PAD + 24.0 + i as f64 * 160.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn bar_chart(items: &BTreeMap<String, u64>) -> String {
+    let max = items.values().copied().max().unwrap_or(1).max(1) as f64;
+    let row = 22.0;
+    let h = row * items.len() as f64 + 10.0;
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" font-size=\"12\">");
+    for (i, (code, n)) in items.iter().enumerate() {
+        let y = 5.0 + i as f64 * row;
+        let w = (*n as f64 / max) * (W - 420.0);
+        let _ = write!(
+            s,
+            "<text x=\"300\" y=\"{}\" text-anchor=\"end\">{}</text><rect x=\"310\" y=\"{y}\" width=\"{w:.1}\" height=\"16\" fill=\"#d33\"/><text x=\"{}\" y=\"{}\">{n}</text>",
+            y + 12.0,
+            esc(code),
+            315.0 + w,
+            y + 12.0
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::{OpKind, Outcome};
+    use std::time::Duration;
+
+    #[test]
+    fn reports_carry_the_numbers_and_escape_text() {
+        let mut r = Recorder::default();
+        for i in 0..100u64 {
+            r.record(OpKind::Scan, (i / 50) as usize, Duration::from_millis(1 + i % 5), Duration::ZERO, &Outcome::Ok);
+        }
+        r.record(OpKind::Scan, 1, Duration::from_millis(1), Duration::ZERO, &Outcome::Status(503, "OVERLOADED".into()));
+        let mut s = Summary::from_recorder(&r, 2.0);
+        s.scenario = "step<x>".into();
+        s.target_kind = "gateway".into();
+        assert_eq!((s.requests, s.ok, s.errors), (101, 100, 1));
+        assert_eq!(s.ok_per_s, 50.0);
+        assert_eq!(s.errors_by_code["scan 503 OVERLOADED"], 1);
+        let text = s.text();
+        assert!(text.contains("errors 1"), "{text}");
+        let html = s.html();
+        assert!(html.contains("step&lt;x&gt;") && !html.contains("step<x>"));
+        assert_eq!(html.matches("<svg").count(), 4, "throughput, latency, distribution, errors");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["timeline"].as_array().unwrap().len(), 2);
+    }
+}

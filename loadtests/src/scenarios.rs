@@ -1,0 +1,376 @@
+//! The scenarios: `peak-morning` (the compressed national morning with the full operation
+//! mix), `step` (the max sustainable rate: the highest arrival rate whose p99 holds the
+//! target with under 0.1% errors, then a measurement at 80% of it) and `soak` (a whole
+//! national day of scans as fast as the server sustains, with memory sampled).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, Mix, Plan, RunInfo};
+use crate::profile::Morning;
+use crate::recorder::{percentiles, Recorder};
+use crate::report::{Resources, Sample, Step, StepSummary, Summary};
+use crate::resources;
+
+/// The processes whose resources a run samples.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    pub server_pid: Option<u32>,
+    pub redis_url: Option<String>,
+}
+
+/// Samples server RSS and Redis memory every `every` until stopped, and takes the CPU and
+/// memory readings at both ends that per-scan figures are computed from.
+pub struct Sampler {
+    watched: Watched,
+    started: Instant,
+    cpu0: Option<f64>,
+    redis0: Option<(u64, f64)>,
+    samples: Arc<std::sync::Mutex<Vec<Sample>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn redis_reading(url: &Option<String>) -> Option<(u64, f64)> {
+    let url = url.as_ref()?;
+    let mut con = redis::Client::open(url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
+    resources::redis_memory_cpu(&mut con).await.ok()
+}
+
+impl Sampler {
+    pub async fn start(watched: Watched, every: Duration) -> Sampler {
+        let cpu0 = watched.server_pid.and_then(resources::cpu_seconds);
+        let redis0 = redis_reading(&watched.redis_url).await;
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let started = Instant::now();
+        let (w, out) = (watched.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut con = match &w.redis_url {
+                Some(u) => match redis::Client::open(u.as_str()) {
+                    Ok(c) => c.get_multiplexed_async_connection().await.ok(),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            loop {
+                let redis_used_memory = match con.as_mut() {
+                    Some(c) => resources::redis_memory_cpu(c).await.ok().map(|r| r.0),
+                    None => None,
+                };
+                let server_rss_bytes = w.server_pid.and_then(resources::rss_bytes);
+                out.lock().unwrap().push(Sample {
+                    t_s: started.elapsed().as_secs_f64(),
+                    server_rss_bytes,
+                    redis_used_memory,
+                });
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        Sampler { watched, started, cpu0, redis0, samples, stop: Some(tx) }
+    }
+
+    /// Stops sampling; per-scan figures are divided by `scans` (acknowledged new tokens).
+    pub async fn finish(mut self, scans: u64) -> Resources {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let cpu1 = self.watched.server_pid.and_then(resources::cpu_seconds);
+        let redis1 = redis_reading(&self.watched.redis_url).await;
+        let mut samples = self.samples.lock().unwrap().clone();
+        samples.push(Sample {
+            t_s: self.started.elapsed().as_secs_f64(),
+            server_rss_bytes: self.watched.server_pid.and_then(resources::rss_bytes),
+            redis_used_memory: redis1.map(|r| r.0),
+        });
+        let per = |x: f64| if scans > 0 { Some(x / scans as f64) } else { None };
+        Resources {
+            server_cpu_us_per_scan: match (self.cpu0, cpu1) {
+                (Some(a), Some(b)) => per((b - a) * 1e6),
+                _ => None,
+            },
+            server_rss_peak_bytes: samples.iter().filter_map(|s| s.server_rss_bytes).max(),
+            server_rss_end_bytes: samples.last().and_then(|s| s.server_rss_bytes),
+            redis_bytes_per_token: match (self.redis0, redis1) {
+                (Some(a), Some(b)) => per(b.0 as f64 - a.0 as f64),
+                _ => None,
+            },
+            redis_cpu_us_per_scan: match (self.redis0, redis1) {
+                (Some(a), Some(b)) => per((b.1 - a.1) * 1e6),
+                _ => None,
+            },
+            samples,
+        }
+    }
+}
+
+/// New tokens acknowledged (201) in a recorder: scans that were not repeats.
+pub fn new_tokens(engine: &Engine) -> u64 {
+    engine.observed.lock().unwrap().seen.len() as u64
+}
+
+pub fn summarize(engine: &Engine, scenario: &str, kind: &str, info: &RunInfo) -> Summary {
+    let r = engine.recorder.lock().unwrap();
+    let mut s = Summary::from_recorder(&r, info.elapsed.as_secs_f64());
+    s.scenario = scenario.into();
+    s.target_kind = kind.into();
+    s.target = engine.target.base.clone();
+    s.scans_scheduled = info.scans_scheduled;
+    s.dropped_follow_ups = info.dropped_follow_ups;
+    s
+}
+
+/// Answers that were no answer at all (timeouts, refused connections): overload must be
+/// answered with 429/503, never with these.
+pub fn transport_failures(r: &Recorder) -> u64 {
+    r.errors
+        .iter()
+        .filter(|((_, code), _)| matches!(code.as_str(), "TIMEOUT" | "CONNECT" | "IO" | "REQUEST"))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+pub async fn peak_morning(engine: &Arc<Engine>, morning: Morning, mix: Mix, seed: u64, watched: Watched) -> Summary {
+    let plan = Plan {
+        rate: Box::new(move |s| morning.rate(s)),
+        duration: Duration::from_secs_f64(morning.duration_s()),
+        max_scans: None,
+        mix,
+        poisson: true,
+        seed,
+    };
+    let sampler = Sampler::start(watched, Duration::from_secs(1)).await;
+    let info = engine.run(&plan).await;
+    let resources = sampler.finish(new_tokens(engine)).await;
+    let mut s = summarize(engine, "peak-morning", "gateway", &info);
+    s.resources = resources;
+    s.notes.push(format!(
+        "07:30-13:00 compressed {}x into {:.0} s; spike {:.0} scans/s at 08:00, plateau {:.0}/s",
+        morning.compression,
+        morning.duration_s(),
+        morning.peak_rate,
+        morning.peak_rate / 3.0
+    ));
+    s
+}
+
+/// Step-search settings.
+#[derive(Debug, Clone, Copy)]
+pub struct StepConfig {
+    pub start_rate: f64,
+    pub factor: f64,
+    pub max_rate: f64,
+    pub step: Duration,
+    pub refine: u32,
+    pub measure: Duration,
+    pub p99_target_ms: f64,
+    pub max_error_ratio: f64,
+    pub seed: u64,
+}
+
+/// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails,
+/// then `refine` bisections between the last pass and the first failure.
+pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, bool)
+where
+    F: FnMut(f64) -> Fut,
+    Fut: std::future::Future<Output = Step>,
+{
+    let mut steps = Vec::new();
+    let (mut pass, mut fail): (Option<f64>, Option<f64>) = (None, None);
+    let mut generator_bound = false;
+    let mut rate = cfg.start_rate;
+    while rate <= cfg.max_rate {
+        let s = probe(rate).await;
+        let ok = s.passed;
+        let bound = !ok && s.send_lag_p99_ms > cfg.p99_target_ms / 2.0;
+        steps.push(s);
+        if ok {
+            pass = Some(rate);
+            rate *= cfg.factor;
+        } else {
+            fail = Some(rate);
+            generator_bound = bound;
+            break;
+        }
+    }
+    for _ in 0..cfg.refine {
+        let (Some(lo), Some(hi)) = (pass.or(Some(0.0)), fail) else { break };
+        let mid = ((lo + hi) / 2.0).round();
+        if hi - lo < hi * 0.05 || mid <= 0.0 {
+            break;
+        }
+        let s = probe(mid).await;
+        if s.passed {
+            pass = Some(mid);
+        } else {
+            fail = Some(mid);
+        }
+        steps.push(s);
+    }
+    (steps, pass.unwrap_or(0.0), generator_bound)
+}
+
+async fn constant(engine: &Arc<Engine>, rate: f64, dur: Duration, seed: u64) -> (RunInfo, Recorder) {
+    *engine.recorder.lock().unwrap() = Recorder::default();
+    let plan = Plan {
+        rate: Box::new(move |_| rate),
+        duration: dur,
+        max_scans: None,
+        mix: Mix::SCANS_ONLY,
+        poisson: true,
+        seed,
+    };
+    let info = engine.run(&plan).await;
+    let r = std::mem::take(&mut *engine.recorder.lock().unwrap());
+    (info, r)
+}
+
+fn judge(cfg: &StepConfig, rate: f64, info: &RunInfo, r: &Recorder) -> Step {
+    let lat = percentiles(&r.overall());
+    let err = r.error_ratio();
+    let ok: u64 = r.ok.values().sum();
+    let lag = percentiles(&r.send_lag).p99_ms;
+    let mut why = Vec::new();
+    if lat.p99_ms > cfg.p99_target_ms {
+        why.push(format!("p99 {:.1} ms", lat.p99_ms));
+    }
+    if err >= cfg.max_error_ratio {
+        let mut codes: Vec<_> = r.errors.iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(a.1));
+        why.push(format!("errors {:.2}% ({})", err * 100.0, codes.first().map(|c| c.0 .1.as_str()).unwrap_or("")));
+    }
+    if lat.count == 0 {
+        why.push("nothing answered".into());
+    }
+    Step {
+        rate,
+        achieved_ok_per_s: ok as f64 / info.elapsed.as_secs_f64().max(1e-9),
+        latency: lat,
+        error_ratio: err,
+        send_lag_p99_ms: lag,
+        passed: why.is_empty(),
+        why: why.join(", "),
+    }
+}
+
+pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Watched) -> Summary {
+    let mut seed = cfg.seed;
+    let (steps, max, generator_bound) = search(&cfg, |rate| {
+        seed += 1;
+        let engine = engine.clone();
+        let s = seed;
+        async move {
+            let (info, r) = constant(&engine, rate, cfg.step, s).await;
+            let st = judge(&cfg, rate, &info, &r);
+            eprintln!(
+                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% {}",
+                rate,
+                st.achieved_ok_per_s,
+                st.latency.p99_ms,
+                st.error_ratio * 100.0,
+                if st.passed { "pass" } else { &st.why }
+            );
+            // Let the server drain its queues before the next step.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            st
+        }
+    })
+    .await;
+    let mut at80 = None;
+    let mut summary_rec = Recorder::default();
+    let mut info80 = RunInfo { elapsed: Duration::ZERO, scans_scheduled: 0, dropped_follow_ups: 0 };
+    let mut resources = Resources::default();
+    if max > 0.0 {
+        let rate = (max * 0.8).round();
+        let tokens0 = new_tokens(engine);
+        let sampler = Sampler::start(watched, Duration::from_millis(500)).await;
+        let (info, r) = constant(engine, rate, cfg.measure, seed + 1).await;
+        let ok: u64 = r.ok.values().sum();
+        let new = if kind == "gateway" { new_tokens(engine) - tokens0 } else { ok };
+        resources = sampler.finish(new).await;
+        at80 = Some(judge(&cfg, rate, &info, &r));
+        summary_rec = r;
+        info80 = info;
+    }
+    *engine.recorder.lock().unwrap() = summary_rec;
+    let mut s = summarize(engine, "step", kind, &info80);
+    s.resources = resources;
+    s.step = Some(StepSummary {
+        p99_target_ms: cfg.p99_target_ms,
+        max_error_ratio: cfg.max_error_ratio,
+        steps,
+        max_sustainable_rate: max,
+        generator_bound,
+        at_80_percent: at80,
+    });
+    s.notes.push("the timeline and latency figures are those of the measurement at 80% of the max".into());
+    s
+}
+
+pub async fn soak(
+    engine: &Arc<Engine>,
+    rate: f64,
+    scans: u64,
+    mix: Mix,
+    seed: u64,
+    watched: Watched,
+    sample_every: Duration,
+) -> Summary {
+    let plan = Plan {
+        rate: Box::new(move |_| rate),
+        // Generous cap: the soak ends when the scans are sent and answered.
+        duration: Duration::from_secs_f64(scans as f64 / rate * 2.0 + 60.0),
+        max_scans: Some(scans),
+        mix,
+        poisson: true,
+        seed,
+    };
+    let sampler = Sampler::start(watched, sample_every).await;
+    let info = engine.run(&plan).await;
+    let resources = sampler.finish(new_tokens(engine)).await;
+    let mut s = summarize(engine, "soak", "gateway", &info);
+    s.resources = resources;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::Percentiles;
+
+    fn fake_step(rate: f64, capacity: f64) -> Step {
+        let passed = rate <= capacity;
+        Step {
+            rate,
+            achieved_ok_per_s: rate.min(capacity),
+            latency: Percentiles { count: 1, p50_ms: 1.0, p90_ms: 1.0, p99_ms: 1.0, p999_ms: 1.0, max_ms: 1.0 },
+            error_ratio: 0.0,
+            send_lag_p99_ms: 0.1,
+            passed,
+            why: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_search_brackets_the_capacity() {
+        let cfg = StepConfig {
+            start_rate: 1_000.0,
+            factor: 2.0,
+            max_rate: 1e9,
+            step: Duration::from_secs(1),
+            refine: 4,
+            measure: Duration::from_secs(1),
+            p99_target_ms: 10.0,
+            max_error_ratio: 0.001,
+            seed: 1,
+        };
+        let (steps, max, bound) = search(&cfg, |r| async move { fake_step(r, 11_000.0) }).await;
+        // 1k, 2k, 4k, 8k pass; 16k fails; bisection: 12k fail, 10k pass, 11k pass, then close.
+        assert_eq!(steps.iter().map(|s| s.rate).collect::<Vec<_>>()[..5], [1e3, 2e3, 4e3, 8e3, 16e3]);
+        assert!((10_000.0..=11_000.0).contains(&max), "{max}");
+        assert!(!bound);
+        let (_, none, _) = search(&cfg, |r| async move { fake_step(r, 10.0) }).await;
+        assert_eq!(none, 0.0, "nothing sustainable when the first step fails");
+    }
+}

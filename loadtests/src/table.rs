@@ -1,0 +1,126 @@
+//! The benchmark table `scripts/bench` prints: one row per server from its step summary,
+//! then the ratios the targets are stated in (gateway/echo, gateway/naive).
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use serde_json::Value;
+
+struct Row {
+    name: String,
+    max: f64,
+    rate80: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    err80: f64,
+    cpu_us: Option<f64>,
+    rss_mib: Option<f64>,
+    redis_b: Option<f64>,
+    redis_cpu_us: Option<f64>,
+    bound: bool,
+}
+
+fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
+    let st = v.get("step").filter(|s| !s.is_null()).with_context(|| format!("{name}: not a step summary"))?;
+    let m = &st["at_80_percent"];
+    let f = |x: &Value| x.as_f64();
+    Ok(Row {
+        name: name.to_string(),
+        max: f(&st["max_sustainable_rate"]).unwrap_or(0.0),
+        rate80: f(&m["rate"]).unwrap_or(0.0),
+        p50: f(&m["latency"]["p50_ms"]).unwrap_or(f64::NAN),
+        p99: f(&m["latency"]["p99_ms"]).unwrap_or(f64::NAN),
+        p999: f(&m["latency"]["p999_ms"]).unwrap_or(f64::NAN),
+        err80: f(&m["error_ratio"]).unwrap_or(f64::NAN),
+        cpu_us: f(&v["resources"]["server_cpu_us_per_scan"]),
+        rss_mib: f(&v["resources"]["server_rss_peak_bytes"]).map(|b| b / 1048576.0),
+        redis_b: f(&v["resources"]["redis_bytes_per_token"]),
+        redis_cpu_us: f(&v["resources"]["redis_cpu_us_per_scan"]),
+        bound: st["generator_bound"].as_bool().unwrap_or(false),
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// Renders the markdown table for `name=summary.json` arguments.
+pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
+    let rows: Vec<Row> = runs.iter().map(|(n, v)| row(n, v)).collect::<anyhow::Result<_>>()?;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| server | max sustainable scans/s | at 80%: rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU us/scan | RSS MiB | Redis bytes/token | Redis CPU us/scan |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} |",
+            r.name,
+            r.max,
+            if r.bound { " (generator-bound)" } else { "" },
+            r.rate80,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.err80 * 100.0,
+            opt(r.cpu_us, 1),
+            opt(r.rss_mib, 0),
+            opt(r.redis_b, 0),
+            opt(r.redis_cpu_us, 1)
+        );
+    }
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    if let Some(g) = find("gateway") {
+        for (other, target) in [("echo", 0.5), ("naive", 2.0)] {
+            if let Some(o) = find(other).filter(|o| o.max > 0.0) {
+                let ratio = g.max / o.max;
+                let _ = writeln!(
+                    s,
+                    "\ngateway/{other} = {ratio:.2} (target >= {target}): {}",
+                    if ratio >= target { "met" } else { "MISSED" }
+                );
+            }
+        }
+    }
+    Ok(s)
+}
+
+pub fn print(args: &[String]) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for a in args {
+        let (name, path) = a.split_once('=').with_context(|| format!("{a}: expected name=path"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+        runs.push((name.to_string(), serde_json::from_str::<Value>(&text).with_context(|| format!("parse {path}"))?));
+    }
+    print!("{}", render(&runs)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn summary(max: f64) -> Value {
+        json!({"step": {"max_sustainable_rate": max, "generator_bound": false,
+            "at_80_percent": {"rate": max * 0.8, "error_ratio": 0.0,
+                "latency": {"p50_ms": 1.0, "p99_ms": 4.0, "p999_ms": 9.0}}},
+            "resources": {"server_cpu_us_per_scan": 50.0, "server_rss_peak_bytes": 104857600.0}})
+    }
+
+    #[test]
+    fn ratios_are_judged_against_the_targets() {
+        let t = render(&[
+            ("gateway".into(), summary(30_000.0)),
+            ("echo".into(), summary(100_000.0)),
+            ("naive".into(), summary(10_000.0)),
+        ])
+        .unwrap();
+        assert!(t.contains("| gateway | 30000 | 24000 | 1.00 | 4.00 | 9.00 | 0.000% | 50.0 | 100 | - | - |"), "{t}");
+        assert!(t.contains("gateway/echo = 0.30 (target >= 0.5): MISSED"), "{t}");
+        assert!(t.contains("gateway/naive = 3.00 (target >= 2): met"), "{t}");
+        assert!(render(&[("x".into(), json!({"scenario": "soak"}))]).is_err());
+    }
+}

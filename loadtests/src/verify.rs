@@ -1,0 +1,326 @@
+//! The verify pass after a run against the gateway: every acknowledged token exists in
+//! Redis with the same number, per (facility, counter, day) the numbers run 1..n with no
+//! gap and no number given to two patients, and the leaderboards equal the tokens issued.
+//! It reads Redis through the gateway's own key schema (`scan_gateway::persistence::keys`).
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use jiff::civil::Date;
+use redis::aio::MultiplexedConnection;
+use scan_gateway::persistence::keys::{self, LbScope};
+use serde::Serialize;
+
+use crate::engine::{Observed, Seen};
+use crate::registry::Registry;
+
+/// Stored tokens of one facility and day: numbers per counter, and the count hash.
+#[derive(Debug, Default, Clone)]
+pub struct Stored {
+    pub numbers: BTreeMap<String, Vec<u32>>,
+    pub counts: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    pub passed: bool,
+    /// Distinct tokens the generator saw acknowledged.
+    pub acknowledged: u64,
+    /// Tokens Redis holds for the registry's facilities on the run's days.
+    pub stored: u64,
+    /// Acknowledged but not in Redis (lost).
+    pub missing: u64,
+    /// A (facility, counter, day, number) acknowledged to two different patients.
+    pub duplicates: u64,
+    /// Counters whose stored numbers are not exactly 1..n.
+    pub gaps: u64,
+    /// Counters whose count hash disagrees with the tokens stored.
+    pub count_mismatches: u64,
+    /// Leaderboard entries that disagree with the tokens stored.
+    pub leaderboard_mismatches: u64,
+    /// Stored but never acknowledged to the generator (answers lost to timeouts): allowed.
+    pub unacknowledged_stored: u64,
+    /// 2xx answers whose token id disagreed with their number/facility/counter.
+    pub inconsistent_answers: u64,
+    /// The first few problems, for the report.
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < 20 {
+            self.problems.push(p);
+        }
+    }
+}
+
+/// The checks that need no Redis: duplicates among acknowledgements, then each facility's
+/// stored numbers against what was acknowledged. `stored` is keyed by (facility, day).
+pub fn check(
+    registry: &Registry,
+    observed: &Observed,
+    stored: &HashMap<(u32, u16), Stored>,
+) -> (Verdict, HashMap<(u32, u16), u64>) {
+    let mut v = Verdict { inconsistent_answers: observed.inconsistent, ..Verdict::default() };
+    if observed.inconsistent > 0 {
+        v.problem(format!("{} answers with a token id that disagrees with the body", observed.inconsistent));
+    }
+    let mut seen: Vec<Seen> = observed.seen.clone();
+    seen.sort_by_key(|s| (s.facility, s.counter, s.day, s.number, s.patient));
+    seen.dedup();
+    let mut acked: Vec<Seen> = Vec::with_capacity(seen.len());
+    for s in seen {
+        match acked.last() {
+            Some(p) if (p.facility, p.counter, p.day, p.number) == (s.facility, s.counter, s.day, s.number) => {
+                v.duplicates += 1;
+                let f = &registry.facilities[s.facility as usize];
+                v.problem(format!(
+                    "{} {} {} number {} acknowledged to two patients",
+                    f.id, f.counters[s.counter as usize].id, observed.days[s.day as usize], s.number
+                ));
+            }
+            _ => acked.push(s),
+        }
+    }
+    v.acknowledged = acked.len() as u64;
+
+    let mut totals: HashMap<(u32, u16), u64> = HashMap::new();
+    for ((fi, day), st) in stored {
+        let f = &registry.facilities[*fi as usize];
+        for (counter, numbers) in &st.numbers {
+            let mut ns = numbers.clone();
+            ns.sort_unstable();
+            let n = ns.len() as u32;
+            *totals.entry((*fi, *day)).or_default() += n as u64;
+            v.stored += n as u64;
+            if ns.iter().enumerate().any(|(i, x)| *x != i as u32 + 1) {
+                v.gaps += 1;
+                v.problem(format!("{} {counter}: numbers are not 1..{n}", f.id));
+            }
+            if st.counts.get(counter).copied().unwrap_or(0) != n {
+                v.count_mismatches += 1;
+                v.problem(format!("{} {counter}: count {:?} but {n} tokens", f.id, st.counts.get(counter)));
+            }
+        }
+        for (counter, c) in &st.counts {
+            if !st.numbers.contains_key(counter) && *c != 0 {
+                v.count_mismatches += 1;
+                v.problem(format!("{} {counter}: count {c} but no tokens", f.id));
+            }
+        }
+    }
+    for s in &acked {
+        let f = &registry.facilities[s.facility as usize];
+        let counter = &f.counters[s.counter as usize].id;
+        let present = stored
+            .get(&(s.facility, s.day))
+            .and_then(|st| st.numbers.get(counter))
+            .is_some_and(|ns| ns.contains(&s.number));
+        if !present {
+            v.missing += 1;
+            v.problem(format!("{} {counter} number {} acknowledged but not stored", f.id, s.number));
+        }
+    }
+    v.unacknowledged_stored = v.stored.saturating_sub(v.acknowledged - v.missing);
+    (v, totals)
+}
+
+async fn read_stored(
+    con: &mut MultiplexedConnection,
+    registry: &Registry,
+    days: &[Date],
+) -> redis::RedisResult<HashMap<(u32, u16), Stored>> {
+    let mut out = HashMap::new();
+    let ids: Vec<u32> = (0..registry.facilities.len() as u32).collect();
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for fi in chunk {
+            let f = &registry.facilities[*fi as usize];
+            pipe.hgetall(keys::counts(&f.id));
+            for d in days {
+                pipe.hkeys(keys::day_tokens(&f.id, *d));
+            }
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(con).await?;
+        let mut it = replies.into_iter();
+        for fi in chunk {
+            let counts: HashMap<String, u32> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+            for (di, d) in days.iter().enumerate() {
+                let fields: Vec<String> = redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))?;
+                let prefix = format!("{d}|");
+                let mut st = Stored::default();
+                for (k, c) in &counts {
+                    if let Some(counter) = k.strip_prefix(&prefix) {
+                        st.counts.insert(counter.to_string(), *c);
+                    }
+                }
+                for field in &fields {
+                    if let Some((counter, n)) = keys::parse_token_field(field) {
+                        st.numbers.entry(counter.to_string()).or_default().push(n);
+                    }
+                }
+                if !st.numbers.is_empty() || !st.counts.is_empty() {
+                    out.insert((*fi, di as u16), st);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares the day's leaderboards with the stored tokens; returns the mismatches.
+async fn leaderboard_mismatches(
+    con: &mut MultiplexedConnection,
+    registry: &Registry,
+    days: &[Date],
+    stored: &HashMap<(u32, u16), Stored>,
+    totals: &HashMap<(u32, u16), u64>,
+) -> redis::RedisResult<Vec<String>> {
+    let mut problems = Vec::new();
+    for (di, d) in days.iter().enumerate() {
+        let period = d.to_string();
+        let board: HashMap<String, f64> = redis::cmd("ZRANGE")
+            .arg(keys::leaderboard(&period, "all", LbScope::Facilities))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(con)
+            .await?;
+        let mut expected_states: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for ((fi, day), n) in totals {
+            if *day as usize != di {
+                continue;
+            }
+            let f = &registry.facilities[*fi as usize];
+            let got = board.get(&f.id).copied().unwrap_or(0.0) as u64;
+            if got != *n {
+                problems.push(format!("{d} facility board: {} has {got}, stored {n}", f.id));
+            }
+            for (counter, ns) in &stored[&(*fi, *day)].numbers {
+                let kind = f.counters.iter().find(|c| &c.id == counter).map(|c| c.kind.as_str()).unwrap_or("opd");
+                *expected_states.entry((f.state_code(), kind)).or_default() += ns.len() as u64;
+            }
+        }
+        // Board members that this run stored nothing for (only this registry's facilities).
+        let expected: std::collections::HashSet<&str> = totals
+            .keys()
+            .filter(|(_, day)| *day as usize == di)
+            .map(|(fi, _)| registry.facilities[*fi as usize].id.as_str())
+            .collect();
+        for (member, score) in &board {
+            if *score > 0.0 && !expected.contains(member.as_str()) {
+                problems.push(format!("{d} facility board: {member} has {score} but no stored tokens"));
+            }
+        }
+        for kind in ["opd", "pharmacy", "lab"] {
+            let states: HashMap<String, f64> = redis::cmd("ZRANGE")
+                .arg(keys::leaderboard(&period, kind, LbScope::States))
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(con)
+                .await?;
+            let mut codes: Vec<&str> = states.keys().map(String::as_str).collect();
+            codes.extend(expected_states.keys().filter(|(_, k)| *k == kind).map(|(s, _)| *s));
+            codes.sort_unstable();
+            codes.dedup();
+            for code in codes {
+                let want = expected_states.get(&(code, kind)).copied().unwrap_or(0);
+                let got = states.get(code).copied().unwrap_or(0.0) as u64;
+                if want != got {
+                    problems.push(format!("{d} state board {kind}: {code} has {got}, stored {want}"));
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The whole pass. Leaderboards may trail the tokens by the gateway's apply interval, so
+/// they are re-read until they agree or `lb_wait` passes.
+pub async fn verify(
+    redis_url: &str,
+    registry: &Registry,
+    observed: &Observed,
+    lb_wait: Duration,
+) -> anyhow::Result<Verdict> {
+    let client = redis::Client::open(redis_url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let stored = read_stored(&mut con, registry, &observed.days).await?;
+    let (mut v, totals) = check(registry, observed, &stored);
+    let deadline = Instant::now() + lb_wait;
+    loop {
+        let problems = leaderboard_mismatches(&mut con, registry, &observed.days, &stored, &totals).await?;
+        if problems.is_empty() || Instant::now() >= deadline {
+            v.leaderboard_mismatches = problems.len() as u64;
+            for p in problems {
+                v.problem(p);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    v.passed = v.missing == 0
+        && v.duplicates == 0
+        && v.gaps == 0
+        && v.count_mismatches == 0
+        && v.leaderboard_mismatches == 0
+        && v.inconsistent_answers == 0;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Registry, Observed) {
+        let r = Registry::synthetic(40, 1);
+        let obs = Observed {
+            seen: vec![
+                Seen { facility: 0, counter: 0, day: 0, number: 1, patient: 10 },
+                Seen { facility: 0, counter: 0, day: 0, number: 2, patient: 11 },
+                // A repeat scan: same patient, same token.
+                Seen { facility: 0, counter: 0, day: 0, number: 2, patient: 11 },
+                Seen { facility: 1, counter: 1, day: 0, number: 1, patient: 12 },
+            ],
+            days: vec![Date::constant(2026, 11, 23)],
+            inconsistent: 0,
+        };
+        (r, obs)
+    }
+
+    fn stored_of(r: &Registry, rows: &[(u32, u16, &[u32], u32)]) -> HashMap<(u32, u16), Stored> {
+        let mut m: HashMap<(u32, u16), Stored> = HashMap::new();
+        for (fi, ci, ns, count) in rows {
+            let c = r.facilities[*fi as usize].counters[*ci as usize].id.clone();
+            let st = m.entry((*fi, 0)).or_default();
+            st.numbers.insert(c.clone(), ns.to_vec());
+            st.counts.insert(c, *count);
+        }
+        m
+    }
+
+    #[test]
+    fn a_consistent_run_passes_the_offline_checks() {
+        let (r, obs) = setup();
+        let stored = stored_of(&r, &[(0, 0, &[2, 1, 3], 3), (1, 1, &[1], 1)]);
+        let (v, totals) = check(&r, &obs, &stored);
+        assert_eq!((v.acknowledged, v.stored, v.missing, v.duplicates, v.gaps, v.count_mismatches), (3, 4, 0, 0, 0, 0));
+        assert_eq!(v.unacknowledged_stored, 1, "number 3 was stored but its answer never arrived");
+        assert_eq!(totals[&(0, 0)], 3);
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_caught() {
+        let (r, mut obs) = setup();
+        // Number 2 also acknowledged to another patient.
+        obs.seen.push(Seen { facility: 0, counter: 0, day: 0, number: 2, patient: 99 });
+        // Facility 1's token was lost; facility 0 has a gap and a wrong count.
+        let stored = stored_of(&r, &[(0, 0, &[1, 2, 4], 4)]);
+        let (v, _) = check(&r, &obs, &stored);
+        assert_eq!(v.duplicates, 1);
+        assert_eq!(v.missing, 1);
+        assert_eq!(v.gaps, 1);
+        assert_eq!(v.count_mismatches, 1, "{:?}", v.problems);
+        assert!(v.problems.iter().any(|p| p.contains("acknowledged to two patients")));
+    }
+}
