@@ -44,11 +44,13 @@ pub struct Mix {
     pub served: f64,
     /// Mean real seconds between a token being issued and its counter calling next.
     pub wait_mean_s: f64,
+    /// Share of new scans sent through the national protocol (v3 share, token by on-share).
+    pub share: f64,
 }
 
 impl Mix {
     /// Scans only: what the step search and the reference designs compare.
-    pub const SCANS_ONLY: Mix = Mix { repeat: 0.0, poll: 0.0, served: 0.0, wait_mean_s: 1.0 };
+    pub const SCANS_ONLY: Mix = Mix { repeat: 0.0, poll: 0.0, served: 0.0, wait_mean_s: 1.0, share: 0.0 };
 }
 
 /// One run's schedule.
@@ -80,6 +82,7 @@ enum Op {
     Repeat { facility: u32, counter: u16, patient: u64 },
     Poll { token_id: String },
     CallNext { facility: u32, counter: u16 },
+    Share { facility: u32, counter: u16, patient: u64 },
 }
 
 impl Op {
@@ -89,6 +92,7 @@ impl Op {
             Op::Repeat { .. } => OpKind::Repeat,
             Op::Poll { .. } => OpKind::Poll,
             Op::CallNext { .. } => OpKind::CallNext,
+            Op::Share { .. } => OpKind::Share,
         }
     }
 }
@@ -132,10 +136,12 @@ pub struct Observed {
     pub days: Vec<jiff::civil::Date>,
     /// 2xx answers whose token id did not match the token number, facility or counter.
     pub inconsistent: u64,
+    /// Shares the gateway accepted (202): request id, facility, counter, patient.
+    pub shares: Vec<(String, u32, u16, u64)>,
 }
 
 impl Observed {
-    fn day_index(&mut self, d: jiff::civil::Date) -> u16 {
+    pub fn day_index(&mut self, d: jiff::civil::Date) -> u16 {
         match self.days.iter().position(|x| *x == d) {
             Some(i) => i as u16,
             None => {
@@ -159,6 +165,8 @@ pub struct Engine {
     patient_base: u64,
     next_patient: AtomicU64,
     started: Mutex<Option<Instant>>,
+    /// The switch's bearer JWT for v3 shares (None: no protocol traffic).
+    pub share_bearer: Mutex<Option<String>>,
 }
 
 /// A server answer: status and body.
@@ -193,6 +201,7 @@ impl Engine {
             patient_base,
             next_patient: AtomicU64::new(0),
             started: Mutex::new(None),
+            share_bearer: Mutex::new(None),
         })
     }
 
@@ -204,7 +213,7 @@ impl Engine {
         bearer: &str,
         content_type: &str,
         body: Bytes,
-        extra: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
     ) -> Result<Answer, &'static str> {
         let mut req = Request::builder()
             .method(method)
@@ -213,8 +222,8 @@ impl Engine {
         if !body.is_empty() {
             req = req.header(CONTENT_TYPE, content_type);
         }
-        if let Some((k, v)) = extra {
-            req = req.header(k, v);
+        for (k, v) in extra {
+            req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body)).map_err(|_| "REQUEST")?;
         let fut = async {
@@ -244,6 +253,30 @@ impl Engine {
         (f.id.clone(), Bytes::from(body))
     }
 
+    /// A v3 share as the switch sends it; returns its REQUEST-ID and the answer.
+    async fn share(&self, facility: u32, counter: u16, patient: u64) -> (String, Result<Answer, &'static str>) {
+        let f = &self.registry.facilities[facility as usize];
+        let c = &f.counters[counter as usize];
+        let n = patient % 1_000_000_000_000;
+        let body = format!(
+            r#"{{"intent":"PROFILE_SHARE","metaData":{{"hipId":"{}","context":"{}","hprId":"71-0000-0000-0001"}},"profile":{{"patient":{{"abhaNumber":"91{n:012}","abhaAddress":"lt{patient:012}@sbx","name":"Load Test Patient","gender":"F","dayOfBirth":"15","monthOfBirth":"1","yearOfBirth":"{}","phoneNumber":"9{:09}","address":{{"line":"1 Main Road","district":"{}","state":"{}","pincode":"110001"}}}}}}}}"#,
+            f.id,
+            c.id,
+            1940 + patient % 80,
+            patient % 1_000_000_000,
+            f.district_name(),
+            scan_gateway::registry::states::STATES[f.state].name,
+        );
+        let rid = scan_gateway::protocol::hiecm::new_request_id();
+        let ts = scan_gateway::protocol::hiecm::timestamp(jiff::Timestamp::now());
+        let bearer = self.share_bearer.lock().unwrap().clone().unwrap_or_default();
+        let headers = [("REQUEST-ID", rid.as_str()), ("TIMESTAMP", ts.as_str()), ("X-HIP-ID", f.id.as_str())];
+        let r = self
+            .call(Method::POST, "/api/v3/hip/patient/share", &bearer, "application/json", Bytes::from(body), &headers)
+            .await;
+        (rid, r)
+    }
+
     async fn staff_key(&self, facility: u32) -> Result<String, &'static str> {
         let cell = self.staff_keys.lock().unwrap().entry(facility).or_default().clone();
         cell.get_or_try_init(|| async {
@@ -255,7 +288,7 @@ impl Engine {
                     &self.target.admin_token,
                     "application/json",
                     Bytes::new(),
-                    None,
+                    &[],
                 )
                 .await?;
             if a.status != StatusCode::CREATED {
@@ -292,7 +325,7 @@ impl Engine {
                     &self.target.platform_token,
                     "application/json",
                     body,
-                    Some(("x-facility-id", &fid)),
+                    &[("x-facility-id", &fid)],
                 )
                 .await
             }
@@ -303,7 +336,7 @@ impl Engine {
                     &self.target.platform_token,
                     "",
                     Bytes::new(),
-                    None,
+                    &[],
                 )
                 .await
             }
@@ -312,10 +345,17 @@ impl Engine {
                     let f = &self.registry.facilities[*facility as usize];
                     let path =
                         format!("/v1/facilities/{}/counters/{}/call-next", f.id, f.counters[*counter as usize].id);
-                    self.call(Method::POST, &path, &key, "application/json", Bytes::new(), None).await
+                    self.call(Method::POST, &path, &key, "application/json", Bytes::new(), &[]).await
                 }
                 Err(e) => Err(e),
             },
+            Op::Share { facility, counter, patient } => {
+                let (rid, result) = self.share(*facility, *counter, *patient).await;
+                if matches!(&result, Ok(a) if a.status == StatusCode::ACCEPTED) {
+                    self.observed.lock().unwrap().shares.push((rid, *facility, *counter, *patient));
+                }
+                result
+            }
         };
         let latency = at.elapsed();
         let outcome = match &result {
@@ -383,6 +423,9 @@ impl Engine {
         let facility = self.registry.pick(rng.random::<f64>()) as u32;
         let counter = self.registry.facilities[facility as usize].pick_counter(rng.random::<f64>()) as u16;
         let patient = self.patient_base + self.next_patient.fetch_add(1, Ordering::Relaxed);
+        if mix.share > 0.0 && rng.random::<f64>() < mix.share {
+            return Op::Share { facility, counter, patient };
+        }
         let exp = |rng: &mut StdRng, mean: f64| Duration::from_secs_f64(-mean * (1.0 - rng.random::<f64>()).ln());
         let mut follow = Follow::default();
         if rng.random::<f64>() < mix.repeat {
@@ -477,7 +520,7 @@ impl Engine {
                     &self.target.admin_token,
                     "application/x-ndjson",
                     Bytes::from(body),
-                    None,
+                    &[],
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("import chunk {i}: {e}"))?;

@@ -9,6 +9,7 @@ mod registry;
 mod report;
 mod resources;
 mod scenarios;
+mod switch;
 mod table;
 mod verify;
 
@@ -150,6 +151,14 @@ struct RunArgs {
     /// Mean real seconds from a token's issue to its counter calling next.
     #[arg(long, default_value_t = 5.0)]
     wait_mean_s: f64,
+    /// Play the national switch on this address (the gateway's SCANGW_HIECM_BASE_URL, with
+    /// SCANGW_JWKS_FILE=tests/fixtures/protocol/jwt/jwks.json and SCANGW_JWT_ISSUER=scan-load-switch):
+    /// a `--share` part of the scans then arrive as v3 shares, their tokens by on-share.
+    #[arg(long)]
+    switch_listen: Option<String>,
+    /// Share of new scans sent as v3 shares (with --switch-listen).
+    #[arg(long, default_value_t = 0.02)]
+    share: f64,
 
     // step
     #[arg(long, default_value_t = 1_000.0)]
@@ -245,7 +254,17 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         eprintln!("imported the registry in {:.1} s", t.elapsed().as_secs_f64());
     }
     let watched = Watched { server_pid: a.server_pid, redis_url: a.redis_url.clone() };
-    let mix = Mix { repeat: a.repeat, poll: a.poll, served: a.served, wait_mean_s: a.wait_mean_s };
+    let switch = match &a.switch_listen {
+        Some(listen) if gateway => {
+            let (sw, addr) = switch::start(listen).await.with_context(|| format!("switch on {listen}"))?;
+            *engine.share_bearer.lock().unwrap() = Some(switch::bearer(24 * 3600));
+            eprintln!("playing the national switch on http://{addr}");
+            Some(sw)
+        }
+        _ => None,
+    };
+    let share = if switch.is_some() { a.share } else { 0.0 };
+    let mix = Mix { repeat: a.repeat, poll: a.poll, served: a.served, wait_mean_s: a.wait_mean_s, share };
     let mut summary: Summary = match a.scenario {
         Scenario::PeakMorning => {
             anyhow::ensure!(gateway, "peak-morning needs the gateway (call-next, polls)");
@@ -308,8 +327,26 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     if gateway && !a.no_verify {
         let url = a.redis_url.as_deref().context("the verify pass needs --redis-url (or --no-verify)")?;
         let t = Instant::now();
-        let observed = std::mem::take(&mut *engine.observed.lock().unwrap());
-        let v = verify::verify(url, &registry, &observed, Duration::from_secs(a.verify_wait_s)).await?;
+        let mut observed = std::mem::take(&mut *engine.observed.lock().unwrap());
+        let shares = match &switch {
+            Some(sw) => {
+                // On-shares arrive after the 202: wait for every accepted share's callback.
+                let deadline = Instant::now() + Duration::from_secs(a.verify_wait_s);
+                while Instant::now() < deadline {
+                    let results = sw.results.lock().unwrap();
+                    if observed.shares.iter().all(|(rid, ..)| results.contains_key(rid)) {
+                        break;
+                    }
+                    drop(results);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let results = sw.results.lock().unwrap().clone();
+                let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Asia/Kolkata")?).date();
+                Some(verify::fold_shares(&mut observed, &registry, &results, today))
+            }
+            None => None,
+        };
+        let v = verify::verify(url, &registry, &observed, Duration::from_secs(a.verify_wait_s), shares).await?;
         eprintln!("verify pass in {:.1} s", t.elapsed().as_secs_f64());
         if !v.passed {
             summary.passed = false;

@@ -19,6 +19,7 @@ pub enum OpKind {
     Repeat,
     Poll,
     CallNext,
+    Share,
 }
 
 impl OpKind {
@@ -28,6 +29,7 @@ impl OpKind {
             OpKind::Repeat => "repeat",
             OpKind::Poll => "poll",
             OpKind::CallNext => "call_next",
+            OpKind::Share => "share",
         }
     }
 }

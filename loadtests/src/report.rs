@@ -256,6 +256,13 @@ impl Summary {
                 v.count_mismatches,
                 v.leaderboard_mismatches
             );
+            if let Some(sh) = &v.shares {
+                let _ = writeln!(
+                    s,
+                    "v3 shares: accepted {}  on-share SUCCESS {}  FAILURE {:?}  missing {}  wrong counter {}",
+                    sh.accepted, sh.success, sh.failed, sh.missing, sh.mismatched
+                );
+            }
             for p in v.problems.iter().take(5) {
                 let _ = writeln!(s, "  {p}");
             }

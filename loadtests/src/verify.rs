@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::engine::{Observed, Seen};
 use crate::registry::Registry;
+use crate::switch::OnShare;
 
 /// Stored tokens of one facility and day: numbers per counter, and the count hash.
 #[derive(Debug, Default, Clone)]
@@ -41,8 +42,58 @@ pub struct Verdict {
     pub unacknowledged_stored: u64,
     /// 2xx answers whose token id disagreed with their number/facility/counter.
     pub inconsistent_answers: u64,
+    /// Protocol shares (v3), when the run sent any.
+    pub shares: Option<ShareOutcome>,
     /// The first few problems, for the report.
     pub problems: Vec<String>,
+}
+
+/// What became of the v3 shares the gateway accepted (202).
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct ShareOutcome {
+    pub accepted: u64,
+    /// On-share SUCCESS: their tokens join the acknowledged set the checks above cover.
+    pub success: u64,
+    /// On-share FAILURE, by code (a correct answer, e.g. RATE_LIMITED).
+    pub failed: BTreeMap<String, u64>,
+    /// Accepted but no on-share arrived before the deadline: the run fails.
+    pub missing: u64,
+    /// An on-share whose context is not the share's counter: the run fails.
+    pub mismatched: u64,
+}
+
+/// Folds the on-shares into the acknowledged tokens (service day `day`).
+pub fn fold_shares(
+    observed: &mut Observed,
+    registry: &Registry,
+    results: &HashMap<String, OnShare>,
+    day: Date,
+) -> ShareOutcome {
+    let mut out = ShareOutcome { accepted: observed.shares.len() as u64, ..ShareOutcome::default() };
+    let shares = std::mem::take(&mut observed.shares);
+    let d = observed.day_index(day);
+    for (rid, facility, counter, patient) in &shares {
+        match results.get(rid) {
+            None => out.missing += 1,
+            Some(OnShare::Failure { code }) => *out.failed.entry(code.clone()).or_default() += 1,
+            Some(OnShare::Success { number, context }) => {
+                if *context != registry.facilities[*facility as usize].counters[*counter as usize].id {
+                    out.mismatched += 1;
+                    continue;
+                }
+                out.success += 1;
+                observed.seen.push(Seen {
+                    facility: *facility,
+                    counter: *counter,
+                    day: d,
+                    number: *number,
+                    patient: *patient,
+                });
+            }
+        }
+    }
+    observed.shares = shares;
+    out
 }
 
 impl Verdict {
@@ -242,11 +293,22 @@ pub async fn verify(
     registry: &Registry,
     observed: &Observed,
     lb_wait: Duration,
+    shares: Option<ShareOutcome>,
 ) -> anyhow::Result<Verdict> {
     let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let stored = read_stored(&mut con, registry, &observed.days).await?;
     let (mut v, totals) = check(registry, observed, &stored);
+    if let Some(sh) = &shares {
+        if sh.missing > 0 || sh.mismatched > 0 {
+            v.problem(format!(
+                "{} accepted shares got no on-share, {} named another counter",
+                sh.missing, sh.mismatched
+            ));
+        }
+    }
+    let shares_ok = shares.as_ref().is_none_or(|s| s.missing == 0 && s.mismatched == 0);
+    v.shares = shares;
     let deadline = Instant::now() + lb_wait;
     loop {
         let problems = leaderboard_mismatches(&mut con, registry, &observed.days, &stored, &totals).await?;
@@ -264,7 +326,8 @@ pub async fn verify(
         && v.gaps == 0
         && v.count_mismatches == 0
         && v.leaderboard_mismatches == 0
-        && v.inconsistent_answers == 0;
+        && v.inconsistent_answers == 0
+        && shares_ok;
     Ok(v)
 }
 
@@ -284,6 +347,7 @@ mod tests {
             ],
             days: vec![Date::constant(2026, 11, 23)],
             inconsistent: 0,
+            shares: Vec::new(),
         };
         (r, obs)
     }
@@ -322,5 +386,107 @@ mod tests {
         assert_eq!(v.gaps, 1);
         assert_eq!(v.count_mismatches, 1, "{:?}", v.problems);
         assert!(v.problems.iter().any(|p| p.contains("acknowledged to two patients")));
+    }
+
+    #[test]
+    fn on_shares_become_acknowledged_tokens_and_silence_is_counted() {
+        let (r, mut obs) = setup();
+        let opd1 = r.facilities[2].counters[0].id.clone();
+        obs.shares =
+            vec![("a".into(), 2, 0, 50), ("b".into(), 2, 0, 51), ("c".into(), 2, 0, 52), ("d".into(), 2, 0, 53)];
+        let results: HashMap<String, OnShare> = [
+            ("a".to_string(), OnShare::Success { number: 1, context: opd1 }),
+            ("b".to_string(), OnShare::Failure { code: "RATE_LIMITED".into() }),
+            ("c".to_string(), OnShare::Success { number: 2, context: "Lab".into() }),
+        ]
+        .into_iter()
+        .collect();
+        let before = obs.seen.len();
+        let out = fold_shares(&mut obs, &r, &results, Date::constant(2026, 11, 23));
+        assert_eq!((out.accepted, out.success, out.missing, out.mismatched), (4, 1, 1, 1));
+        assert_eq!(out.failed["RATE_LIMITED"], 1);
+        assert_eq!(obs.seen.len(), before + 1);
+        assert_eq!(obs.seen.last().unwrap().facility, 2);
+    }
+
+    /// A private redis-server on a free port, stopped on drop.
+    struct Redis(std::process::Child, std::path::PathBuf, u16);
+
+    impl Redis {
+        fn start() -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = std::env::temp_dir().join(format!("scan-load-verify-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Redis(child, dir, port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_whole_pass_reads_the_gateway_schema_and_catches_a_wrong_leaderboard() {
+        let redis = Redis::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let (r, obs) = setup();
+        let day = obs.days[0];
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        // What the gateway would have written for the acknowledged tokens of setup().
+        let (f0, f1) = (&r.facilities[0], &r.facilities[1]);
+        let (c0, c1) = (&f0.counters[0], &f1.counters[1]);
+        let mut p = redis::pipe();
+        p.hset(keys::day_tokens(&f0.id, day), keys::token_field(&c0.id, 1), "r")
+            .hset(keys::day_tokens(&f0.id, day), keys::token_field(&c0.id, 2), "r")
+            .hset(keys::counts(&f0.id), keys::count_field(day, &c0.id), 2)
+            .hset(keys::day_tokens(&f1.id, day), keys::token_field(&c1.id, 1), "r")
+            .hset(keys::counts(&f1.id), keys::count_field(day, &c1.id), 1)
+            .zincr(keys::leaderboard(&day.to_string(), "all", LbScope::Facilities), &f0.id, 2)
+            .zincr(keys::leaderboard(&day.to_string(), "all", LbScope::Facilities), &f1.id, 1)
+            .zincr(keys::leaderboard(&day.to_string(), c0.kind.as_str(), LbScope::States), f0.state_code(), 2)
+            .zincr(keys::leaderboard(&day.to_string(), c1.kind.as_str(), LbScope::States), f1.state_code(), 1);
+        let _: () = p.query_async(&mut con).await.unwrap();
+        let v = verify(&url, &r, &obs, Duration::ZERO, None).await.unwrap();
+        assert!(v.passed, "{v:?}");
+        assert_eq!((v.acknowledged, v.stored), (3, 3));
+
+        // One token counted twice on the state board: the pass must fail.
+        let _: () = redis::cmd("ZINCRBY")
+            .arg(keys::leaderboard(&day.to_string(), c0.kind.as_str(), LbScope::States))
+            .arg(1)
+            .arg(f0.state_code())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let v = verify(&url, &r, &obs, Duration::from_millis(300), None).await.unwrap();
+        assert!(!v.passed);
+        assert_eq!(v.leaderboard_mismatches, 1, "{:?}", v.problems);
+
+        // A share whose on-share never came fails the pass as well.
+        let shares = ShareOutcome { accepted: 1, missing: 1, ..ShareOutcome::default() };
+        let _: () = redis::cmd("ZINCRBY")
+            .arg(keys::leaderboard(&day.to_string(), c0.kind.as_str(), LbScope::States))
+            .arg(-1)
+            .arg(f0.state_code())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(verify(&url, &r, &obs, Duration::ZERO, None).await.unwrap().passed);
+        assert!(!verify(&url, &r, &obs, Duration::ZERO, Some(shares)).await.unwrap().passed);
     }
 }
