@@ -333,11 +333,13 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 // On-shares arrive after the 202: wait for every accepted share's callback.
                 let deadline = Instant::now() + Duration::from_secs(a.verify_wait_s);
                 while Instant::now() < deadline {
-                    let results = sw.results.lock().unwrap();
-                    if observed.shares.iter().all(|(rid, ..)| results.contains_key(rid)) {
+                    let all_in = {
+                        let results = sw.results.lock().unwrap();
+                        observed.shares.iter().all(|(rid, ..)| results.contains_key(rid))
+                    };
+                    if all_in {
                         break;
                     }
-                    drop(results);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 let results = sw.results.lock().unwrap().clone();
