@@ -23,7 +23,13 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub listen: String,
+    /// One Redis URL, or several comma-separated seed nodes of a Redis Cluster.
     pub redis_url: String,
+    /// Talk Redis Cluster even when `redis_url` names one node.
+    pub redis_cluster: bool,
+    /// After each group-commit batch, wait for this many replicas to acknowledge (WAIT)
+    /// before answering; 0 = off.
+    pub redis_wait_replicas: u32,
     pub admin_token: String,
     pub platform_token: String,
     /// Bearer for the monitoring role (leaderboard API); empty = only admin reads them.
@@ -61,6 +67,8 @@ pub struct Settings {
     pub day_retention_s: u64,
     /// Days a daily leaderboard stays in Redis (all-time boards stay).
     pub leaderboard_retention_days: u64,
+    /// How often each node moves facilities' token counts into the leaderboards.
+    pub leaderboard_apply_ms: u64,
     /// How often the live leaderboard feed (page, SSE, Prometheus gauges) re-reads Redis.
     pub leaderboard_refresh_ms: u64,
     /// Rows in the live feed and in the top-N Prometheus gauges.
@@ -103,6 +111,8 @@ impl Default for Settings {
         Self {
             listen: "127.0.0.1:8080".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
+            redis_wait_replicas: 0,
             admin_token: String::new(),
             platform_token: String::new(),
             monitor_token: String::new(),
@@ -129,6 +139,7 @@ impl Default for Settings {
             limits_sweep_s: 60,
             day_retention_s: 0,
             leaderboard_retention_days: 90,
+            leaderboard_apply_ms: 200,
             leaderboard_refresh_ms: 2000,
             leaderboard_top_n: 25,
             board_refresh_ms: 1000,
@@ -164,6 +175,7 @@ impl Settings {
             platform_token: "test-platform-token-0123456789".into(),
             monitor_token: "test-monitor-token-0123456789".into(),
             leaderboard_refresh_ms: 200,
+            leaderboard_apply_ms: 50,
             board_refresh_ms: 200,
             patient_key_secret: "test-patient-secret-0123456789".into(),
             shutdown_grace_s: 5,
@@ -250,7 +262,9 @@ impl Settings {
             limits_sweep_s,
             day_retention_s,
             leaderboard_retention_days,
+            leaderboard_apply_ms,
             leaderboard_refresh_ms,
+            redis_wait_replicas,
             leaderboard_top_n,
             board_refresh_ms,
             max_sse_clients,
@@ -261,6 +275,18 @@ impl Settings {
             onshare_claim_idle_ms,
             onshare_concurrency
         );
+        if let Some(v) = get("redis_cluster") {
+            s.redis_cluster = match v.trim() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" | "" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "SCANGW_REDIS_CLUSTER".into(),
+                        reason: "expected true or false".into(),
+                    })
+                }
+            };
+        }
         s.validate()?;
         Ok(s)
     }
@@ -314,10 +340,11 @@ impl Settings {
                 reason: "expected host:port, e.g. 127.0.0.1:8080".into(),
             });
         }
-        if redis::parse_redis_url(&self.redis_url).is_none() {
+        let target = self.redis_target();
+        if target.as_ref().is_none_or(|t| t.urls.iter().any(|u| redis::parse_redis_url(u).is_none())) {
             return Err(ConfigError::Invalid {
                 key: "SCANGW_REDIS_URL".into(),
-                reason: "expected redis://host:port[/db]".into(),
+                reason: "expected redis://host:port[/db], or several comma-separated for a cluster".into(),
             });
         }
         if jiff::tz::TimeZone::get(&self.default_timezone).is_err() {
@@ -344,6 +371,7 @@ impl Settings {
         positive("SCANGW_LIMITS_SWEEP_S", self.limits_sweep_s)?;
         positive("SCANGW_LEADERBOARD_RETENTION_DAYS", self.leaderboard_retention_days)?;
         positive("SCANGW_LEADERBOARD_REFRESH_MS", self.leaderboard_refresh_ms)?;
+        positive("SCANGW_LEADERBOARD_APPLY_MS", self.leaderboard_apply_ms)?;
         positive("SCANGW_BOARD_REFRESH_MS", self.board_refresh_ms)?;
         for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if p.parse::<std::net::IpAddr>().is_err() {
@@ -385,6 +413,11 @@ impl Settings {
             return Err(bad("SCANGW_ONSHARE_CLAIM_IDLE_MS", "must be at least 1000 (and concurrency above 0)"));
         }
         Ok(())
+    }
+
+    /// The Redis deployment `redis_url` and `redis_cluster` name (`None` if malformed).
+    pub fn redis_target(&self) -> Option<crate::persistence::conn::Target> {
+        crate::persistence::conn::Target::parse(&self.redis_url, self.redis_cluster)
     }
 
     pub fn protocol_enabled(&self) -> bool {
@@ -444,6 +477,11 @@ mod tests {
         for (key, value) in [
             ("SCANGW_LISTEN", "nonsense"),
             ("SCANGW_REDIS_URL", "http://x"),
+            ("SCANGW_REDIS_URL", "redis://a:7000,,redis://b:7001"),
+            ("SCANGW_REDIS_URL", "redis://a:7000,http://b:7001"),
+            ("SCANGW_REDIS_CLUSTER", "maybe"),
+            ("SCANGW_LEADERBOARD_APPLY_MS", "0"),
+            ("SCANGW_REDIS_WAIT_REPLICAS", "-1"),
             ("SCANGW_IDLE_TIMEOUT_S", "ten"),
             ("SCANGW_DEFAULT_TIMEZONE", "Mars/Olympus"),
             ("SCANGW_PLATFORM_TOKEN", "short"),
@@ -458,6 +496,20 @@ mod tests {
             let err = Settings::from_sources(None, &env(&e)).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_url_list_or_the_cluster_flag_selects_redis_cluster() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut e = good();
+            e.extend_from_slice(pairs);
+            Settings::from_sources(None, &env(&e)).unwrap().redis_target().unwrap()
+        };
+        assert!(!with(&[]).cluster);
+        let t = with(&[("SCANGW_REDIS_URL", "redis://127.0.0.1:7000, redis://127.0.0.1:7001")]);
+        assert!(t.cluster);
+        assert_eq!(t.urls.len(), 2);
+        assert!(with(&[("SCANGW_REDIS_CLUSTER", "true")]).cluster);
     }
 
     #[test]

@@ -82,7 +82,8 @@ async fn import_file(settings: Settings, file: String) -> anyhow::Result<()> {
             anyhow::bail!("{} invalid line(s); nothing imported", lines.len());
         }
     };
-    let store = Store::open(&settings.redis_url, Duration::from_millis(settings.redis_timeout_ms.max(5000)))?;
+    let target = settings.redis_target().ok_or_else(|| anyhow::anyhow!("SCANGW_REDIS_URL is malformed"))?;
+    let store = Store::open(&target, Duration::from_millis(settings.redis_timeout_ms.max(5000)))?;
     let items: Vec<(String, String)> =
         infos.iter().map(|i| (i.facility_id.clone(), serde_json::to_string(i).expect("serialises"))).collect();
     let created = store.put_infos(&items).await.map_err(|e| anyhow::anyhow!("storing facilities: {e}"))?;

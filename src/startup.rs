@@ -47,7 +47,8 @@ impl Application {
         let prometheus = metrics::install();
         let m = Metrics::new();
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
-        let store = Store::open(&settings.redis_url, timeout).context("SCANGW_REDIS_URL")?;
+        let target = settings.redis_target().context("SCANGW_REDIS_URL")?;
+        let store = Store::open(&target, timeout).context("SCANGW_REDIS_URL")?;
         let n = settings.worker_count();
         let mut arbiters = Vec::with_capacity(n);
         let mut writers = Vec::with_capacity(n);
@@ -55,10 +56,10 @@ impl Application {
             let arbiter = Arbiter::new();
             let (tx, rx) = mpsc::channel(settings.batch_max * 8);
             // Each writer gets its own connection so flushes of different arbiters overlap.
-            let conn = Store::open(&settings.redis_url, timeout)?.connection();
+            let conn = Store::open(&target, timeout)?.connection();
             let wm = m.clone();
             let batch_max = settings.batch_max;
-            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, wm));
+            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, settings.redis_wait_replicas, wm));
             writers.push(tx);
             arbiters.push(arbiter);
         }
@@ -72,7 +73,6 @@ impl Application {
             idle_timeout: Duration::from_secs(settings.idle_timeout_s),
             mailbox_capacity: settings.mailbox_capacity,
             day_retention_s: settings.day_retention_s as i64,
-            leaderboard_retention_s: (settings.leaderboard_retention_days * 86_400) as i64,
         });
         let clock = deps.clock.clone();
         let metrics_handles = deps.metrics.clone();
@@ -113,6 +113,16 @@ impl Application {
         if state.protocol.is_some() {
             crate::protocol::worker::spawn(state.clone());
         }
+        crate::leaderboard::applier::Applier {
+            store: store.clone(),
+            directory: state.directory.clone(),
+            clock: state.directory.deps().clock.clone(),
+            metrics: state.directory.deps().metrics.clone(),
+            every: Duration::from_millis(settings.leaderboard_apply_ms),
+            retention_days: settings.leaderboard_retention_days as i64,
+            stop: state.shutting_down.clone(),
+        }
+        .spawn();
         spawn_health_probe(store, redis_up, metrics_handles);
         spawn_limit_sweeper(state.clone(), Duration::from_secs(settings.limits_sweep_s));
 

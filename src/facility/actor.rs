@@ -35,8 +35,6 @@ pub struct Deps {
     pub mailbox_capacity: usize,
     /// How long a finished day's tokens stay in Redis after local midnight.
     pub day_retention_s: i64,
-    /// How long a daily leaderboard stays in Redis after its first token.
-    pub leaderboard_retention_s: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -231,6 +229,9 @@ impl FacilityActor {
 
     async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
         let (epoch, info) = deps.store.activate(&id).await?.ok_or(FacilityError::UnknownFacility)?;
+        // Before the first write: a crash from here on leaves the facility findable by
+        // every node's leaderboard applier (see crate::leaderboard::applier).
+        deps.store.lb_mark(&id, epoch).await?;
         let info: FacilityInfo = serde_json::from_str(&info).map_err(|_| {
             tracing::error!(facility = %id, "corrupt registry record");
             FacilityError::Store(StoreError::Unavailable)
@@ -283,9 +284,10 @@ impl FacilityActor {
         let fields: Vec<(String, String)> =
             tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
         let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
-        let kinds: Vec<CounterKind> =
-            issued.iter().map(|c| r.info.counter_kind(c).unwrap_or(CounterKind::Other)).collect();
-        let leaderboard = crate::leaderboard::increments(&r.info, day, &kinds);
+        let lb_count_fields: Vec<String> = issued
+            .iter()
+            .map(|c| keys::lb_count_field(day, r.info.counter_kind(c).unwrap_or(CounterKind::Other).as_str()))
+            .collect();
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.wseq;
         if !fields.is_empty() || !count_fields.is_empty() {
@@ -297,12 +299,13 @@ impl FacilityActor {
             fence_key: keys::fence(&self.id),
             day_key: keys::day_tokens(&self.id, day),
             counts_key: keys::counts(&self.id),
+            lb_counts_key: keys::lb_counts(&self.id),
             epoch: r.epoch,
             prev_seq,
             expire_in,
             count_fields,
-            leaderboard,
-            leaderboard_ttl: self.deps.leaderboard_retention_s,
+            lb_count_fields,
+            release: false,
             fields,
             done,
         });
@@ -311,6 +314,29 @@ impl FacilityActor {
                 .into_actor(self)
                 .map(move |res, act, ctx| act.resolved(seq, res, ctx)),
         );
+    }
+
+    /// Tells Redis, through the fenced writer (so after every write of this owner), that
+    /// this epoch's owner stopped: the leaderboard applier may then forget the facility once
+    /// its counts are applied. Best effort: without it the facility just stays swept.
+    fn release(&mut self) {
+        let Phase::Ready(r) = &self.phase else { return };
+        let (done, _) = oneshot::channel();
+        let day = r.queue.day();
+        let _ = self.writer.try_send(WriteOp {
+            fence_key: keys::fence(&self.id),
+            day_key: keys::day_tokens(&self.id, day),
+            counts_key: keys::counts(&self.id),
+            lb_counts_key: keys::lb_counts(&self.id),
+            epoch: r.epoch,
+            prev_seq: self.wseq,
+            expire_in: 1,
+            count_fields: Vec::new(),
+            lb_count_fields: Vec::new(),
+            release: true,
+            fields: Vec::new(),
+            done,
+        });
     }
 
     /// Answers once every write submitted so far is durable. Errors wait too: "unknown
@@ -554,6 +580,7 @@ impl Actor for FacilityActor {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.deps.metrics.active_actors.decrement(1.0);
         self.leave_directory();
+        self.release();
     }
 }
 

@@ -50,6 +50,15 @@ impl Directory {
         self.actors.iter().map(|e| e.value().queued.load(Ordering::Relaxed)).sum()
     }
 
+    /// Facilities with an actor on this node (the leaderboard applier's active set).
+    pub fn active_ids(&self) -> Vec<String> {
+        self.actors.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub fn is_active(&self, id: &str) -> bool {
+        self.actors.contains_key(id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.actors.is_empty()
     }

@@ -1,6 +1,7 @@
-//! National leaderboards: which sorted sets a new token bumps (inside the fenced write, so
-//! counts are exact), how a ranking is read back with names and shares, and the live feed
-//! ([`feed`]) behind the page, the SSE stream and the Prometheus top-N gauges.
+//! National leaderboards: which sorted sets a facility's token counts feed (moved there by
+//! the [`applier`], exactly), how a ranking is read back with names and shares, and the live
+//! feed ([`feed`]) behind the page, the SSE stream and the Prometheus top-N gauges.
+pub mod applier;
 pub mod feed;
 
 use std::collections::BTreeMap;
@@ -11,39 +12,25 @@ use utoipa::ToSchema;
 
 use crate::facility::queue::CounterKind;
 use crate::persistence::keys::{self, LbScope};
-use crate::persistence::writer::LbIncr;
 use crate::persistence::{Store, StoreError};
 use crate::registry::states::{self, State};
 use crate::registry::FacilityInfo;
 
-/// The sorted-set increments for the tokens one write issues. Per period (the service day
-/// and all-time) and counter kind: the state, district, facility and facility-in-district
-/// rankings, plus the all-kinds national facility ranking (too big to merge per read).
-/// Every other view (all kinds, a state's districts or facilities) is merged from these at
-/// read time, which keeps a token's cost inside the fenced script to ~10 increments.
-pub fn increments(info: &FacilityInfo, day: Date, issued_kinds: &[CounterKind]) -> Vec<LbIncr> {
-    let mut per_kind: BTreeMap<&'static str, u32> = BTreeMap::new();
-    for k in issued_kinds {
-        *per_kind.entry(k.as_str()).or_default() += 1;
-    }
-    let total = issued_kinds.len() as u32;
-    let state = info.state_code();
+/// The boards one (facility, day, counter kind) count feeds, in the order the apply script
+/// expects: per period (the service day, then all-time) the kind's state, district, facility
+/// and facility-in-district rankings, then the all-kinds national facility ranking (too big
+/// to merge per read). Every other view (all kinds, a state's districts or facilities) is
+/// merged from these at read time.
+pub fn board_keys(info: &FacilityInfo, day: Date, kind: &str) -> Vec<String> {
     let district = info.district_id();
     let day = day.to_string();
-    let mut out = Vec::with_capacity(per_kind.len() * 8 + 2);
-    for (period, daily) in [(day.as_str(), true), ("all", false)] {
-        let mut add = |kind: &str, scope: LbScope<'_>, member: &str, by: u32| {
-            out.push(LbIncr { key: keys::leaderboard(period, kind, scope), member: member.to_string(), by, daily })
-        };
-        for (kind, by) in &per_kind {
-            add(kind, LbScope::States, state, *by);
-            add(kind, LbScope::Districts, &district, *by);
-            add(kind, LbScope::Facilities, &info.facility_id, *by);
-            add(kind, LbScope::FacilitiesInDistrict(&district), &info.facility_id, *by);
-        }
-        if total > 0 {
-            add("all", LbScope::Facilities, &info.facility_id, total);
-        }
+    let mut out = Vec::with_capacity(10);
+    for period in [day.as_str(), "all"] {
+        out.push(keys::leaderboard(period, kind, LbScope::States));
+        out.push(keys::leaderboard(period, kind, LbScope::Districts));
+        out.push(keys::leaderboard(period, kind, LbScope::Facilities));
+        out.push(keys::leaderboard(period, kind, LbScope::FacilitiesInDistrict(&district)));
+        out.push(keys::leaderboard(period, "all", LbScope::Facilities));
     }
     out
 }
@@ -290,19 +277,24 @@ mod tests {
     }
 
     #[test]
-    fn a_token_bumps_every_ranking_it_belongs_to_once() {
+    fn a_count_feeds_every_ranking_it_belongs_to_once() {
         let day: Date = "2026-11-23".parse().unwrap();
-        let incs = increments(&info(), day, &[CounterKind::Opd, CounterKind::Opd, CounterKind::Lab]);
-        // 2 periods x (2 kinds x 4 rankings + the all-kinds facility ranking).
-        assert_eq!(incs.len(), 18);
-        let get = |k: &str| incs.iter().find(|i| i.key == k).unwrap();
-        let all = get("lb:{lb}:2026-11-23:all:f");
-        assert_eq!((all.member.as_str(), all.by, all.daily), ("IN2910005582", 3, true));
-        assert_eq!(get("lb:{lb}:all:opd:f:d:KA/Mysuru").by, 2);
-        assert!(!get("lb:{lb}:all:opd:f:d:KA/Mysuru").daily);
-        assert_eq!(get("lb:{lb}:2026-11-23:lab:d").member, "KA/Mysuru");
-        assert_eq!(get("lb:{lb}:2026-11-23:lab:s").member, "KA");
-        assert!(increments(&info(), day, &[]).is_empty());
+        let k = board_keys(&info(), day, "lab");
+        assert_eq!(
+            k,
+            vec![
+                "lb:{lb}:2026-11-23:lab:s",
+                "lb:{lb}:2026-11-23:lab:d",
+                "lb:{lb}:2026-11-23:lab:f",
+                "lb:{lb}:2026-11-23:lab:f:d:KA/Mysuru",
+                "lb:{lb}:2026-11-23:all:f",
+                "lb:{lb}:all:lab:s",
+                "lb:{lb}:all:lab:d",
+                "lb:{lb}:all:lab:f",
+                "lb:{lb}:all:lab:f:d:KA/Mysuru",
+                "lb:{lb}:all:all:f",
+            ]
+        );
     }
 
     #[test]

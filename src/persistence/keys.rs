@@ -8,17 +8,21 @@
 //! | `sg:{F}:fence` | hash `e`, `w` | fencing epoch (HINCRBY per activation) and the write sequence of the current owner | forever |
 //! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | expires at the end of the local service day + retention |
 //! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
+//! | `sg:{F}:lbn` | hash `<YYYY-MM-DD>|<kind>` -> count | tokens issued per counter kind and day, cumulative: what the leaderboards must show | a day's field is pruned once applied and two days old |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
 //! | `sg:{outbox}:shares` | stream, consumer group `onshare` | protocol shares waiting for their on-share callback (patient data: deleted once delivered or given up) | until delivered |
 //! | `lb:{lb}:<period>:<kind>:<scope>` | sorted set member -> tokens | leaderboards ([`leaderboard`]) | daily: leaderboard retention; `all`: forever |
+//! | `lb:{lb}:<YYYY-MM-DD>:ap` | hash `<F>|<kind>` -> count | the part of each `sg:{F}:lbn` count already added to the boards | leaderboard retention + 7 days |
+//! | `lb:{lb}:dirty` | hash `<F>` -> epoch | facilities whose counts may be ahead of the boards, with the newest activation epoch that marked them | until applied and released |
 //!
 //! Leaderboards are national, so they cannot share a facility's slot: their keys share the
 //! hash tag `{lb}` instead. `<period>` is a service day (`YYYY-MM-DD`) or `all`; `<kind>`
 //! is a counter kind (and `all` for the national facility ranking); `<scope>` is `s`
-//! (states), `d` (districts), `f` (facilities) or `f:d:<district id>`. The fenced WRITE
-//! script bumps them in the same atomic step that stores the token, on a single Redis.
-//! (On Redis Cluster a script cannot span two slots; see the README.)
+//! (states), `d` (districts), `f` (facilities) or `f:d:<district id>`. No script touches
+//! both: the fenced WRITE counts into `sg:{F}:lbn`, and the applier
+//! ([`crate::leaderboard::applier`]) moves the difference into the boards in a script of
+//! the `{lb}` slot, so everything works on Redis Cluster.
 //!
 //! Facility ids never contain `{`, `}` or `:` (validated at the edge), so keys are unambiguous.
 use jiff::civil::Date;
@@ -43,6 +47,35 @@ pub fn day_tokens(facility: &str, day: Date) -> String {
 
 pub fn counts(facility: &str) -> String {
     format!("sg:{{{facility}}}:n")
+}
+
+/// The facility's cumulative leaderboard counts (field [`lb_count_field`]).
+pub fn lb_counts(facility: &str) -> String {
+    format!("sg:{{{facility}}}:lbn")
+}
+
+/// Field of a leaderboard count: service day and counter kind.
+pub fn lb_count_field(day: Date, kind: &str) -> String {
+    format!("{day}|{kind}")
+}
+
+/// Splits a leaderboard count field back into (day, kind).
+pub fn parse_lb_count_field(field: &str) -> Option<(Date, &str)> {
+    let (day, kind) = field.split_once('|')?;
+    Some((day.parse().ok()?, kind))
+}
+
+/// Facilities whose leaderboard counts may not be applied yet (`{lb}` slot).
+pub const LB_DIRTY: &str = "lb:{lb}:dirty";
+
+/// Counts already applied to the boards for one service day (`{lb}` slot), field
+/// [`lb_applied_field`].
+pub fn lb_applied(day: Date) -> String {
+    format!("lb:{{lb}}:{day}:ap")
+}
+
+pub fn lb_applied_field(facility: &str, kind: &str) -> String {
+    format!("{facility}|{kind}")
 }
 
 pub fn staff_keys(facility: &str) -> String {
@@ -95,12 +128,19 @@ mod tests {
         let k = leaderboard("2026-11-23", "opd", LbScope::FacilitiesInDistrict("KA/Mysuru"));
         assert_eq!(k, "lb:{lb}:2026-11-23:opd:f:d:KA/Mysuru");
         assert_eq!(leaderboard("all", "opd", LbScope::States), "lb:{lb}:all:opd:s");
+        let d: Date = "2026-11-23".parse().unwrap();
+        for k in [LB_DIRTY.to_string(), lb_applied(d)] {
+            assert!(k.starts_with("lb:{lb}:"), "{k}");
+        }
+        assert_eq!(parse_lb_count_field(&lb_count_field(d, "opd")), Some((d, "opd")));
+        assert_eq!(parse_lb_count_field("junk"), None);
     }
 
     #[test]
     fn keys_share_the_facility_hash_tag() {
         let d: Date = "2026-11-23".parse().unwrap();
-        for k in [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), staff_keys("IN01")] {
+        for k in [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), lb_counts("IN01"), staff_keys("IN01")]
+        {
             assert!(k.starts_with("sg:{IN01}:"), "{k}");
         }
         assert_eq!(day_tokens("IN01", d), "sg:{IN01}:d:2026-11-23:t");

@@ -1,12 +1,13 @@
-//! The Redis handle: a self-reconnecting multiplexed connection with a deadline on every
-//! call, the activation script that takes a facility's fencing epoch, and registry reads.
+//! The Redis handle: a self-reconnecting connection (single Redis or cluster, see [`super::conn`])
+//! with a deadline on every call, the activation script that takes a facility's fencing
+//! epoch, and registry reads.
 use std::future::Future;
 use std::time::Duration;
 
 use jiff::civil::Date;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::conn::{Conn, Target};
 use super::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,29 +35,24 @@ return {epoch, info}
 
 /// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
 /// and the previous write of this activation must have been applied (no gaps).
-/// KEYS: fence, day tokens, counts, then one leaderboard key per leaderboard increment.
-/// ARGV: epoch, prev seq, ttl seconds, n counts, count fields..., leaderboard ttl, then per
-/// leaderboard key (member, increment, daily 0/1), then token field/value pairs.
-/// Leaderboards move in the same atomic step as the tokens they count, so they are exact.
-/// An empty write only checks (a read barrier).
+/// KEYS: fence, day tokens, counts, leaderboard counts (all in the facility's slot).
+/// ARGV: epoch, prev seq, ttl seconds, release 0/1, n counts, count fields..., n kind
+/// counts, kind count fields..., then token field/value pairs.
+/// The leaderboard counts (`<date>|<kind>`, cumulative) move in the same atomic step as the
+/// tokens they count; the applier ([`crate::leaderboard::applier`]) carries them into the
+/// national boards, so this script never leaves the facility's slot.
+/// An empty write only checks (a read barrier); with `release` it also records that this
+/// epoch's owner has stopped (`r`), which lets the applier forget the facility.
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
 if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
 if f[2] ~= ARGV[2] then return redis.error_reply('GAP write sequence') end
-local nc = tonumber(ARGV[4])
-for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[4 + i], 1) end
-local p = 5 + nc
-local lbttl = ARGV[p]
-p = p + 1
-for i = 4, #KEYS do
-  local score = redis.call('ZINCRBY', KEYS[i], ARGV[p + 1], ARGV[p])
-  -- Daily boards expire after the retention. A key is born with its first member, so
-  -- setting the deadline when a member is new (score == increment) is enough.
-  if ARGV[p + 2] == '1' and tonumber(score) == tonumber(ARGV[p + 1]) then
-    redis.call('EXPIRE', KEYS[i], lbttl, 'NX')
-  end
-  p = p + 3
-end
+local nc = tonumber(ARGV[5])
+for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[5 + i], 1) end
+local p = 6 + nc
+local nk = tonumber(ARGV[p])
+for i = 1, nk do redis.call('HINCRBY', KEYS[4], ARGV[p + i], 1) end
+p = p + nk + 1
 if p <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -65,12 +61,13 @@ end
 if nc > 0 or p <= #ARGV then
   redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
 end
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1]) end
 return 1
 ";
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     activate: Script,
 }
@@ -89,19 +86,12 @@ pub(crate) fn classify(e: &redis::RedisError) -> StoreError {
 impl Store {
     /// Creates the handle without connecting: the gateway starts (not ready) while Redis
     /// is down and recovers by itself when it returns.
-    pub fn open(url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.min(Duration::from_secs(1))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
+    pub fn open(target: &Target, timeout: Duration) -> Result<Self, redis::RedisError> {
+        let conn = Conn::open(target, timeout)?;
         Ok(Self { conn, timeout, activate: Script::new(ACTIVATE) })
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -124,7 +114,7 @@ impl Store {
 
     pub async fn ping(&self) -> bool {
         let mut c = self.conn.clone();
-        self.call(async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await.is_ok()
+        self.call(async move { redis::cmd("PING").query_async::<redis::Value>(&mut c).await }).await.is_ok()
     }
 
     /// Takes a new fencing epoch for the facility. `None` when it is not registered.
@@ -157,16 +147,34 @@ impl Store {
     pub async fn put_infos(&self, items: &[(String, String)]) -> Result<usize, StoreError> {
         let mut created = 0;
         for chunk in items.chunks(1000) {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len() * 2);
             for (id, json) in chunk {
-                pipe.cmd("SET").arg(keys::info(id)).arg(json).ignore();
-                pipe.cmd("SADD").arg(keys::FACILITY_SET).arg(id);
+                let mut set = redis::cmd("SET");
+                set.arg(keys::info(id)).arg(json);
+                cmds.push((keys::info(id), set));
+                let mut add = redis::cmd("SADD");
+                add.arg(keys::FACILITY_SET).arg(id);
+                cmds.push((keys::FACILITY_SET.to_string(), add));
             }
-            let mut c = self.conn.clone();
-            let added: Vec<i64> = self.call(async move { pipe.query_async(&mut c).await }).await?;
-            created += added.iter().filter(|a| **a == 1).count();
+            for (i, r) in self.batch(cmds).await?.into_iter().enumerate() {
+                if i % 2 == 1 && redis::from_redis_value::<i64>(r).map_err(|e| classify(&e.into()))? == 1 {
+                    created += 1;
+                }
+            }
         }
         Ok(created)
+    }
+
+    /// Sends commands as one batch ([`Conn::batch`]: split per slot on a cluster); any
+    /// failed command fails the whole call.
+    pub async fn batch(&self, cmds: Vec<(String, redis::Cmd)>) -> Result<Vec<redis::Value>, StoreError> {
+        let replies = self.conn.batch(cmds, self.timeout, 0).await;
+        replies.into_iter().map(|r| r.map_err(|e| classify(&e))).collect()
+    }
+
+    /// [`Self::batch`] keeping each command's own result.
+    pub async fn batch_each(&self, cmds: Vec<(String, redis::Cmd)>) -> Vec<redis::RedisResult<redis::Value>> {
+        self.conn.batch(cmds, self.timeout, 0).await
     }
 
     pub async fn put_staff_key(&self, facility: &str, key_id: &str, hash: &str) -> Result<(), StoreError> {
@@ -209,11 +217,18 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("GET").arg(keys::info(id));
-        }
-        let mut c = self.conn.clone();
-        self.call(async move { pipe.query_async::<Vec<Option<String>>>(&mut c).await }).await
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                let mut get = redis::cmd("GET");
+                get.arg(keys::info(id));
+                (keys::info(id), get)
+            })
+            .collect();
+        self.batch(cmds)
+            .await?
+            .into_iter()
+            .map(|v| redis::from_redis_value::<Option<String>>(v).map_err(|e| classify(&e.into())))
+            .collect()
     }
 }

@@ -85,7 +85,10 @@ async fn run(ctx: Rc<Ctx>) {
     }
     // XREADGROUP BLOCK holds its connection for the whole wait: it gets one of its own, or
     // every other command on the shared multiplexed connection would queue behind it.
-    let Ok(reader) = crate::persistence::Store::open(&s.redis_url, ctx.state.store.timeout()) else {
+    let Ok(reader) = s
+        .redis_target()
+        .ok_or_else(|| redis::RedisError::from(std::io::Error::other("bad SCANGW_REDIS_URL")))
+        .and_then(|t| crate::persistence::Store::open(&t, ctx.state.store.timeout())) else {
         tracing::error!("on-share worker cannot open its Redis connection; callbacks are not sent");
         return;
     };

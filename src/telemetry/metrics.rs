@@ -55,6 +55,11 @@ pub const ONSHARE: &str = "scangw_onshare_callbacks_total";
 pub const ONSHARE_DELAY: &str = "scangw_onshare_delay_seconds";
 /// `scangw_outbox_entries`: shares in the outbox not yet answered (all nodes).
 pub const OUTBOX_ENTRIES: &str = "scangw_outbox_entries";
+/// `scangw_leaderboard_apply_lag_seconds`: seconds since this node's leaderboard applier
+/// last completed a pass (about `leaderboard_apply_ms` when healthy; grows while it fails).
+pub const LB_APPLY_LAG: &str = "scangw_leaderboard_apply_lag_seconds";
+/// `scangw_leaderboard_applied_tokens_total`: tokens this node's applier added to the boards.
+pub const LB_APPLIED: &str = "scangw_leaderboard_applied_tokens_total";
 /// `process_resident_memory_bytes`: resident set size of the process.
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// `process_cpu_seconds_total`: user + system CPU time of the process.
@@ -120,6 +125,8 @@ pub const CATALOG: &[MetricDef] = &[
     def(ONSHARE, C, "callbacks", &["outcome"], "On-share attempts: delivered, retried, gave_up"),
     def(ONSHARE_DELAY, H, "seconds", &[], "Share accepted to on-share delivered"),
     def(OUTBOX_ENTRIES, G, "entries", &[], "Shares waiting for their on-share"),
+    def(LB_APPLY_LAG, G, "seconds", &[], "Age of the leaderboard applier's last complete pass"),
+    def(LB_APPLIED, C, "tokens", &[], "Tokens the leaderboard applier added to the boards"),
     def(PROCESS_RSS, G, "bytes", &[], "Resident set size"),
     def(PROCESS_CPU, C, "seconds", &[], "User and system CPU time"),
 ];
@@ -183,6 +190,8 @@ fn describe() {
     describe_counter!(ONSHARE, "On-share attempts: delivered, retried, gave_up");
     describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
     describe_gauge!(OUTBOX_ENTRIES, "Shares waiting for their on-share");
+    describe_gauge!(LB_APPLY_LAG, "Age of the leaderboard applier's last complete pass");
+    describe_counter!(LB_APPLIED, "Tokens the leaderboard applier added to the boards");
 }
 
 /// One handle per (state, counter kind, outcome), registered up front: the label set is
@@ -222,6 +231,8 @@ pub struct Metrics {
     pub onshare_gave_up: Counter,
     pub onshare_delay: Histogram,
     pub outbox_entries: Gauge,
+    pub leaderboard_apply_lag: Gauge,
+    pub leaderboard_applied: Counter,
 }
 
 impl Metrics {
@@ -246,6 +257,8 @@ impl Metrics {
             onshare_gave_up: metrics::counter!(ONSHARE, "outcome" => "gave_up"),
             onshare_delay: metrics::histogram!(ONSHARE_DELAY),
             outbox_entries: metrics::gauge!(OUTBOX_ENTRIES),
+            leaderboard_apply_lag: metrics::gauge!(LB_APPLY_LAG),
+            leaderboard_applied: metrics::counter!(LB_APPLIED),
         }
     }
 

@@ -1,0 +1,190 @@
+//! Moves facilities' token counts into the national boards, exactly, without any script
+//! touching two hash slots: the same code on a single Redis and on Redis Cluster.
+//!
+//! **Protocol.** The fenced WRITE adds each token to the facility's cumulative count
+//! `sg:{F}:lbn` `<day>|<kind>` (facility slot, same atomic step as the token). Every
+//! `SCANGW_LEADERBOARD_APPLY_MS` each node snapshots the counts of the facilities active on
+//! it (one batch) and runs one APPLY script on the `{lb}` slot that, per (facility, day,
+//! kind), reads `applied` from `lb:{lb}:<day>:ap`, adds `C - applied` to every board when
+//! positive and sets `applied = C`. `C` only grows and `applied` only moves up to a `C` that
+//! existed, so boards never over-count; a rerun, a crash between steps, or two nodes
+//! applying the same facility (old and new owner) change nothing twice.
+//!
+//! **Discovery after a crash.** An activation marks its facility in `lb:{lb}:dirty` (field
+//! = facility, value = the newest marking epoch) before its first write, and an owner that
+//! stops normally records `r = epoch` in its fence (through the fenced writer, after its
+//! last write). Every node sweeps the dirty set (at start and every
+//! [`SWEEP_EVERY`] passes): it applies each facility not active locally and removes it only
+//! when the atomic snapshot showed `r == e` (the newest owner released, so no owner can
+//! write until a new activation) and every count equalled `applied`, with a script that
+//! deletes only if the stored mark is still `<= e`. Races, and why each is safe:
+//! - A new activation `e' > e` between the snapshot and the removal: its mark (`e'`) is
+//!   either already there (removal refused: `e' > e`) or written after the removal; it
+//!   precedes its first write either way, so a facility with unapplied counts is marked.
+//! - Marks arriving out of order (activation `e'` marks after `e'' > e'`): MARK keeps the
+//!   larger epoch, so an old mark never lowers it.
+//! - An owner killed with -9 never releases: its facility stays dirty and every sweep
+//!   applies it (a cheap no-op once exact) until a later owner releases it. Nothing written
+//!   is lost; it is applied within one sweep by any node.
+//! - An owner that is alive on another node is not released either: this node applies it
+//!   too (idempotent) but never removes it.
+//! - The release itself is a fenced write: sent by a stale owner it is refused, and it is
+//!   queued behind the owner's own writes, so `r == e` implies they were all answered.
+//!
+//! Days: a day's `applied` hash lives the leaderboard retention plus [`APPLIED_GRACE_DAYS`];
+//! counts older than the retention are never applied (their `applied` may be gone, so
+//! applying could count them twice) and are pruned, as are fully applied counts of days
+//! that ended two days ago.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::civil::Date;
+
+use crate::clock::SharedClock;
+use crate::facility::Directory;
+use crate::persistence::keys;
+use crate::persistence::lbcounts::{ApplyItem, Snapshot};
+use crate::persistence::{Store, StoreError};
+use crate::registry::FacilityInfo;
+use crate::telemetry::metrics::Metrics;
+
+/// The dirty set is swept once every this many passes (and at start).
+pub const SWEEP_EVERY: u64 = 25;
+/// Extra days an `applied` hash outlives the daily boards.
+pub const APPLIED_GRACE_DAYS: i64 = 7;
+/// Facilities per round trip.
+const CHUNK: usize = 128;
+
+pub struct Applier {
+    pub store: Store,
+    pub directory: Arc<Directory>,
+    pub clock: SharedClock,
+    pub metrics: Metrics,
+    pub every: Duration,
+    pub retention_days: i64,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub facilities: usize,
+    /// Tokens added to the boards by this pass.
+    pub applied: u64,
+    /// Facilities removed from the dirty set.
+    pub forgotten: usize,
+}
+
+impl Applier {
+    pub fn spawn(self) {
+        actix_rt::spawn(self.run());
+    }
+
+    async fn run(self) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ok = Instant::now();
+        for n in 0u64.. {
+            tick.tick().await;
+            let stopping = self.stop.load(Ordering::Relaxed);
+            let active = self.directory.active_ids();
+            let mut ok = self.pass(&active, false).await.is_ok();
+            if n % SWEEP_EVERY == 0 && !stopping {
+                ok &= self.sweep().await.is_ok();
+            }
+            if ok {
+                last_ok = Instant::now();
+            }
+            self.metrics.leaderboard_apply_lag.set(last_ok.elapsed().as_secs_f64());
+            if stopping {
+                // One last pass ran after the drain began; released facilities are swept
+                // by whichever node runs next.
+                return;
+            }
+        }
+    }
+
+    /// Applies every dirty facility not active here, and forgets those proven done.
+    pub async fn sweep(&self) -> Result<Pass, StoreError> {
+        let dirty = self.store.lb_dirty().await?;
+        let remote: Vec<String> = dirty.into_iter().filter(|f| !self.directory.is_active(f)).collect();
+        self.pass(&remote, true).await
+    }
+
+    /// Applies the given facilities; with `forget`, removes those applied and released.
+    pub async fn pass(&self, ids: &[String], forget: bool) -> Result<Pass, StoreError> {
+        let today = self.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
+        let oldest = today.checked_sub(jiff::Span::new().days(self.retention_days)).unwrap_or(today);
+        let finished = today.checked_sub(jiff::Span::new().days(2)).unwrap_or(today);
+        let board_ttl = self.retention_days * 86_400;
+        let applied_ttl = board_ttl + APPLIED_GRACE_DAYS * 86_400;
+        let mut total = Pass::default();
+        for chunk in ids.chunks(CHUNK) {
+            let snaps = self.store.lb_snapshots(chunk).await?;
+            let mut items = Vec::new();
+            // Per item: (facility index, field, count, day).
+            let mut owners: Vec<(usize, String, u64, Date)> = Vec::new();
+            let mut prune: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+            for (i, (id, snap)) in chunk.iter().zip(&snaps).enumerate() {
+                let Ok(info) = serde_json::from_str::<FacilityInfo>(&snap.info) else { continue };
+                let mut stale = Vec::new();
+                for (field, count) in &snap.counts {
+                    let Some((day, kind)) = keys::parse_lb_count_field(field) else { continue };
+                    if day < oldest {
+                        tracing::warn!(facility = %id, %day, "leaderboard count older than the retention dropped unapplied");
+                        stale.push((field.clone(), *count));
+                        continue;
+                    }
+                    let mut k = vec![keys::lb_applied(day)];
+                    k.extend(super::board_keys(&info, day, kind));
+                    items.push(ApplyItem {
+                        keys: k,
+                        applied_field: keys::lb_applied_field(id, kind),
+                        count: *count,
+                        state: info.state_code().to_string(),
+                        district: info.district_id(),
+                        facility: id.clone(),
+                    });
+                    owners.push((i, field.clone(), *count, day));
+                }
+                if !stale.is_empty() {
+                    prune.push((id.clone(), stale));
+                }
+            }
+            let results = self.store.lb_apply(&items, board_ttl, applied_ttl).await?;
+            let mut exact = vec![true; chunk.len()];
+            for ((i, field, count, day), (before, after)) in owners.into_iter().zip(results) {
+                total.applied += after.saturating_sub(before);
+                if after != count {
+                    exact[i] = false;
+                } else if day < finished {
+                    match prune.iter_mut().find(|(f, _)| *f == chunk[i]) {
+                        Some((_, v)) => v.push((field, count)),
+                        None => prune.push((chunk[i].clone(), vec![(field, count)])),
+                    }
+                }
+            }
+            self.store.lb_prune(&prune).await?;
+            if forget {
+                let done: Vec<(String, u64)> = chunk
+                    .iter()
+                    .zip(&snaps)
+                    .zip(&exact)
+                    .filter(|((id, s), exact)| **exact && released(s) && !self.directory.is_active(id))
+                    .map(|((id, s), _)| (id.clone(), s.epoch))
+                    .collect();
+                total.forgotten += done.len();
+                self.store.lb_unmark(&done).await?;
+            }
+            total.facilities += chunk.len();
+        }
+        self.metrics.leaderboard_applied.increment(total.applied);
+        Ok(total)
+    }
+}
+
+/// The newest owner stopped normally: nobody writes until a new activation (which marks).
+fn released(s: &Snapshot) -> bool {
+    s.epoch > 0 && s.released == s.epoch
+}

@@ -1,0 +1,230 @@
+//! The Redis side of leaderboard application: single-slot scripts that mark a facility
+//! dirty, snapshot its cumulative counts, add what the boards lack (idempotently), and
+//! forget or prune what is fully applied. The protocol is in [`crate::leaderboard::applier`].
+use redis::Value;
+
+use super::keys;
+use super::store::classify;
+use super::{Store, StoreError};
+
+/// KEYS: dirty hash. ARGV: facility, epoch. Keeps the newest marking epoch: an older
+/// activation's mark arriving late must not lower it (see the applier's race analysis).
+const MARK: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+";
+
+/// KEYS: fence, leaderboard counts, info (one facility's slot). One atomic read: the
+/// epoch, the released epoch, the registry record and every cumulative count.
+const SNAPSHOT: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'e', 'r')
+local info = redis.call('GET', KEYS[3]) or ''
+return {f[1] or '0', f[2] or '0', info, redis.call('HGETALL', KEYS[2])}
+";
+
+/// KEYS: per item 11 keys: the day's applied hash, then 5 daily and 5 all-time boards
+/// (kind states, kind districts, kind facilities, kind facilities of the district,
+/// all-kinds facilities). ARGV: board ttl, applied ttl, then per item: applied field,
+/// cumulative count, state member, district member, facility member.
+/// Adds `count - applied` when positive, so running it twice, late or concurrently with
+/// another node never counts a token twice. Returns per item {applied before, after}.
+const APPLY: &str = r"
+local out = {}
+local a = 3
+for k = 1, #KEYS, 11 do
+  local c = tonumber(ARGV[a + 1])
+  local before = tonumber(redis.call('HGET', KEYS[k], ARGV[a]) or '0')
+  local after = before
+  if c > before then
+    local d = c - before
+    local members = {ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 4], ARGV[a + 4]}
+    for i = 1, 10 do
+      redis.call('ZINCRBY', KEYS[k + i], d, members[(i - 1) % 5 + 1])
+      -- Daily boards expire after the retention, counted from their first token.
+      if i <= 5 then redis.call('EXPIRE', KEYS[k + i], ARGV[1], 'NX') end
+    end
+    redis.call('HSET', KEYS[k], ARGV[a], c)
+    redis.call('EXPIRE', KEYS[k], ARGV[2], 'NX')
+    after = c
+  end
+  out[#out + 1] = {before, after}
+  a = a + 5
+end
+return out
+";
+
+/// KEYS: dirty hash. ARGV: (facility, epoch) pairs. Forgets a facility only if no newer
+/// activation marked it since the snapshot that proved it applied and released.
+const UNMARK: &str = r"
+local n = 0
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and tonumber(cur) <= tonumber(ARGV[i + 1]) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+";
+
+/// KEYS: leaderboard counts. ARGV: (field, count) pairs. Drops a finished day's count only
+/// if it still has the value that was applied.
+const PRUNE: &str = r"
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 1
+";
+
+/// One facility's state as [`SNAPSHOT`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub epoch: u64,
+    pub released: u64,
+    /// Registry record JSON (empty when the facility is unknown).
+    pub info: String,
+    /// `<date>|<kind>` -> cumulative tokens.
+    pub counts: Vec<(String, u64)>,
+}
+
+/// One (facility, day, kind) to bring up to `count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyItem {
+    /// [`keys::lb_applied`] of the day, then the 10 board keys.
+    pub keys: Vec<String>,
+    pub applied_field: String,
+    pub count: u64,
+    pub state: String,
+    pub district: String,
+    pub facility: String,
+}
+
+fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(v).map_err(|e| classify(&e.into()))
+}
+
+impl Store {
+    /// Runs `src` once per call (keys, args) in one batch, split per slot on a cluster.
+    /// A node that does not know the script (restart, failover, new master) gets it loaded
+    /// (SCRIPT LOAD goes to every master) and the batch is sent again: these scripts are
+    /// idempotent, so a second run of a call that did apply changes nothing.
+    pub async fn eval_batch(
+        &self,
+        src: &'static str,
+        calls: &[(Vec<String>, Vec<String>)],
+    ) -> Result<Vec<Value>, StoreError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sha = redis::Script::new(src).get_hash().to_string();
+        let build = || {
+            calls
+                .iter()
+                .map(|(keys, args)| {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&sha).arg(keys.len()).arg(keys).arg(args);
+                    (keys[0].clone(), cmd)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut replies = self.batch_each(build()).await;
+        if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(src);
+            let mut c = self.connection();
+            self.call_pub(async move { load.query_async::<Value>(&mut c).await }).await?;
+            replies = self.batch_each(build()).await;
+        }
+        replies.into_iter().map(|r| r.map_err(|e| classify(&e))).collect()
+    }
+
+    /// Marks a facility as possibly ahead of the boards, before its owner's first write.
+    pub async fn lb_mark(&self, facility: &str, epoch: u64) -> Result<(), StoreError> {
+        self.eval_batch(MARK, &[(vec![keys::LB_DIRTY.into()], vec![facility.into(), epoch.to_string()])]).await?;
+        Ok(())
+    }
+
+    /// Facilities marked dirty, with their marking epoch (HSCAN, so a big set is read in pages).
+    pub async fn lb_dirty(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut cmd = redis::cmd("HSCAN");
+            cmd.arg(keys::LB_DIRTY).arg(cursor).arg("COUNT").arg(1000);
+            let mut c = self.connection();
+            let (next, page): (u64, Vec<(String, String)>) =
+                self.call_pub(async move { cmd.query_async(&mut c).await }).await?;
+            out.extend(page.into_iter().map(|(f, _)| f));
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Atomic snapshots of several facilities (one batch).
+    pub async fn lb_snapshots(&self, ids: &[String]) -> Result<Vec<Snapshot>, StoreError> {
+        let calls: Vec<_> =
+            ids.iter().map(|id| (vec![keys::fence(id), keys::lb_counts(id), keys::info(id)], Vec::new())).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for v in self.eval_batch(SNAPSHOT, &calls).await? {
+            let (epoch, released, info, counts): (String, String, String, Vec<(String, u64)>) = parse(v)?;
+            out.push(Snapshot {
+                epoch: epoch.parse().unwrap_or(0),
+                released: released.parse().unwrap_or(0),
+                info,
+                counts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Brings every item's boards up to its count; returns (applied before, after) per item.
+    /// One script call on the `{lb}` slot for the whole list.
+    pub async fn lb_apply(
+        &self,
+        items: &[ApplyItem],
+        board_ttl_s: i64,
+        applied_ttl_s: i64,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = items.iter().flat_map(|i| i.keys.iter().cloned()).collect();
+        let mut args = vec![board_ttl_s.to_string(), applied_ttl_s.to_string()];
+        for i in items {
+            args.extend([
+                i.applied_field.clone(),
+                i.count.to_string(),
+                i.state.clone(),
+                i.district.clone(),
+                i.facility.clone(),
+            ]);
+        }
+        let v = self.eval_batch(APPLY, &[(keys, args)]).await?.pop().unwrap_or(Value::Nil);
+        parse(v)
+    }
+
+    /// Forgets facilities proven applied and released at the given epochs.
+    pub async fn lb_unmark(&self, done: &[(String, u64)]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let args = done.iter().flat_map(|(f, e)| [f.clone(), e.to_string()]).collect();
+        self.eval_batch(UNMARK, &[(vec![keys::LB_DIRTY.into()], args)]).await?;
+        Ok(())
+    }
+
+    /// Drops finished days' counts of several facilities: (facility, [(field, count)]).
+    pub async fn lb_prune(&self, prune: &[(String, Vec<(String, u64)>)]) -> Result<(), StoreError> {
+        let calls: Vec<_> = prune
+            .iter()
+            .map(|(f, fields)| {
+                (vec![keys::lb_counts(f)], fields.iter().flat_map(|(k, c)| [k.clone(), c.to_string()]).collect())
+            })
+            .collect();
+        self.eval_batch(PRUNE, &calls).await?;
+        Ok(())
+    }
+}
