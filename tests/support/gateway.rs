@@ -40,8 +40,13 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
+        Self::start_url(&redis.url(), extra)
+    }
+
+    /// Starts against any `SCANGW_REDIS_URL` (a Redis Cluster's node list, say).
+    pub fn start_url(redis_url: &str, extra: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").env_clear().envs(base_env(&redis.url()));
+        cmd.arg("serve").env_clear().envs(base_env(redis_url));
         for (k, v) in extra {
             cmd.env(k, v);
         }
