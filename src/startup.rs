@@ -52,6 +52,7 @@ impl Application {
         let n = settings.worker_count();
         let mut arbiters = Vec::with_capacity(n);
         let mut writers = Vec::with_capacity(n);
+        let touched = writer::Touched::default();
         for _ in 0..n {
             let arbiter = Arbiter::new();
             let (tx, rx) = mpsc::channel(settings.batch_max * 8);
@@ -59,7 +60,7 @@ impl Application {
             let conn = Store::open(&target, timeout)?.connection();
             let wm = m.clone();
             let batch_max = settings.batch_max;
-            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, settings.redis_wait_replicas, wm));
+            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, settings.redis_wait_replicas, touched.clone(), wm));
             writers.push(tx);
             arbiters.push(arbiter);
         }
@@ -116,6 +117,7 @@ impl Application {
         crate::leaderboard::applier::Applier {
             store: store.clone(),
             directory: state.directory.clone(),
+            touched,
             clock: state.directory.deps().clock.clone(),
             metrics: state.directory.deps().metrics.clone(),
             every: Duration::from_millis(settings.leaderboard_apply_ms),

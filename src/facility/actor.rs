@@ -296,6 +296,7 @@ impl FacilityActor {
         self.submitted += 1;
         let seq = self.submitted;
         permit.send(WriteOp {
+            facility: self.id.clone(),
             fence_key: keys::fence(&self.id),
             day_key: keys::day_tokens(&self.id, day),
             counts_key: keys::counts(&self.id),
@@ -324,6 +325,7 @@ impl FacilityActor {
         let (done, _) = oneshot::channel();
         let day = r.queue.day();
         let _ = self.writer.try_send(WriteOp {
+            facility: self.id.clone(),
             fence_key: keys::fence(&self.id),
             day_key: keys::day_tokens(&self.id, day),
             counts_key: keys::counts(&self.id),

@@ -3,8 +3,9 @@
 //!
 //! **Protocol.** The fenced WRITE adds each token to the facility's cumulative count
 //! `sg:{F}:lbn` `<day>|<kind>` (facility slot, same atomic step as the token). Every
-//! `SCANGW_LEADERBOARD_APPLY_MS` each node snapshots the counts of the facilities active on
-//! it (one batch) and runs one APPLY script on the `{lb}` slot that, per (facility, day,
+//! `SCANGW_LEADERBOARD_APPLY_MS` each node snapshots the counts of the facilities its
+//! writers counted tokens for since the last pass (one batch; a write of unknown outcome
+//! counts too, a refused one does not; a failed pass keeps them for the next) and runs one APPLY script on the `{lb}` slot that, per (facility, day,
 //! kind), reads `applied` from `lb:{lb}:<day>:ap`, adds `C - applied` to every board when
 //! positive and sets `applied = C`. `C` only grows and `applied` only moves up to a `C` that
 //! existed, so boards never over-count; a rerun, a crash between steps, or two nodes
@@ -45,6 +46,7 @@ use crate::clock::SharedClock;
 use crate::facility::Directory;
 use crate::persistence::keys;
 use crate::persistence::lbcounts::{ApplyItem, Snapshot};
+use crate::persistence::writer::Touched;
 use crate::persistence::{Store, StoreError};
 use crate::registry::FacilityInfo;
 use crate::telemetry::metrics::Metrics;
@@ -59,6 +61,7 @@ const CHUNK: usize = 128;
 pub struct Applier {
     pub store: Store,
     pub directory: Arc<Directory>,
+    pub touched: Touched,
     pub clock: SharedClock,
     pub metrics: Metrics,
     pub every: Duration,
@@ -88,8 +91,15 @@ impl Applier {
         for n in 0u64.. {
             tick.tick().await;
             let stopping = self.stop.load(Ordering::Relaxed);
-            let active = self.directory.active_ids();
-            let mut ok = self.pass(&active, false).await.is_ok();
+            let touched: Vec<String> = {
+                let mut t = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+                t.drain().collect()
+            };
+            let mut ok = self.pass(&touched, false).await.is_ok();
+            if !ok {
+                // Not applied: look at them again next time.
+                self.touched.lock().unwrap_or_else(|e| e.into_inner()).extend(touched);
+            }
             if n % SWEEP_EVERY == 0 && !stopping {
                 ok &= self.sweep().await.is_ok();
             }

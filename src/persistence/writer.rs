@@ -14,6 +14,7 @@ use crate::telemetry::metrics::Metrics;
 /// One fenced write of a facility owner.
 #[derive(Debug)]
 pub struct WriteOp {
+    pub facility: String,
     pub fence_key: String,
     pub day_key: String,
     pub counts_key: String,
@@ -34,6 +35,11 @@ pub struct WriteOp {
 }
 
 pub type WriterTx = mpsc::Sender<WriteOp>;
+
+/// Facilities whose leaderboard counts may have moved since the applier last looked: filled
+/// by the writers once a counting write is answered (or its outcome is unknown), drained
+/// by the applier, so idle facilities cost it nothing.
+pub type Touched = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 const KEEPALIVE: Duration = Duration::from_millis(250);
 
@@ -117,6 +123,7 @@ pub async fn run(
     timeout: Duration,
     batch_max: usize,
     wait_replicas: u32,
+    touched: Touched,
     metrics: Metrics,
 ) {
     let batch = Batch { sha: redis::Script::new(WRITE).get_hash().to_string(), wait_replicas };
@@ -139,6 +146,15 @@ pub async fn run(
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
         metrics.redis_batch(ops.len(), started.elapsed());
+        {
+            let mut t = touched.lock().unwrap_or_else(|e| e.into_inner());
+            for (op, r) in ops.iter().zip(&results) {
+                // Refused writes changed nothing; anything else may have counted tokens.
+                if !op.lb_count_fields.is_empty() && !matches!(r, Err(StoreError::Fenced | StoreError::Gap)) {
+                    t.insert(op.facility.clone());
+                }
+            }
+        }
         for (op, r) in ops.into_iter().zip(results) {
             if r == Err(StoreError::Fenced) {
                 metrics.fencing_conflict();
