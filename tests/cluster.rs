@@ -130,7 +130,10 @@ async fn boards_become(gw: &Gateway, day: &str, want: &BTreeMap<String, u64>) {
         if &d == want && &all == want {
             return;
         }
-        assert!(Instant::now() < deadline, "leaderboards never became exact:\n day {d:?}\n all {all:?}\n want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "leaderboards never became exact:\n day {d:?}\n all {all:?}\n want {want:?}"
+        );
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -489,19 +489,32 @@ async fn verify(c: &Cluster, acks: &[Ack], scans: usize) {
     // Leaderboards: exact per facility and in total, per service day.
     let days: BTreeSet<&String> = per_facility_day.keys().map(|(_, d)| d).collect();
     for day in days {
-        let r =
-            c.via_nginx("GET", &format!("/v1/leaderboards/facilities?date={day}&limit=1000"), ADMIN, None, &[]).await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        let board: BTreeMap<String, u64> = r.body["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| (s(row, "id").to_string(), num(row, "tokens")))
-            .collect();
         let want: BTreeMap<String, u64> =
             per_facility_day.iter().filter(|((_, d), _)| d == day).map(|((f, _), n)| (f.clone(), *n)).collect();
-        assert_eq!(board, want, "leaderboard of {day} = tokens issued");
-        assert_eq!(num(&r.body, "total"), want.values().sum::<u64>(), "leaderboard total of {day}");
+        // The leaderboard applier moves counts in the background: poll until exact, with a
+        // deadline; the final values must equal the tokens issued.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c
+                .via_nginx("GET", &format!("/v1/leaderboards/facilities?date={day}&limit=1000"), ADMIN, None, &[])
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let board: BTreeMap<String, u64> = r.body["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| (s(row, "id").to_string(), num(row, "tokens")))
+                .collect();
+            let total = num(&r.body, "total");
+            if board == want && total == want.values().sum::<u64>() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaderboard of {day} never equalled the tokens issued: {board:?} (total {total}) vs {want:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

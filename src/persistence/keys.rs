@@ -5,7 +5,7 @@
 //! | key | type | holds | lifetime |
 //! |---|---|---|---|
 //! | `sg:{F}:info` | string (JSON) | facility registry record | forever |
-//! | `sg:{F}:fence` | hash `e`, `w` | fencing epoch (HINCRBY per activation) and the write sequence of the current owner | forever |
+//! | `sg:{F}:fence` | hash `e`, `w`, `r` | fencing epoch (HINCRBY per activation), the write sequence of the current owner, the epoch whose owner released (stopped normally) | forever |
 //! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | expires at the end of the local service day + retention |
 //! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
 //! | `sg:{F}:lbn` | hash `<YYYY-MM-DD>|<kind>` -> count | tokens issued per counter kind and day, cumulative: what the leaderboards must show | a day's field is pruned once applied and two days old |
@@ -139,7 +139,8 @@ mod tests {
     #[test]
     fn keys_share_the_facility_hash_tag() {
         let d: Date = "2026-11-23".parse().unwrap();
-        for k in [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), lb_counts("IN01"), staff_keys("IN01")]
+        for k in
+            [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), lb_counts("IN01"), staff_keys("IN01")]
         {
             assert!(k.starts_with("sg:{IN01}:"), "{k}");
         }

@@ -86,7 +86,12 @@ fn is_noscript(r: &RedisResult<Value>) -> bool {
 }
 
 /// Writes one batch; returns one result per op, in order.
-async fn write_batch(conn: &mut Conn, batch: &Batch, ops: &[WriteOp], timeout: Duration) -> Vec<Result<(), StoreError>> {
+async fn write_batch(
+    conn: &mut Conn,
+    batch: &Batch,
+    ops: &[WriteOp],
+    timeout: Duration,
+) -> Vec<Result<(), StoreError>> {
     let refs: Vec<&WriteOp> = ops.iter().collect();
     let mut replies = conn.batch(batch.commands(&refs), timeout, batch.wait_replicas).await;
     if replies.iter().any(is_noscript) {

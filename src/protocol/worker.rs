@@ -88,7 +88,8 @@ async fn run(ctx: Rc<Ctx>) {
     let Ok(reader) = s
         .redis_target()
         .ok_or_else(|| redis::RedisError::from(std::io::Error::other("bad SCANGW_REDIS_URL")))
-        .and_then(|t| crate::persistence::Store::open(&t, ctx.state.store.timeout())) else {
+        .and_then(|t| crate::persistence::Store::open(&t, ctx.state.store.timeout()))
+    else {
         tracing::error!("on-share worker cannot open its Redis connection; callbacks are not sent");
         return;
     };
