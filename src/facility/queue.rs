@@ -282,6 +282,9 @@ pub struct FacilityQueue {
     by_idempotency: HashMap<String, TokenKey>,
     dirty: HashSet<TokenKey>,
     issued_since_take: Vec<String>,
+    /// No waiting token expires before this (a lower bound: it may be early, never late),
+    /// so the actor's periodic tick skips the scan over the day's tokens until then.
+    next_expiry: Millis,
 }
 
 impl FacilityQueue {
@@ -295,6 +298,7 @@ impl FacilityQueue {
             by_idempotency: HashMap::new(),
             dirty: HashSet::new(),
             issued_since_take: Vec::new(),
+            next_expiry: Millis::MAX,
         };
         q.ensure_lanes();
         q
@@ -308,6 +312,8 @@ impl FacilityQueue {
         patient_keys: impl Fn(&Profile) -> PatientKeys,
     ) -> Self {
         let mut q = Self::new(cfg, day);
+        // The first expiry tick after a restore scans the tokens and sets the real bound.
+        q.next_expiry = Millis::MIN;
         let mut waiting: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
         let mut called: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
         for t in stored {
@@ -494,6 +500,7 @@ impl FacilityQueue {
             history: Vec::with_capacity(3),
         };
         token.push(Event::Issued, now_ms);
+        self.next_expiry = self.next_expiry.min(token.expires_at);
         if let Some(idem) = input.idempotency_key {
             self.by_idempotency.insert(idem, key.clone());
         }
@@ -523,13 +530,24 @@ impl FacilityQueue {
     /// Expires every due waiting token; returns how many.
     pub fn expire_due(&mut self, now: Timestamp) -> usize {
         let now_ms = millis(now);
+        if now_ms < self.next_expiry {
+            return 0;
+        }
         let due: Vec<TokenKey> = self
             .tokens
             .values()
             .filter(|t| t.status == Status::Waiting && now_ms >= t.expires_at)
             .map(Token::key)
             .collect();
-        due.iter().filter(|k| self.expire_if_due(k, now_ms)).count()
+        let expired = due.iter().filter(|k| self.expire_if_due(k, now_ms)).count();
+        self.next_expiry = self
+            .tokens
+            .values()
+            .filter(|t| t.status == Status::Waiting)
+            .map(|t| t.expires_at)
+            .min()
+            .unwrap_or(Millis::MAX);
+        expired
     }
 
     /// Calls the next token at a counter: priority lane first, but never more than
@@ -626,6 +644,7 @@ impl FacilityQueue {
         t.lane_priority = true;
         // A transferred token gets a fresh validity window at its new counter.
         t.expires_at = now_ms.saturating_add(validity_ms);
+        let expires_at = t.expires_at;
         t.push(Event::Transferred, now_ms);
         if let Some(lane) = self.lanes.get_mut(&from) {
             lane.remove_waiting(key);
@@ -633,6 +652,7 @@ impl FacilityQueue {
         }
         self.lanes.entry(to.to_string()).or_default().priority.push_back(key.clone());
         self.dirty.insert(key.clone());
+        self.next_expiry = self.next_expiry.min(expires_at);
         Ok(())
     }
 
@@ -907,6 +927,31 @@ mod tests {
         assert_eq!(q.expire_due(later(1799)), 0);
         assert_eq!(q.expire_due(later(1800)), 1);
         assert_eq!(q.take_changes().0.len(), 1);
+    }
+
+    #[test]
+    fn the_expiry_bound_skips_early_ticks_but_never_misses_a_due_token() {
+        let mut q = queue();
+        issue(&mut q, "OPD1", "a", None);
+        let b = q.scan(input("OPD1", "b", None), later(100)).unwrap().key;
+        let c = q.scan(input("OPD1", "c", None), later(200)).unwrap().key;
+        // Transferred at 300 s: a fresh window, due at 2100 s.
+        q.transfer(&c, "OPD2", later(300)).unwrap();
+        assert_eq!(q.expire_due(later(1799)), 0);
+        assert_eq!(q.expire_due(later(1800)), 1, "a");
+        assert_eq!(q.expire_due(later(1850)), 0);
+        assert_eq!(q.expire_due(later(1900)), 1, "b");
+        assert_eq!(q.get(&b).unwrap().status, Status::Expired);
+        assert_eq!(q.expire_due(later(2099)), 0);
+        assert_eq!(q.expire_due(later(2100)), 1, "c at its new counter");
+        // A restored queue scans on its first tick.
+        let stored: Vec<Token> = q.tokens.values().cloned().collect();
+        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
+        assert_eq!(r.expire_due(later(5000)), 0, "already expired before the restore");
+        let d = r.scan(input("OPD1", "d", None), later(5000)).unwrap().key;
+        assert_eq!(r.expire_due(later(6800)), 1);
+        assert_eq!(r.get(&d).unwrap().status, Status::Expired);
     }
 
     #[test]
