@@ -139,7 +139,7 @@ impl Default for Settings {
             limits_sweep_s: 60,
             day_retention_s: 0,
             leaderboard_retention_days: 90,
-            leaderboard_apply_ms: 200,
+            leaderboard_apply_ms: 1000,
             leaderboard_refresh_ms: 2000,
             leaderboard_top_n: 25,
             board_refresh_ms: 1000,

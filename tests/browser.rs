@@ -342,6 +342,19 @@ async fn leaderboard_view(gw: &Gateway) -> Value {
 }
 
 /// A token's number as the board prints it: `OPD1-017` -> `17`.
+/// The leaderboard view once the applier has moved `total` tokens into the boards (they
+/// trail the tokens by about `SCANGW_LEADERBOARD_APPLY_MS`); the last view at the deadline.
+async fn leaderboard_with_total(gw: &Gateway, total: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = leaderboard_view(gw).await;
+        if v["total_today"] == total || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn shown(display: &str) -> String {
     let n: u32 = display.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{display}"));
     n.to_string()
@@ -455,7 +468,7 @@ async fn live_pages_in_chromium_show_what_the_api_says_and_follow_new_scans() {
     let out = artefact_dir();
     let mut browser = Browser::start(&gw.base, &board.id, &out);
     browser.recv("ready", Duration::from_secs(90)).await;
-    let before = (leaderboard_view(&gw).await, board_view(&gw, board, &key).await);
+    let before = (leaderboard_with_total(&gw, issued).await, board_view(&gw, board, &key).await);
     assert_eq!(before.0["total_today"], issued, "API total after {issued} scans");
     let want = json!({"leaderboard": before.0, "board": before.1});
     browser.expect(1, &want, "pages as first loaded").await;
@@ -473,7 +486,7 @@ async fn live_pages_in_chromium_show_what_the_api_says_and_follow_new_scans() {
     call_next(&gw, &key, &board.id, "OPD1").await;
     call_next(&gw, &key, &board.id, "Pharmacy").await;
 
-    let after = (leaderboard_view(&gw).await, board_view(&gw, board, &key).await);
+    let after = (leaderboard_with_total(&gw, issued + more.len()).await, board_view(&gw, board, &key).await);
     assert_eq!(after.0["total_today"], issued + more.len(), "API total after the new scans");
     assert!(
         after.0["states"].as_array().unwrap().iter().any(|r| r["id"] == "AS" && r["tokens"] == 9),

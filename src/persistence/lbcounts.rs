@@ -29,9 +29,14 @@ return {f[1] or '0', f[2] or '0', info, redis.call('HGETALL', KEYS[2])}
 /// cumulative count, state member, district member, facility member.
 /// Adds `count - applied` when positive, so running it twice, late or concurrently with
 /// another node never counts a token twice. Returns per item {applied before, after}.
+/// Deltas are summed per (board, member) first: a pass over many facilities of one state
+/// bumps that state's rankings once, not once per facility (ZINCRBY on a big sorted set is
+/// the expensive part).
 const APPLY: &str = r"
 local out = {}
 local a = 3
+local acc = {}
+local order = {}
 for k = 1, #KEYS, 11 do
   local c = tonumber(ARGV[a + 1])
   local before = tonumber(redis.call('HGET', KEYS[k], ARGV[a]) or '0')
@@ -40,9 +45,15 @@ for k = 1, #KEYS, 11 do
     local d = c - before
     local members = {ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 4], ARGV[a + 4]}
     for i = 1, 10 do
-      redis.call('ZINCRBY', KEYS[k + i], d, members[(i - 1) % 5 + 1])
-      -- Daily boards expire after the retention, counted from their first token.
-      if i <= 5 then redis.call('EXPIRE', KEYS[k + i], ARGV[1], 'NX') end
+      local key = KEYS[k + i]
+      local t = acc[key]
+      if not t then
+        t = {}
+        acc[key] = t
+        order[#order + 1] = {key, i <= 5}
+      end
+      local m = members[(i - 1) % 5 + 1]
+      t[m] = (t[m] or 0) + d
     end
     redis.call('HSET', KEYS[k], ARGV[a], c)
     redis.call('EXPIRE', KEYS[k], ARGV[2], 'NX')
@@ -50,6 +61,13 @@ for k = 1, #KEYS, 11 do
   end
   out[#out + 1] = {before, after}
   a = a + 5
+end
+for _, o in ipairs(order) do
+  for m, d in pairs(acc[o[1]]) do
+    redis.call('ZINCRBY', o[1], d, m)
+  end
+  -- Daily boards expire after the retention, counted from their first token.
+  if o[2] then redis.call('EXPIRE', o[1], ARGV[1], 'NX') end
 end
 return out
 ";
