@@ -229,16 +229,18 @@ impl FacilityActor {
 
     async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
         let (epoch, info) = deps.store.activate(&id).await?.ok_or(FacilityError::UnknownFacility)?;
-        // Before the first write: a crash from here on leaves the facility findable by
-        // every node's leaderboard applier (see crate::leaderboard::applier).
-        deps.store.lb_mark(&id, epoch).await?;
         let info: FacilityInfo = serde_json::from_str(&info).map_err(|_| {
             tracing::error!(facility = %id, "corrupt registry record");
             FacilityError::Store(StoreError::Unavailable)
         })?;
         let cfg = info.queue_config(deps.max_priority_streak, deps.default_service_s);
         let day = deps.clock.now().to_zoned(cfg.tz.clone()).date();
-        let rows = deps.store.load_day(&id, day).await?;
+        // The leaderboard mark must land before the first write (a crash from here on leaves
+        // the facility findable by every node's applier, see crate::leaderboard::applier);
+        // the first write waits for this load, so both go out in the same round trip.
+        let (marked, rows) = tokio::join!(deps.store.lb_mark(&id, epoch), deps.store.load_day(&id, day));
+        marked?;
+        let rows = rows?;
         let mut tokens = Vec::with_capacity(rows.len());
         let mut reserved = Vec::new();
         for (field, raw) in &rows {
