@@ -298,19 +298,10 @@ impl FacilityActor {
         self.submitted += 1;
         let seq = self.submitted;
         permit.send(WriteOp {
-            facility: self.id.clone(),
-            fence_key: keys::fence(&self.id),
-            day_key: keys::day_tokens(&self.id, day),
-            counts_key: keys::counts(&self.id),
-            lb_counts_key: keys::lb_counts(&self.id),
-            epoch: r.epoch,
-            prev_seq,
-            expire_in,
             count_fields,
             lb_count_fields,
-            release: false,
             fields,
-            done,
+            ..WriteOp::barrier(&self.id, day, r.epoch, prev_seq, expire_in, done)
         });
         ctx.spawn(
             async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }
@@ -326,21 +317,9 @@ impl FacilityActor {
         let Phase::Ready(r) = &self.phase else { return };
         let (done, _) = oneshot::channel();
         let day = r.queue.day();
-        let _ = self.writer.try_send(WriteOp {
-            facility: self.id.clone(),
-            fence_key: keys::fence(&self.id),
-            day_key: keys::day_tokens(&self.id, day),
-            counts_key: keys::counts(&self.id),
-            lb_counts_key: keys::lb_counts(&self.id),
-            epoch: r.epoch,
-            prev_seq: self.wseq,
-            expire_in: 1,
-            count_fields: Vec::new(),
-            lb_count_fields: Vec::new(),
-            release: true,
-            fields: Vec::new(),
-            done,
-        });
+        let _ = self
+            .writer
+            .try_send(WriteOp { release: true, ..WriteOp::barrier(&self.id, day, r.epoch, self.wseq, 1, done) });
     }
 
     /// Answers once every write submitted so far is durable. Errors wait too: "unknown

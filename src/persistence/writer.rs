@@ -8,6 +8,7 @@ use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::Conn;
+use super::keys;
 use super::store::{classify, StoreError, WRITE};
 use crate::telemetry::metrics::Metrics;
 
@@ -32,6 +33,35 @@ pub struct WriteOp {
     pub release: bool,
     pub fields: Vec<(String, String)>,
     pub done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl WriteOp {
+    /// A fenced write of `facility`'s `day` that changes nothing yet (a barrier): the caller
+    /// fills in the token fields and counts it carries.
+    pub fn barrier(
+        facility: &str,
+        day: jiff::civil::Date,
+        epoch: u64,
+        prev_seq: u64,
+        expire_in: i64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    ) -> WriteOp {
+        WriteOp {
+            facility: facility.to_string(),
+            fence_key: keys::fence(facility),
+            day_key: keys::day_tokens(facility, day),
+            counts_key: keys::counts(facility),
+            lb_counts_key: keys::lb_counts(facility),
+            epoch,
+            prev_seq,
+            expire_in,
+            count_fields: Vec::new(),
+            lb_count_fields: Vec::new(),
+            release: false,
+            fields: Vec::new(),
+            done,
+        }
+    }
 }
 
 pub type WriterTx = mpsc::Sender<WriteOp>;
