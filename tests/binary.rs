@@ -463,3 +463,62 @@ async fn switching_jwt_verification_off_is_explicit_and_logged() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `INFO replication` on the primary until one replica is online (deadline 20 s).
+fn wait_for_replica(primary: &RedisServer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut primary.conn()).unwrap();
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replica never came online: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[actix_rt::test]
+async fn wait_replicas_acknowledges_only_what_a_replica_holds() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.url().rsplit(':').next().unwrap())
+        .query(&mut replica.conn())
+        .unwrap();
+    wait_for_replica(&primary);
+    let gw = Gateway::start(&primary, &[("SCANGW_REDIS_WAIT_REPLICAS", "1"), ("SCANGW_REDIS_TIMEOUT_MS", "1000")]);
+    gw.register("IN9900000001").await;
+
+    // With the replica up: acknowledged, and the replica already holds the token.
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body("IN9900000001", "OPD1", 1))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let on_replica: Vec<String> = redis::cmd("KEYS").arg("sg:{IN9900000001}:d:*").query(&mut replica.conn()).unwrap();
+    assert_eq!(on_replica.len(), 1, "the day's token hash is on the replica when the scan is answered");
+
+    // Without it: the write reaches the primary but is not acknowledged (503), never a 201.
+    replica.stop();
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body("IN9900000001", "OPD1", 2))).await;
+    assert_error(r.status, &r.body, 503, "STORE_UNAVAILABLE");
+    assert!(r.header("retry-after").is_some());
+    assert!(gw.output().contains("writes not acknowledged by enough replicas"), "{}", gw.output());
+
+    // The replica back: the patient's retry gets a token, and numbering has no gap.
+    replica.restart();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.url().rsplit(':').next().unwrap())
+        .query(&mut replica.conn())
+        .unwrap();
+    wait_for_replica(&primary);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body("IN9900000001", "OPD1", 2))).await;
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(r.status, 200 | 201), "{}", r.text);
+    assert_eq!(r.body["token_number"], 2, "{}", r.text);
+}
