@@ -464,8 +464,11 @@ async fn switching_jwt_verification_off_is_explicit_and_logged() {
     }
 }
 
-/// Polls `INFO replication` on the primary until one replica is online (deadline 20 s).
-fn wait_for_replica(primary: &RedisServer) {
+/// Makes `replica` replicate `primary`, then polls `INFO replication` on the primary until
+/// the replica is online (deadline 20 s).
+fn replicate(replica: &RedisServer, primary: &RedisServer) {
+    let port = primary.url().rsplit(':').next().unwrap().to_string();
+    let _: () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(port).query(&mut replica.conn()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let info: String = redis::cmd("INFO").arg("replication").query(&mut primary.conn()).unwrap();
@@ -481,12 +484,7 @@ fn wait_for_replica(primary: &RedisServer) {
 async fn wait_replicas_acknowledges_only_what_a_replica_holds() {
     let primary = RedisServer::start();
     let mut replica = RedisServer::start();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.url().rsplit(':').next().unwrap())
-        .query(&mut replica.conn())
-        .unwrap();
-    wait_for_replica(&primary);
+    replicate(&replica, &primary);
     let gw = Gateway::start(&primary, &[("SCANGW_REDIS_WAIT_REPLICAS", "1"), ("SCANGW_REDIS_TIMEOUT_MS", "1000")]);
     gw.register("IN9900000001").await;
 
@@ -505,12 +503,7 @@ async fn wait_replicas_acknowledges_only_what_a_replica_holds() {
 
     // The replica back: the patient's retry gets a token, and numbering has no gap.
     replica.restart();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.url().rsplit(':').next().unwrap())
-        .query(&mut replica.conn())
-        .unwrap();
-    wait_for_replica(&primary);
+    replicate(&replica, &primary);
     let deadline = Instant::now() + Duration::from_secs(20);
     let r = loop {
         let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body("IN9900000001", "OPD1", 2))).await;
