@@ -14,7 +14,9 @@ use jiff::Timestamp;
 use tokio::sync::{oneshot, watch};
 
 use super::patient_keys::PatientHasher;
-use super::queue::{CounterKind, FacilityQueue, QueueError, ScanInput, ScanKind, TokenKey};
+use super::queue::{
+    is_same_scan, CounterKind, FacilityQueue, Lookup, QueueError, ScanInput, ScanKind, Token, TokenKey,
+};
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
@@ -170,6 +172,8 @@ pub struct FacilityActor {
     /// The facility's write sequence in Redis (`w`), which only non-empty writes advance.
     wseq: u64,
     durable: watch::Sender<Durable>,
+    /// Live tokens this actor last added to the node's gauge.
+    reported_live: usize,
 }
 
 impl FacilityActor {
@@ -193,6 +197,19 @@ impl FacilityActor {
             submitted: 0,
             wseq: 0,
             durable: watch::Sender::new(Durable::default()),
+            reported_live: 0,
+        }
+    }
+
+    /// Moves the node's live-token gauge by this actor's change since the last report.
+    fn report_live(&mut self) {
+        let now = match &self.phase {
+            Phase::Ready(r) => r.queue.len(),
+            _ => 0,
+        };
+        if now != self.reported_live {
+            self.deps.metrics.live_tokens.increment(now as f64 - self.reported_live as f64);
+            self.reported_live = now;
         }
     }
 
@@ -282,9 +299,9 @@ impl FacilityActor {
         let Phase::Ready(r) = &mut self.phase else { return };
         let day = r.queue.day();
         let expire_in = Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s);
-        let (tokens, issued) = r.queue.take_changes();
-        let fields: Vec<(String, String)> =
-            tokens.into_iter().map(|t| (keys::token_field(&t.counter, t.number), record::encode(t))).collect();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        let issued =
+            r.queue.take_changes(|t| fields.push((keys::token_field(&t.counter, t.number), record::encode(t))));
         let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let lb_count_fields: Vec<String> = issued
             .iter()
@@ -303,6 +320,7 @@ impl FacilityActor {
             fields,
             ..WriteOp::barrier(&self.id, day, r.epoch, prev_seq, expire_in, done)
         });
+        self.report_live();
         ctx.spawn(
             async move { done_rx.await.unwrap_or(Err(StoreError::Unavailable)) }
                 .into_actor(self)
@@ -357,6 +375,49 @@ impl FacilityActor {
         }
     }
 
+    /// Resolves once every write submitted so far has an answer (see [`Durable`]).
+    fn wait_durable(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let target = self.submitted;
+        let known = self.durable.borrow().outcome(target);
+        let mut rx = self.durable.subscribe();
+        async move {
+            if let Some(fate) = known {
+                return fate;
+            }
+            match rx.wait_for(|d| d.outcome(target).is_some()).await {
+                Ok(d) => d.outcome(target).expect("waited for it"),
+                Err(_) => Err(StoreError::Unavailable),
+            }
+        }
+    }
+
+    /// Answers from a finished token's stored record, read once every write submitted so
+    /// far is durable (its last change may still be on its way to Redis). The mailbox keeps
+    /// going meanwhile: a finished token never changes again.
+    fn finish_from_store<T: Send + 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        permit: Option<tokio::sync::mpsc::OwnedPermit<WriteOp>>,
+        reply: Reply<T>,
+        day: Date,
+        key: TokenKey,
+        build: impl FnOnce(Token) -> Result<T, FacilityError> + 'static,
+    ) {
+        if let Some(p) = permit {
+            self.commit(ctx, p);
+        }
+        let durable = self.wait_durable();
+        let store = self.deps.store.clone();
+        let id = self.id.clone();
+        actix::spawn(async move {
+            let result = match durable.await {
+                Err(e) => Err(FacilityError::Store(e)),
+                Ok(()) => read_token(&store, &id, day, &key).await.and_then(build),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
     fn roll_day(&mut self, now: Timestamp) {
         if let Phase::Ready(r) = &mut self.phase {
             if r.queue.is_stale(now) {
@@ -366,6 +427,7 @@ impl FacilityActor {
                 r.queue = FacilityQueue::new(cfg, day);
             }
         }
+        self.report_live();
     }
 
     fn apply(&mut self, cmd: Command, ctx: &mut Context<Self>) {
@@ -391,13 +453,11 @@ impl FacilityActor {
         match cmd {
             Command::Scan { input, reply } => {
                 let (state, kind) = (r.info.state_code(), r.info.counter_kind(&input.counter));
-                let result = r.queue.scan(input, now).map_err(FacilityError::from).map(|out| {
-                    let mut view = TokenView::of(&r.queue, &id, &out.key).expect("scanned token exists");
-                    view.repeat = out.kind == ScanKind::Repeat;
-                    ScanReply { view, kind: out.kind }
-                });
+                // Kept only for a replay of a finished token, confirmed against its record.
+                let replay_check = input.idempotency_key.as_ref().map(|_| input.clone());
+                let result = r.queue.scan(input, now).map_err(FacilityError::from);
                 let outcome = match &result {
-                    Ok(s) => match s.kind {
+                    Ok(out) => match out.kind {
                         ScanKind::New => ScanOutcome::New,
                         ScanKind::Repeat => ScanOutcome::Repeat,
                         ScanKind::Replay => ScanOutcome::Replay,
@@ -405,7 +465,26 @@ impl FacilityActor {
                     Err(_) => ScanOutcome::Rejected,
                 };
                 self.deps.metrics.scan(state, kind, outcome);
-                self.finish(ctx, permit, reply, result, Some(started));
+                match result {
+                    Ok(out) if r.queue.get(&out.key).is_none() => {
+                        let (day, input) = (r.queue.day(), replay_check.expect("a replay has an Idempotency-Key"));
+                        self.finish_from_store(ctx, permit, reply, day, out.key, move |t| {
+                            if t.idempotency_key != input.idempotency_key || !is_same_scan(&t, &input) {
+                                // Also the (2^-64) case of two keys with the same hash.
+                                return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
+                            }
+                            Ok(ScanReply { view: TokenView::build(&id, day, &t, None), kind: ScanKind::Replay })
+                        });
+                    }
+                    result => {
+                        let result = result.map(|out| {
+                            let mut view = TokenView::of(&r.queue, &id, &out.key).expect("scanned token exists");
+                            view.repeat = out.kind == ScanKind::Repeat;
+                            ScanReply { view, kind: out.kind }
+                        });
+                        self.finish(ctx, permit, reply, result, Some(started));
+                    }
+                }
             }
             Command::CallNext { counter, reply } => {
                 let result = r
@@ -448,21 +527,27 @@ impl FacilityActor {
                 if token.day == r.queue.day() {
                     let key = TokenKey { counter: token.counter, number: token.number };
                     r.queue.expire_if_due(&key, now.as_millisecond());
-                    let result =
-                        TokenView::of(&r.queue, &id, &key).ok_or(FacilityError::Queue(QueueError::UnknownToken));
-                    self.finish(ctx, permit, reply, result, None);
+                    match r.queue.lookup(&key) {
+                        Lookup::Live(_) => {
+                            let result = TokenView::of(&r.queue, &id, &key).ok_or(QueueError::UnknownToken.into());
+                            self.finish(ctx, permit, reply, result, None);
+                        }
+                        Lookup::Finished(_) => {
+                            let day = token.day;
+                            self.finish_from_store(ctx, permit, reply, day, key, move |t| {
+                                Ok(TokenView::build(&id, day, &t, None))
+                            });
+                        }
+                        Lookup::Unknown => self.finish(ctx, permit, reply, Err(QueueError::UnknownToken.into()), None),
+                    }
                 } else {
                     // An earlier (or unknown) day: read the stored record as it is.
                     let store = self.deps.store.clone();
                     actix::spawn(async move {
-                        let field = keys::token_field(&token.counter, token.number);
-                        let result = match store.load_token(&id, token.day, &field).await {
-                            Err(e) => Err(FacilityError::Store(e)),
-                            Ok(None) => Err(FacilityError::Queue(QueueError::UnknownToken)),
-                            Ok(Some(raw)) => record::decode(&token.counter, token.number, &raw)
-                                .map(|t| TokenView::build(&id, token.day, &t, None))
-                                .map_err(|_| FacilityError::Queue(QueueError::UnknownToken)),
-                        };
+                        let key = TokenKey { counter: token.counter, number: token.number };
+                        let result = read_token(&store, &id, token.day, &key)
+                            .await
+                            .map(|t| TokenView::build(&id, token.day, &t, None));
                         let _ = reply.send(result);
                     });
                 }
@@ -512,6 +597,18 @@ impl FacilityActor {
     }
 }
 
+/// A token's stored record; a missing or unreadable one is an unknown token.
+async fn read_token(store: &Store, id: &str, day: Date, key: &TokenKey) -> Result<Token, FacilityError> {
+    let field = keys::token_field(&key.counter, key.number);
+    match store.load_token(id, day, &field).await {
+        Err(e) => Err(FacilityError::Store(e)),
+        Ok(None) => Err(FacilityError::Queue(QueueError::UnknownToken)),
+        Ok(Some(raw)) => {
+            record::decode(&key.counter, key.number, &raw).map_err(|_| FacilityError::Queue(QueueError::UnknownToken))
+        }
+    }
+}
+
 fn queue_view(
     info: &FacilityInfo,
     q: &FacilityQueue,
@@ -548,7 +645,10 @@ impl Actor for FacilityActor {
         self.deps.metrics.active_actors.increment(1.0);
         let fut = Self::load(self.deps.clone(), self.id.clone());
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(ready) => act.phase = Phase::Ready(Box::new(ready)),
+            Ok(ready) => {
+                act.phase = Phase::Ready(Box::new(ready));
+                act.report_live();
+            }
             Err(e) => {
                 // Answer what already queued, then go; later callers activate afresh.
                 act.phase = Phase::Failed(e);
@@ -562,6 +662,8 @@ impl Actor for FacilityActor {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.deps.metrics.active_actors.decrement(1.0);
+        self.deps.metrics.live_tokens.decrement(self.reported_live as f64);
+        self.reported_live = 0;
         self.leave_directory();
         self.release();
     }

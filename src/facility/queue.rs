@@ -1,7 +1,13 @@
 //! The live queue of one facility for one service day, as a plain struct: numbering,
 //! repeat detection, idempotency, priority lanes with a starvation guard, transitions,
 //! expiry and people-ahead. No actix, no Redis: the actor owns one and persists its changes.
+//!
+//! Memory follows the queue, not the day: a token that finishes (completed, no-show,
+//! expired) leaves memory once its change is handed to the writer, and only a status byte
+//! per number and, for scans that carried an Idempotency-Key, a 16-byte index entry stay.
+//! Reads of finished tokens go to Redis (see [`Lookup`]).
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -183,6 +189,11 @@ pub struct TokenKey {
     pub number: u32,
 }
 
+/// An Idempotency-Key replay must repeat the same request: same counter, same patient.
+pub fn is_same_scan(t: &Token, input: &ScanInput) -> bool {
+    t.counter == input.counter && t.profile.abha_address == input.profile.abha_address
+}
+
 /// Per-facility settings the queue needs.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -241,6 +252,9 @@ const RECENT_SERVICE_SAMPLES: usize = 20;
 #[derive(Debug, Default)]
 struct Lane {
     last_number: u32,
+    /// Status of each finished number of this (issuing) counter, at `number - 1`; `None`
+    /// while the token is live (or when its record could not be read).
+    finished: Vec<Option<Status>>,
     priority: VecDeque<TokenKey>,
     normal: VecDeque<TokenKey>,
     called: Vec<TokenKey>,
@@ -263,6 +277,18 @@ impl Lane {
         (sum / self.recent_service_ms.len() as i64 / 1000).max(0) as u64
     }
 
+    fn finished_status(&self, number: u32) -> Option<Status> {
+        self.finished.get((number as usize).checked_sub(1)?).copied().flatten()
+    }
+
+    fn mark_finished(&mut self, number: u32, status: Status) {
+        let i = number as usize - 1;
+        if self.finished.len() <= i {
+            self.finished.resize(i + 1, None);
+        }
+        self.finished[i] = Some(status);
+    }
+
     fn record_service(&mut self, ms: Millis) {
         if self.recent_service_ms.len() == RECENT_SERVICE_SAMPLES {
             self.recent_service_ms.pop_front();
@@ -271,15 +297,35 @@ impl Lane {
     }
 }
 
+/// What the queue knows of a token of its day.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Waiting or called (or finished with its change not yet handed to the writer).
+    Live(&'a Token),
+    /// Finished and out of memory: the stored record has the rest.
+    Finished(Status),
+    /// No such number today (or its record was unreadable at restore).
+    Unknown,
+}
+
 /// The facility's queue for one service day.
 #[derive(Debug)]
 pub struct FacilityQueue {
     cfg: QueueConfig,
     day: Date,
+    /// Live tokens only (see the module doc).
     tokens: HashMap<TokenKey, Token>,
     lanes: HashMap<String, Lane>,
+    /// Repeat detection: (issuing counter, patient digest) of live tokens.
     by_patient: HashMap<(String, String), TokenKey>,
-    by_idempotency: HashMap<String, TokenKey>,
+    /// The digests each live token is indexed under, to unindex it when it finishes.
+    patient_of: HashMap<TokenKey, PatientKeys>,
+    /// Every Idempotency-Key of the day, as a keyed 64-bit hash to a packed token reference
+    /// (`counter_names` index << 32 | number). A hit is confirmed against the token itself.
+    by_idempotency: HashMap<u64, u64>,
+    idem_hasher: std::hash::RandomState,
+    /// Issuing counters by index, for the packed references (append-only).
+    counter_names: Vec<String>,
     dirty: HashSet<TokenKey>,
     issued_since_take: Vec<String>,
     /// No waiting token expires before this (a lower bound: it may be early, never late),
@@ -295,7 +341,10 @@ impl FacilityQueue {
             tokens: HashMap::new(),
             lanes: HashMap::new(),
             by_patient: HashMap::new(),
+            patient_of: HashMap::new(),
             by_idempotency: HashMap::new(),
+            idem_hasher: std::hash::RandomState::new(),
+            counter_names: Vec::new(),
             dirty: HashSet::new(),
             issued_since_take: Vec::new(),
             next_expiry: Millis::MAX,
@@ -304,7 +353,9 @@ impl FacilityQueue {
         q
     }
 
-    /// Rebuilds the live state from the day's stored tokens (rehydration).
+    /// Rebuilds the live state from the day's stored tokens (rehydration). Finished tokens
+    /// leave only their status and Idempotency-Key; the guard and service-time samples are
+    /// rebuilt from every token's history.
     pub fn restore(
         cfg: QueueConfig,
         day: Date,
@@ -316,18 +367,38 @@ impl FacilityQueue {
         q.next_expiry = Millis::MIN;
         let mut waiting: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
         let mut called: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
+        let mut calls: Vec<(Millis, String, bool)> = Vec::new();
+        let mut services: Vec<(Millis, String, Millis)> = Vec::new();
         for t in stored {
             let key = t.key();
+            if let Some(k) = &t.idempotency_key {
+                q.index_idempotency(k, &key);
+            }
             let lane = q.lanes.entry(t.counter.clone()).or_default();
             lane.last_number = lane.last_number.max(t.number);
             let entered = t.history.last().map(|h| h.at).unwrap_or(t.issued_at);
+            let mut called_at: Option<Millis> = None;
+            for h in &t.history {
+                match h.event {
+                    Event::Called => {
+                        calls.push((h.at, h.counter.clone(), t.lane_priority));
+                        called_at = Some(h.at);
+                    }
+                    Event::Completed | Event::NoShow => {
+                        if let Some(c) = called_at {
+                            services.push((h.at, h.counter.clone(), h.at - c));
+                        }
+                    }
+                    _ => {}
+                }
+            }
             match t.status {
                 Status::Waiting => waiting.push((entered, key.clone(), t.lane_priority, t.at_counter.clone())),
                 Status::Called => called.push((entered, key.clone(), t.lane_priority, t.at_counter.clone())),
-                _ => {}
-            }
-            if let Some(k) = &t.idempotency_key {
-                q.by_idempotency.insert(k.clone(), key.clone());
+                finished => {
+                    lane.mark_finished(t.number, finished);
+                    continue;
+                }
             }
             let pk = patient_keys(&t.profile);
             q.index_patient(&t.counter, &pk, &key);
@@ -345,26 +416,6 @@ impl FacilityQueue {
         called.sort();
         for (_, key, _, at) in &called {
             q.lanes.entry(at.clone()).or_default().called.push(key.clone());
-        }
-        // Rebuild the starvation guard and service-time samples from the history.
-        let mut calls: Vec<(Millis, String, bool)> = Vec::new();
-        let mut services: Vec<(Millis, String, Millis)> = Vec::new();
-        for t in q.tokens.values() {
-            let mut called_at: Option<Millis> = None;
-            for h in &t.history {
-                match h.event {
-                    Event::Called => {
-                        calls.push((h.at, h.counter.clone(), t.lane_priority));
-                        called_at = Some(h.at);
-                    }
-                    Event::Completed | Event::NoShow => {
-                        if let Some(c) = called_at {
-                            services.push((h.at, h.counter.clone(), h.at - c));
-                        }
-                    }
-                    _ => {}
-                }
-            }
         }
         calls.sort();
         for (_, counter, prio) in calls {
@@ -395,6 +446,39 @@ impl FacilityQueue {
         if let Some(n) = &pk.by_number {
             self.by_patient.insert((counter.to_string(), n.clone()), key.clone());
         }
+        self.patient_of.insert(key.clone(), pk.clone());
+    }
+
+    fn unindex_patient(&mut self, key: &TokenKey) {
+        let Some(pk) = self.patient_of.remove(key) else { return };
+        for digest in std::iter::once(pk.by_address).chain(pk.by_number) {
+            let k = (key.counter.clone(), digest);
+            // A later token of the same patient may own the entry already.
+            if self.by_patient.get(&k) == Some(key) {
+                self.by_patient.remove(&k);
+            }
+        }
+    }
+
+    fn counter_index(&mut self, counter: &str) -> u64 {
+        match self.counter_names.iter().position(|c| c == counter) {
+            Some(i) => i as u64,
+            None => {
+                self.counter_names.push(counter.to_string());
+                (self.counter_names.len() - 1) as u64
+            }
+        }
+    }
+
+    fn index_idempotency(&mut self, idem: &str, key: &TokenKey) {
+        let packed = self.counter_index(&key.counter) << 32 | u64::from(key.number);
+        self.by_idempotency.insert(self.idem_hasher.hash_one(idem), packed);
+    }
+
+    fn idempotency_hit(&self, idem: &str) -> Option<TokenKey> {
+        let packed = *self.by_idempotency.get(&self.idem_hasher.hash_one(idem))?;
+        let counter = self.counter_names.get((packed >> 32) as usize)?.clone();
+        Some(TokenKey { counter, number: packed as u32 })
     }
 
     pub fn config(&self) -> &QueueConfig {
@@ -425,10 +509,22 @@ impl FacilityQueue {
         self.cfg.counters.iter().find(|c| c.id == id)
     }
 
+    /// A token in memory (live, or finished with its change not yet taken).
     pub fn get(&self, key: &TokenKey) -> Option<&Token> {
         self.tokens.get(key)
     }
 
+    pub fn lookup(&self, key: &TokenKey) -> Lookup<'_> {
+        if let Some(t) = self.tokens.get(key) {
+            return Lookup::Live(t);
+        }
+        match self.lanes.get(&key.counter).and_then(|l| l.finished_status(key.number)) {
+            Some(s) => Lookup::Finished(s),
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Tokens held in memory (the live queue).
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -437,12 +533,21 @@ impl FacilityQueue {
         self.tokens.is_empty()
     }
 
-    /// Tokens changed since the last call (to persist), and counters that issued new tokens.
-    pub fn take_changes(&mut self) -> (Vec<&Token>, Vec<String>) {
+    /// Hands every token changed since the last call to `each` (to persist), then lets the
+    /// finished ones go from memory. Returns the counters that issued new tokens.
+    pub fn take_changes(&mut self, mut each: impl FnMut(&Token)) -> Vec<String> {
         let dirty: Vec<TokenKey> = self.dirty.drain().collect();
-        let issued = std::mem::take(&mut self.issued_since_take);
-        let tokens = dirty.iter().filter_map(|k| self.tokens.get(k)).collect();
-        (tokens, issued)
+        for key in &dirty {
+            let Some(t) = self.tokens.get(key) else { continue };
+            each(t);
+            if !matches!(t.status, Status::Waiting | Status::Called) {
+                let status = t.status;
+                self.tokens.remove(key);
+                self.unindex_patient(key);
+                self.lanes.entry(key.counter.clone()).or_default().mark_finished(key.number, status);
+            }
+        }
+        std::mem::take(&mut self.issued_since_take)
     }
 
     pub fn has_changes(&self) -> bool {
@@ -456,14 +561,20 @@ impl FacilityQueue {
             return Err(QueueError::UnknownCounter);
         }
         if let Some(idem) = &input.idempotency_key {
-            if let Some(key) = self.by_idempotency.get(idem).cloned() {
-                let t = &self.tokens[&key];
-                let same = t.counter == input.counter && t.profile.abha_address == input.profile.abha_address;
-                if !same {
-                    return Err(QueueError::IdempotencyKeyReused);
+            if let Some(key) = self.idempotency_hit(idem) {
+                match self.tokens.get(&key) {
+                    // A finished token: the caller confirms the replay against its record.
+                    None => return Ok(ScanOutcome { key, kind: ScanKind::Replay }),
+                    // Equal 64-bit hashes of different keys: not a replay.
+                    Some(t) if t.idempotency_key.as_deref() != Some(idem.as_str()) => {}
+                    Some(t) => {
+                        if !is_same_scan(t, &input) {
+                            return Err(QueueError::IdempotencyKeyReused);
+                        }
+                        self.expire_if_due(&key, now_ms);
+                        return Ok(ScanOutcome { key, kind: ScanKind::Replay });
+                    }
                 }
-                self.expire_if_due(&key, now_ms);
-                return Ok(ScanOutcome { key, kind: ScanKind::Replay });
             }
         }
         let mut candidates = vec![input.patient.by_address.clone()];
@@ -501,8 +612,8 @@ impl FacilityQueue {
         };
         token.push(Event::Issued, now_ms);
         self.next_expiry = self.next_expiry.min(token.expires_at);
-        if let Some(idem) = input.idempotency_key {
-            self.by_idempotency.insert(idem, key.clone());
+        if let Some(idem) = &input.idempotency_key {
+            self.index_idempotency(idem, &key);
         }
         self.index_patient(&input.counter, &input.patient, &key);
         self.tokens.insert(key.clone(), token);
@@ -580,14 +691,18 @@ impl FacilityQueue {
         }
     }
 
-    fn token_mut(&mut self, key: &TokenKey) -> Result<&mut Token, QueueError> {
+    /// The live token `action` applies to; a finished one is an illegal transition.
+    fn token_mut(&mut self, key: &TokenKey, action: &'static str) -> Result<&mut Token, QueueError> {
+        if let Lookup::Finished(s) = self.lookup(key) {
+            return Err(QueueError::IllegalTransition { action, from: s.as_str() });
+        }
         self.tokens.get_mut(key).ok_or(QueueError::UnknownToken)
     }
 
     fn finish(&mut self, key: &TokenKey, event: Event, action: &'static str, now: Timestamp) -> Result<(), QueueError> {
         let now_ms = millis(now);
         self.expire_if_due(key, now_ms);
-        let t = self.token_mut(key)?;
+        let t = self.token_mut(key, action)?;
         if t.status != Status::Called {
             return Err(QueueError::IllegalTransition { action, from: t.status.as_str() });
         }
@@ -612,7 +727,7 @@ impl FacilityQueue {
     pub fn recall(&mut self, key: &TokenKey, now: Timestamp) -> Result<(), QueueError> {
         let now_ms = millis(now);
         self.expire_if_due(key, now_ms);
-        let t = self.token_mut(key)?;
+        let t = self.token_mut(key, "recall")?;
         if t.status != Status::Called {
             return Err(QueueError::IllegalTransition { action: "recall", from: t.status.as_str() });
         }
@@ -630,7 +745,7 @@ impl FacilityQueue {
         }
         self.expire_if_due(key, now_ms);
         let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
-        let t = self.token_mut(key)?;
+        let t = self.token_mut(key, "transfer")?;
         if !matches!(t.status, Status::Waiting | Status::Called) {
             return Err(QueueError::IllegalTransition { action: "transfer", from: t.status.as_str() });
         }
@@ -923,10 +1038,10 @@ mod tests {
         issue(&mut q, "OPD1", "a", None);
         issue(&mut q, "OPD1", "b", None);
         q.call_next("OPD1", later(1)).unwrap();
-        q.take_changes();
+        take(&mut q);
         assert_eq!(q.expire_due(later(1799)), 0);
         assert_eq!(q.expire_due(later(1800)), 1);
-        assert_eq!(q.take_changes().0.len(), 1);
+        assert_eq!(take(&mut q).len(), 1);
     }
 
     #[test]
@@ -983,5 +1098,131 @@ mod tests {
         assert_eq!(r.counter_view("OPD1").1.len(), 1);
         let order: Vec<u32> = std::iter::from_fn(|| r.call_next("OPD1", later(7)).unwrap()).map(|k| k.number).collect();
         assert_eq!(order, vec![1, 2, 3, 5]);
+    }
+
+    fn take(q: &mut FacilityQueue) -> Vec<(TokenKey, Status)> {
+        let mut seen = Vec::new();
+        q.take_changes(|t| seen.push((t.key(), t.status)));
+        seen.sort_by_key(|(k, _)| k.clone());
+        seen
+    }
+
+    #[test]
+    fn finished_tokens_leave_memory_once_taken_and_stay_known_by_status() {
+        let mut q = queue();
+        let mut with_key = input("OPD1", "a", None);
+        with_key.idempotency_key = Some("req-a".into());
+        let a = q.scan(with_key.clone(), t0()).unwrap().key;
+        let b = issue(&mut q, "OPD1", "b", None);
+        let c = issue(&mut q, "OPD1", "c", None);
+        assert_eq!(q.call_next("OPD1", later(1)).unwrap(), Some(a.clone()));
+        q.complete(&a, later(2)).unwrap();
+        assert_eq!(q.call_next("OPD1", later(3)).unwrap(), Some(b.clone()));
+        q.no_show(&b, later(4)).unwrap();
+        // Not yet handed to the writer: still in memory, so its change can be persisted.
+        assert_eq!(q.get(&a).unwrap().status, Status::Completed);
+        let taken = take(&mut q);
+        assert_eq!(taken.len(), 3, "every change is handed over once: {taken:?}");
+        assert_eq!(q.len(), 1, "only the waiting token stays");
+        assert_eq!(q.lookup(&a), Lookup::Finished(Status::Completed));
+        assert_eq!(q.lookup(&b), Lookup::Finished(Status::NoShow));
+        assert!(matches!(q.lookup(&c), Lookup::Live(t) if t.status == Status::Waiting));
+        assert_eq!(q.lookup(&a_key("OPD1", 9)), Lookup::Unknown);
+        assert_eq!(q.by_patient.len(), 1, "finished patients are unindexed");
+        assert_eq!(q.patient_of.len(), 1);
+        assert!(take(&mut q).is_empty(), "nothing changed since");
+
+        // Actions on a finished token are refused with its real status, not "unknown".
+        assert_eq!(q.recall(&a, later(5)), Err(QueueError::IllegalTransition { action: "recall", from: "completed" }));
+        assert_eq!(
+            q.transfer(&b, "OPD2", later(5)),
+            Err(QueueError::IllegalTransition { action: "transfer", from: "no_show" })
+        );
+        assert_eq!(q.complete(&a_key("OPD1", 9), later(5)), Err(QueueError::UnknownToken));
+
+        // A finished patient scanning again is new; the Idempotency-Key still replays.
+        assert_eq!(q.scan(input("OPD1", "a", None), later(6)).unwrap().key.number, 4);
+        let replay = q.scan(with_key, later(7)).unwrap();
+        assert_eq!(replay, ScanOutcome { key: a.clone(), kind: ScanKind::Replay });
+        assert!(q.get(&a).is_none(), "the caller confirms the replay against the stored record");
+    }
+
+    #[test]
+    fn expired_tokens_leave_memory_too() {
+        let mut q = queue();
+        let a = issue(&mut q, "OPD1", "a", None);
+        take(&mut q);
+        assert_eq!(q.expire_due(later(1800)), 1);
+        assert_eq!(take(&mut q), vec![(a.clone(), Status::Expired)]);
+        assert_eq!(q.lookup(&a), Lookup::Finished(Status::Expired));
+        assert!(q.is_empty());
+        assert_eq!(q.expire_due(later(3600)), 0);
+    }
+
+    #[test]
+    fn memory_follows_the_queue_not_the_day() {
+        let mut q = queue();
+        for i in 0..5_000u64 {
+            let mut inp = input(if i % 2 == 0 { "OPD1" } else { "OPD2" }, &format!("p{i}"), None);
+            inp.idempotency_key = Some(format!("k{i}"));
+            q.scan(inp, later(i)).unwrap();
+            if i >= 10 {
+                let counter = if i % 2 == 0 { "OPD1" } else { "OPD2" };
+                let k = q.call_next(counter, later(i)).unwrap().expect("someone waits");
+                q.complete(&k, later(i)).unwrap();
+            }
+            take(&mut q);
+        }
+        assert_eq!(q.len(), 10, "ten waiting tokens stay, 4,990 finished left");
+        assert_eq!(q.by_patient.len(), 10);
+        assert_eq!(q.patient_of.len(), 10);
+        assert_eq!(q.by_idempotency.len(), 5_000, "one compact entry per keyed scan");
+        assert_eq!(q.lanes["OPD1"].last_number, 2_500);
+        assert_eq!(q.lanes["OPD1"].finished.iter().filter(|s| s.is_some()).count(), 2_495);
+        // Numbering goes on from the day's count, not from what is in memory.
+        assert_eq!(issue(&mut q, "OPD1", "late", None).number, 2_501);
+    }
+
+    #[test]
+    fn a_hash_hit_for_another_key_is_not_a_replay() {
+        let mut q = queue();
+        let mut first = input("OPD1", "a", None);
+        first.idempotency_key = Some("req-1".into());
+        let a = q.scan(first, t0()).unwrap().key;
+        // Force the second key's hash onto the first key's entry.
+        let packed = q.by_idempotency[&q.idem_hasher.hash_one("req-1")];
+        q.by_idempotency.insert(q.idem_hasher.hash_one("req-2"), packed);
+        let mut second = input("OPD1", "b", None);
+        second.idempotency_key = Some("req-2".into());
+        let out = q.scan(second, later(1)).unwrap();
+        assert_eq!(out.kind, ScanKind::New);
+        assert_ne!(out.key, a);
+    }
+
+    #[test]
+    fn restore_keeps_only_live_tokens_and_knows_the_finished_ones() {
+        let mut q = queue();
+        let mut keyed = input("OPD1", "a", None);
+        keyed.idempotency_key = Some("req-a".into());
+        let a = q.scan(keyed.clone(), t0()).unwrap().key;
+        let b = issue(&mut q, "OPD1", "b", None);
+        let c = issue(&mut q, "OPD1", "c", Some(PriorityClass::Elderly));
+        q.call_next("OPD1", later(10)).unwrap();
+        q.complete(&c, later(70)).unwrap();
+        let mut stored = Vec::new();
+        q.take_changes(|t| stored.push(t.clone()));
+        stored.extend(q.tokens.values().cloned());
+        stored.sort_by_key(|t| t.number);
+        stored.dedup_by_key(|t| t.number);
+        assert_eq!(stored.len(), 3);
+        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.lookup(&c), Lookup::Finished(Status::Completed));
+        assert_eq!(r.lanes["OPD1"].streak, 1, "the priority call counts toward the guard");
+        assert_eq!(r.lanes["OPD1"].recent_service_ms, VecDeque::from([60_000]));
+        assert_eq!(r.scan(keyed, later(80)).unwrap(), ScanOutcome { key: a, kind: ScanKind::Replay });
+        assert_eq!(r.scan(input("OPD1", "b", None), later(80)).unwrap().key, b);
+        assert_eq!(r.scan(input("OPD1", "c", None), later(80)).unwrap().key.number, 4);
     }
 }

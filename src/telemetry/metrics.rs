@@ -20,6 +20,8 @@ pub const HTTP_DURATION: &str = "scangw_http_request_duration_seconds";
 pub const OVERLOADED: &str = "scangw_overloaded_total";
 /// `scangw_active_facility_actors`: facility actors alive on this node.
 pub const ACTIVE_ACTORS: &str = "scangw_active_facility_actors";
+/// `scangw_live_tokens`: waiting and called tokens held in memory (finished ones leave).
+pub const LIVE_TOKENS: &str = "scangw_live_tokens";
 /// `scangw_redis_batch_size`: writes per group-commit round trip.
 pub const REDIS_BATCH_SIZE: &str = "scangw_redis_batch_size";
 /// `scangw_redis_flush_seconds`: duration of one group-commit round trip.
@@ -104,6 +106,7 @@ pub const CATALOG: &[MetricDef] = &[
     def(OVERLOADED, C, "requests", &["reason"], "Requests shed with 503 OVERLOADED"),
     def(RATE_LIMITED, C, "requests", &["limit"], "Requests refused with 429"),
     def(ACTIVE_ACTORS, G, "actors", &[], "Facility actors alive on this node"),
+    def(LIVE_TOKENS, G, "tokens", &[], "Waiting and called tokens held in memory on this node"),
     def(MAILBOX_DEPTH, G, "commands", &[], "Commands waiting in facility mailboxes"),
     def(REDIS_BATCH_SIZE, H, "writes", &[], "Writes per group-commit round trip"),
     def(REDIS_FLUSH, H, "seconds", &[], "Duration of one group-commit round trip"),
@@ -177,6 +180,7 @@ fn describe() {
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route");
     describe_counter!(OVERLOADED, "Requests shed with 503 OVERLOADED, by reason");
     describe_gauge!(ACTIVE_ACTORS, "Facility actors alive on this node");
+    describe_gauge!(LIVE_TOKENS, "Waiting and called tokens held in memory on this node");
     describe_histogram!(REDIS_BATCH_SIZE, Unit::Count, "Writes per group-commit round trip");
     describe_histogram!(REDIS_FLUSH, Unit::Seconds, "Duration of one group-commit round trip");
     describe_counter!(FENCING_CONFLICTS, "Writes refused by the fencing epoch");
@@ -219,6 +223,7 @@ pub struct Metrics {
     pub overloaded_in_flight: Counter,
     pub overloaded_writer: Counter,
     pub active_actors: Gauge,
+    pub live_tokens: Gauge,
     pub batch_size: Histogram,
     pub flush: Histogram,
     pub fencing: Counter,
@@ -245,6 +250,7 @@ impl Metrics {
             overloaded_in_flight: metrics::counter!(OVERLOADED, "reason" => "in_flight"),
             overloaded_writer: metrics::counter!(OVERLOADED, "reason" => "writer"),
             active_actors: metrics::gauge!(ACTIVE_ACTORS),
+            live_tokens: metrics::gauge!(LIVE_TOKENS),
             batch_size: metrics::histogram!(REDIS_BATCH_SIZE),
             flush: metrics::histogram!(REDIS_FLUSH),
             fencing: metrics::counter!(FENCING_CONFLICTS),

@@ -363,3 +363,66 @@ async fn scan_and_token_routes_enforce_roles() {
     let (st, err) = app.get_token(id, &app.admin).await;
     assert_error(st, &err, 403, "FORBIDDEN");
 }
+
+#[actix_web::test]
+async fn finished_tokens_answer_from_redis_for_reads_replays_and_refused_actions() {
+    // A finished token leaves the actor's memory once its change is written; every answer
+    // about it must still be the stored truth, before and after a re-activation.
+    let redis = RedisServer::start();
+    let mut app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let f = fid(4);
+    app.register(&f).await;
+    let (_, staff) = app.create_staff_key(&f).await;
+
+    let body = scan_body(&f, "OPD1", 40);
+    let (st, first) = app.scan_with_idem(&body, "req-done-40").await;
+    assert_eq!(st, 201, "{first}");
+    let id = s(&first, "token_id").to_string();
+    app.scan_new(&scan_body(&f, "OPD1", 41)).await;
+    let (st, called) = app.call_next(&f, "OPD1", &staff).await;
+    assert_eq!((st, &called["token_id"]), (200, &first["token_id"]), "{called}");
+    let (st, done) = app.token_op(&id, "complete", &staff).await;
+    assert_eq!(st, 200, "{done}");
+
+    for round in ["same actor", "after a restart"] {
+        let (st, got) = app.get_token(&id, &staff).await;
+        assert_eq!(st, 200, "{round}: {got}");
+        assert_token_view(&got);
+        assert_eq!(s(&got, "status"), "completed", "{round}: {got}");
+        let events: Vec<&str> =
+            got["history"].as_array().unwrap().iter().map(|h| h["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["issued", "called", "completed"], "{round}");
+        assert_eq!(got["completed_at"], done["completed_at"], "{round}");
+        assert_eq!(got["patient"]["abha_address"], abha_address(40), "{round}: staff see the patient");
+
+        let (st, replay) = app.scan_with_idem(&body, "req-done-40").await;
+        assert_eq!(st, 201, "{round}: a replay of a finished token: {replay}");
+        assert_eq!(replay["token_id"], first["token_id"], "{round}");
+        assert_eq!(replay["issued_at"], first["issued_at"], "{round}");
+        assert_eq!(s(&replay, "status"), "completed", "{round}");
+        let (st, err) = app.scan_with_idem(&scan_body(&f, "OPD1", 42), "req-done-40").await;
+        assert_error(st, &err, 422, "IDEMPOTENCY_KEY_REUSED");
+        assert!(!err.to_string().contains(&abha_address(42)), "error echoes patient data: {err}");
+
+        for op in ["recall", "complete", "no-show"] {
+            let (st, err) = app.token_op(&id, op, &staff).await;
+            assert_error(st, &err, 409, "ILLEGAL_TRANSITION");
+            assert!(err.to_string().contains("completed"), "{round}: {op} names the real status: {err}");
+        }
+        let (st, err) = app.transfer(&id, "OPD2", &staff).await;
+        assert_error(st, &err, 409, "ILLEGAL_TRANSITION");
+
+        if round == "same actor" {
+            app.stop().await;
+            app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+        }
+    }
+    // None of it consumed a number: the next patient is 3, after the waiting one.
+    let next = app.scan_new(&scan_body(&f, "OPD1", 43)).await;
+    assert_eq!(num(&next, "token_number"), 3, "{next}");
+    // A number never issued is unknown, not finished.
+    let mut never = scan_gateway::facility::token_id::TokenRef::decode(&id).expect("our id");
+    never.number = 99;
+    let (st, err) = app.get_token(&never.encode(), &staff).await;
+    assert_error(st, &err, 404, "UNKNOWN_TOKEN");
+}
