@@ -44,13 +44,17 @@ pub struct Mix {
     pub served: f64,
     /// Mean real seconds between a token being issued and its counter calling next.
     pub wait_mean_s: f64,
+    /// Mean real seconds a called patient spends at the counter before staff complete the
+    /// token (0: called tokens are left called).
+    pub service_mean_s: f64,
     /// Share of new scans sent through the national protocol (v3 share, token by on-share).
     pub share: f64,
 }
 
 impl Mix {
     /// Scans only: what the step search and the reference designs compare.
-    pub const SCANS_ONLY: Mix = Mix { repeat: 0.0, poll: 0.0, served: 0.0, wait_mean_s: 1.0, share: 0.0 };
+    pub const SCANS_ONLY: Mix =
+        Mix { repeat: 0.0, poll: 0.0, served: 0.0, wait_mean_s: 1.0, service_mean_s: 0.0, share: 0.0 };
 }
 
 /// One run's schedule.
@@ -81,7 +85,8 @@ enum Op {
     Scan { facility: u32, counter: u16, patient: u64, follow: Follow },
     Repeat { facility: u32, counter: u16, patient: u64 },
     Poll { token_id: String },
-    CallNext { facility: u32, counter: u16 },
+    CallNext { facility: u32, counter: u16, service_mean_s: f64 },
+    Complete { facility: u32, token_id: String },
     Share { facility: u32, counter: u16, patient: u64 },
 }
 
@@ -92,6 +97,7 @@ impl Op {
             Op::Repeat { .. } => OpKind::Repeat,
             Op::Poll { .. } => OpKind::Poll,
             Op::CallNext { .. } => OpKind::CallNext,
+            Op::Complete { .. } => OpKind::Complete,
             Op::Share { .. } => OpKind::Share,
         }
     }
@@ -103,6 +109,7 @@ struct Follow {
     repeat_after: Option<Duration>,
     poll_after: Option<Duration>,
     call_after: Option<Duration>,
+    service_mean_s: f64,
 }
 
 struct Scheduled {
@@ -342,11 +349,18 @@ impl Engine {
                 )
                 .await
             }
-            Op::CallNext { facility, counter } => match self.staff_key(*facility).await {
+            Op::CallNext { facility, counter, .. } => match self.staff_key(*facility).await {
                 Ok(key) => {
                     let f = &self.registry.facilities[*facility as usize];
                     let path =
                         format!("/v1/facilities/{}/counters/{}/call-next", f.id, f.counters[*counter as usize].id);
+                    self.call(Method::POST, &path, &key, "application/json", Bytes::new(), &[]).await
+                }
+                Err(e) => Err(e),
+            },
+            Op::Complete { facility, token_id } => match self.staff_key(*facility).await {
+                Ok(key) => {
+                    let path = format!("/v1/tokens/{token_id}/complete");
                     self.call(Method::POST, &path, &key, "application/json", Bytes::new(), &[]).await
                 }
                 Err(e) => Err(e),
@@ -376,6 +390,16 @@ impl Engine {
             Op::Repeat { facility, counter, patient } => Some((*facility, *counter, *patient, Follow::default())),
             _ => None,
         };
+        if let (Ok(a), Op::CallNext { facility, service_mean_s, .. }) = (&result, &op) {
+            // The counter serves the called patient, then completes the token.
+            if a.status == StatusCode::OK && *service_mean_s > 0.0 {
+                let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                if let Some(token_id) = v["token_id"].as_str() {
+                    let after = Duration::from_secs_f64(-service_mean_s * (1.0 - rand::random::<f64>()).ln());
+                    let _ = follow_tx.send((after, Op::Complete { facility: *facility, token_id: token_id.into() }));
+                }
+            }
+        }
         if let (Ok(a), Some((facility, counter, patient, follow))) = (&result, scanned) {
             if a.status.is_success() {
                 self.acknowledged(facility, counter, patient, &a.body, follow, &follow_tx);
@@ -417,7 +441,7 @@ impl Engine {
             let _ = follow_tx.send((d, Op::Poll { token_id }));
         }
         if let Some(d) = follow.call_after {
-            let _ = follow_tx.send((d, Op::CallNext { facility, counter }));
+            let _ = follow_tx.send((d, Op::CallNext { facility, counter, service_mean_s: follow.service_mean_s }));
         }
     }
 
@@ -438,6 +462,7 @@ impl Engine {
         }
         if rng.random::<f64>() < mix.served {
             follow.call_after = Some(exp(rng, mix.wait_mean_s));
+            follow.service_mean_s = mix.service_mean_s;
         }
         Op::Scan { facility, counter, patient, follow }
     }

@@ -151,6 +151,13 @@ struct RunArgs {
     /// Mean real seconds from a token's issue to its counter calling next.
     #[arg(long, default_value_t = 5.0)]
     wait_mean_s: f64,
+    /// Mean real seconds from a call to the counter completing the token (0: never).
+    #[arg(long, default_value_t = 2.0)]
+    service_mean_s: f64,
+    /// Validity of a waiting token at every facility of the registry (60 to 86,400 s);
+    /// an unserved token expires after it and leaves the queue.
+    #[arg(long, default_value_t = 7200)]
+    token_validity_s: u64,
     /// Play the national switch on this address (the gateway's SCANGW_HIECM_BASE_URL, with
     /// SCANGW_JWKS_FILE=tests/fixtures/protocol/jwt/jwks.json and SCANGW_JWT_ISSUER=scan-load-switch):
     /// a `--share` part of the scans then arrive as v3 shares, their tokens by on-share.
@@ -234,7 +241,9 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let gateway = a.kind == Kind::Gateway;
     anyhow::ensure!(a.facilities >= 36, "--facilities must be at least 36 (one per state/UT)");
     let t = Instant::now();
-    let registry = Arc::new(Registry::synthetic(a.facilities, a.seed));
+    let mut registry = Registry::synthetic(a.facilities, a.seed);
+    registry.token_validity_s = a.token_validity_s;
+    let registry = Arc::new(registry);
     eprintln!("registry: {} facilities (seed {}) in {:.1} s", a.facilities, a.seed, t.elapsed().as_secs_f64());
     let patient_base = (jiff::Timestamp::now().as_second() as u64 % 100_000) * 10_000_000;
     let engine = Engine::new(
@@ -264,7 +273,14 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         _ => None,
     };
     let share = if switch.is_some() { a.share } else { 0.0 };
-    let mix = Mix { repeat: a.repeat, poll: a.poll, served: a.served, wait_mean_s: a.wait_mean_s, share };
+    let mix = Mix {
+        repeat: a.repeat,
+        poll: a.poll,
+        served: a.served,
+        wait_mean_s: a.wait_mean_s,
+        service_mean_s: a.service_mean_s,
+        share,
+    };
     let mut summary: Summary = match a.scenario {
         Scenario::PeakMorning => {
             anyhow::ensure!(gateway, "peak-morning needs the gateway (call-next, polls)");
@@ -290,7 +306,9 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         Scenario::Soak => {
             anyhow::ensure!(gateway, "soak needs the gateway");
             eprintln!("soak: {} scans at {}/s", a.scans, a.rate);
-            let mix = Mix { repeat: a.repeat, ..Mix::SCANS_ONLY };
+            // A day's queue turns over: the served part is called and completed, the rest
+            // expires after the registry's validity. Polls and shares are peak-morning's.
+            let mix = Mix { poll: 0.0, share: 0.0, ..mix };
             scenarios::soak(&engine, a.rate, a.scans, mix, a.seed, watched, Duration::from_secs(a.sample_s)).await
         }
     };

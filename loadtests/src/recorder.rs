@@ -19,6 +19,7 @@ pub enum OpKind {
     Repeat,
     Poll,
     CallNext,
+    Complete,
     Share,
 }
 
@@ -29,6 +30,7 @@ impl OpKind {
             OpKind::Repeat => "repeat",
             OpKind::Poll => "poll",
             OpKind::CallNext => "call_next",
+            OpKind::Complete => "complete",
             OpKind::Share => "share",
         }
     }

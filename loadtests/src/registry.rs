@@ -96,7 +96,7 @@ impl Facility {
     }
 
     /// One registry line, as `POST /v1/facilities:import` takes it (NDJSON).
-    pub fn ndjson(&self) -> String {
+    pub fn ndjson(&self, token_validity_s: u64) -> String {
         let counters: Vec<_> = self.counters.iter().map(|c| json!({"id": c.id, "kind": c.kind.as_str()})).collect();
         json!({
             "facility_id": self.id,
@@ -104,7 +104,7 @@ impl Facility {
             "state": STATES[self.state].name,
             "district": self.district_name(),
             "timezone": "Asia/Kolkata",
-            "token_validity_s": 7200,
+            "token_validity_s": token_validity_s,
             "counters": counters,
         })
         .to_string()
@@ -127,6 +127,8 @@ impl Facility {
 pub struct Registry {
     pub facilities: Vec<Facility>,
     cumulative: Vec<f64>,
+    /// How long a waiting token stays valid at every facility (the import's value).
+    pub token_validity_s: u64,
 }
 
 impl Registry {
@@ -189,7 +191,7 @@ impl Registry {
                 acc
             })
             .collect();
-        Registry { facilities, cumulative }
+        Registry { facilities, cumulative, token_validity_s: 7200 }
     }
 
     /// The facility whose volume interval contains `u` in [0, 1).
@@ -212,7 +214,7 @@ impl Registry {
         self.facilities.chunks(per_chunk).map(|c| {
             let mut s = String::with_capacity(c.len() * 300);
             for f in c {
-                s.push_str(&f.ndjson());
+                s.push_str(&f.ndjson(self.token_validity_s));
                 s.push('\n');
             }
             s
@@ -231,7 +233,7 @@ mod tests {
         let b = Registry::synthetic(5_000, 7);
         let c = Registry::synthetic(5_000, 8);
         assert_eq!(a.facilities.len(), 5_000);
-        let lines = |r: &Registry| r.facilities.iter().map(|f| f.ndjson()).collect::<Vec<_>>();
+        let lines = |r: &Registry| r.facilities.iter().map(|f| f.ndjson(7200)).collect::<Vec<_>>();
         assert_eq!(lines(&a), lines(&b));
         assert_ne!(lines(&a), lines(&c), "the seed changes the district layout");
         for (si, st) in STATES.iter().enumerate() {

@@ -314,8 +314,10 @@ pub struct FacilityQueue {
     cfg: QueueConfig,
     day: Date,
     /// Live tokens only (see the module doc).
-    tokens: HashMap<TokenKey, Token>,
-    lanes: HashMap<String, Lane>,
+    /// Boxed: an empty slot of a map costs its value's size, and most maps are small.
+    tokens: HashMap<TokenKey, Box<Token>>,
+    /// Created on first use, so a facility pays only for the counters it uses.
+    lanes: HashMap<String, Box<Lane>>,
     /// Repeat detection: (issuing counter, patient digest) of live tokens.
     by_patient: HashMap<(String, String), TokenKey>,
     /// The digests each live token is indexed under, to unindex it when it finishes.
@@ -335,7 +337,7 @@ pub struct FacilityQueue {
 
 impl FacilityQueue {
     pub fn new(cfg: QueueConfig, day: Date) -> Self {
-        let mut q = Self {
+        Self {
             cfg,
             day,
             tokens: HashMap::new(),
@@ -348,9 +350,7 @@ impl FacilityQueue {
             dirty: HashSet::new(),
             issued_since_take: Vec::new(),
             next_expiry: Millis::MAX,
-        };
-        q.ensure_lanes();
-        q
+        }
     }
 
     /// Rebuilds the live state from the day's stored tokens (rehydration). Finished tokens
@@ -402,7 +402,7 @@ impl FacilityQueue {
             }
             let pk = patient_keys(&t.profile);
             q.index_patient(&t.counter, &pk, &key);
-            q.tokens.insert(key, t);
+            q.tokens.insert(key, Box::new(t));
         }
         waiting.sort();
         for (_, key, prio, at) in waiting {
@@ -435,12 +435,6 @@ impl FacilityQueue {
         lane.last_number = lane.last_number.max(number);
     }
 
-    fn ensure_lanes(&mut self) {
-        for c in &self.cfg.counters {
-            self.lanes.entry(c.id.clone()).or_default();
-        }
-    }
-
     fn index_patient(&mut self, counter: &str, pk: &PatientKeys, key: &TokenKey) {
         self.by_patient.insert((counter.to_string(), pk.by_address.clone()), key.clone());
         if let Some(n) = &pk.by_number {
@@ -456,6 +450,29 @@ impl FacilityQueue {
             // A later token of the same patient may own the entry already.
             if self.by_patient.get(&k) == Some(key) {
                 self.by_patient.remove(&k);
+            }
+        }
+    }
+
+    /// Gives back what a queue that grew and then emptied no longer needs: maps never
+    /// shrink by themselves, and an idle facility's actor should cost little.
+    fn shrink(&mut self) {
+        fn fit<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 16 && m.len() * 4 < m.capacity() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        fit(&mut self.tokens);
+        fit(&mut self.by_patient);
+        fit(&mut self.patient_of);
+        if self.dirty.capacity() > 16 && self.dirty.is_empty() {
+            self.dirty = HashSet::new();
+        }
+        for lane in self.lanes.values_mut() {
+            for q in [&mut lane.priority, &mut lane.normal] {
+                if q.capacity() > 16 && q.len() * 4 < q.capacity() {
+                    q.shrink_to(q.len() * 2);
+                }
             }
         }
     }
@@ -488,7 +505,6 @@ impl FacilityQueue {
     /// New registry data (counters, validity) for a live queue.
     pub fn reconfigure(&mut self, cfg: QueueConfig) {
         self.cfg = cfg;
-        self.ensure_lanes();
     }
 
     pub fn day(&self) -> Date {
@@ -511,7 +527,7 @@ impl FacilityQueue {
 
     /// A token in memory (live, or finished with its change not yet taken).
     pub fn get(&self, key: &TokenKey) -> Option<&Token> {
-        self.tokens.get(key)
+        self.tokens.get(key).map(|t| &**t)
     }
 
     pub fn lookup(&self, key: &TokenKey) -> Lookup<'_> {
@@ -546,6 +562,9 @@ impl FacilityQueue {
                 self.unindex_patient(key);
                 self.lanes.entry(key.counter.clone()).or_default().mark_finished(key.number, status);
             }
+        }
+        if !dirty.is_empty() {
+            self.shrink();
         }
         std::mem::take(&mut self.issued_since_take)
     }
@@ -616,7 +635,7 @@ impl FacilityQueue {
             self.index_idempotency(idem, &key);
         }
         self.index_patient(&input.counter, &input.patient, &key);
-        self.tokens.insert(key.clone(), token);
+        self.tokens.insert(key.clone(), Box::new(token));
         self.dirty.insert(key.clone());
         self.issued_since_take.push(input.counter);
         Ok(ScanOutcome { key, kind: ScanKind::New })
@@ -648,7 +667,7 @@ impl FacilityQueue {
             .tokens
             .values()
             .filter(|t| t.status == Status::Waiting && now_ms >= t.expires_at)
-            .map(Token::key)
+            .map(|t| t.key())
             .collect();
         let expired = due.iter().filter(|k| self.expire_if_due(k, now_ms)).count();
         self.next_expiry = self
@@ -696,7 +715,7 @@ impl FacilityQueue {
         if let Lookup::Finished(s) = self.lookup(key) {
             return Err(QueueError::IllegalTransition { action, from: s.as_str() });
         }
-        self.tokens.get_mut(key).ok_or(QueueError::UnknownToken)
+        self.tokens.get_mut(key).map(|t| &mut **t).ok_or(QueueError::UnknownToken)
     }
 
     fn finish(&mut self, key: &TokenKey, event: Event, action: &'static str, now: Timestamp) -> Result<(), QueueError> {
@@ -820,8 +839,8 @@ impl FacilityQueue {
                 streak = 0;
             }
         }
-        let waiting = order.into_iter().filter_map(|k| self.tokens.get(k)).collect();
-        let called = lane.called.iter().filter_map(|k| self.tokens.get(k)).collect();
+        let waiting = order.into_iter().filter_map(|k| self.get(k)).collect();
+        let called = lane.called.iter().filter_map(|k| self.get(k)).collect();
         (waiting, called)
     }
 }
@@ -1060,7 +1079,7 @@ mod tests {
         assert_eq!(q.expire_due(later(2099)), 0);
         assert_eq!(q.expire_due(later(2100)), 1, "c at its new counter");
         // A restored queue scans on its first tick.
-        let stored: Vec<Token> = q.tokens.values().cloned().collect();
+        let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
         let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.expire_due(later(5000)), 0, "already expired before the restore");
@@ -1089,7 +1108,7 @@ mod tests {
         let p = issue(&mut q, "OPD1", "p1", Some(PriorityClass::Disabled));
         let first = q.call_next("OPD1", later(5)).unwrap().unwrap();
         assert_eq!(first, p);
-        let stored: Vec<Token> = q.tokens.values().cloned().collect();
+        let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
         let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.lanes["OPD1"].streak, 1);
@@ -1184,6 +1203,24 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_that_empties_gives_its_memory_back() {
+        let mut q = queue();
+        let keys: Vec<TokenKey> = (0..1_000).map(|i| issue(&mut q, "OPD1", &format!("p{i}"), None)).collect();
+        take(&mut q);
+        let grown = q.tokens.capacity();
+        assert!(grown >= 1_000);
+        for _ in &keys[2..] {
+            let k = q.call_next("OPD1", later(1)).unwrap().unwrap();
+            q.complete(&k, later(2)).unwrap();
+        }
+        take(&mut q);
+        assert_eq!(q.len(), 2);
+        assert!(q.tokens.capacity() <= 16, "{} slots kept of {grown}", q.tokens.capacity());
+        assert!(q.by_patient.capacity() <= 16 && q.patient_of.capacity() <= 16);
+        assert!(q.lanes["OPD1"].normal.capacity() <= 16);
+    }
+
+    #[test]
     fn a_hash_hit_for_another_key_is_not_a_replay() {
         let mut q = queue();
         let mut first = input("OPD1", "a", None);
@@ -1211,7 +1248,7 @@ mod tests {
         q.complete(&c, later(70)).unwrap();
         let mut stored = Vec::new();
         q.take_changes(|t| stored.push(t.clone()));
-        stored.extend(q.tokens.values().cloned());
+        stored.extend(q.tokens.values().map(|t| (**t).clone()));
         stored.sort_by_key(|t| t.number);
         stored.dedup_by_key(|t| t.number);
         assert_eq!(stored.len(), 3);
