@@ -3,6 +3,7 @@
 //! hands each change to its arbiter's group-commit writer, and answers only once Redis
 //! holds every change the answer reflects. Any failed write poisons the actor: it leaves
 //! the directory and the next request rehydrates from Redis, the source of truth.
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use jiff::civil::Date;
 use jiff::Timestamp;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::patient_keys::PatientHasher;
 use super::queue::{
@@ -134,9 +135,17 @@ impl Durable {
     }
 }
 
+/// An answer held back until the writes it reflects are durable.
+struct Waiting {
+    target: u64,
+    answer: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+/// Only what the scan path needs from the registry record: the queue's config holds the
+/// counters, and the state code labels metrics. Names and addresses stay in Redis.
 struct Ready {
     epoch: u64,
-    info: FacilityInfo,
+    state: &'static str,
     queue: FacilityQueue,
 }
 
@@ -171,7 +180,9 @@ pub struct FacilityActor {
     submitted: u64,
     /// The facility's write sequence in Redis (`w`), which only non-empty writes advance.
     wseq: u64,
-    durable: watch::Sender<Durable>,
+    durable: Durable,
+    /// Answers waiting for their writes, in submission order (so targets never decrease).
+    waiting: VecDeque<Waiting>,
     /// Live tokens this actor last added to the node's gauge.
     reported_live: usize,
 }
@@ -196,7 +207,8 @@ impl FacilityActor {
             last_active: Instant::now(),
             submitted: 0,
             wseq: 0,
-            durable: watch::Sender::new(Durable::default()),
+            durable: Durable::default(),
+            waiting: VecDeque::new(),
             reported_live: 0,
         }
     }
@@ -221,17 +233,22 @@ impl FacilityActor {
     /// the directory at once (new requests rehydrate elsewhere) and stops once every
     /// earlier write has been answered, so answers that did land are still delivered.
     fn resolved(&mut self, seq: u64, res: Result<(), StoreError>, ctx: &mut Context<Self>) {
-        self.durable.send_modify(|d| {
-            d.resolved += 1;
-            match res {
-                Ok(()) => d.upto = d.upto.max(seq),
-                Err(e) => {
-                    if d.failed.is_none_or(|(at, _)| seq < at) {
-                        d.failed = Some((seq, e));
-                    }
+        let d = &mut self.durable;
+        d.resolved += 1;
+        match res {
+            Ok(()) => d.upto = d.upto.max(seq),
+            Err(e) => {
+                if d.failed.is_none_or(|(at, _)| seq < at) {
+                    d.failed = Some((seq, e));
                 }
             }
-        });
+        }
+        // Answer in order: an answer whose fate is known behind one still unknown waits
+        // for it (it is never long: writes of one actor are answered in order).
+        while let Some(fate) = self.waiting.front().and_then(|w| self.durable.outcome(w.target)) {
+            let w = self.waiting.pop_front().expect("front exists");
+            (w.answer)(fate);
+        }
         if let Err(e) = res {
             if !matches!(self.phase, Phase::Failed(_)) {
                 tracing::warn!(facility = %self.id, error = %e, "facility write refused; dropping actor to rehydrate");
@@ -239,7 +256,7 @@ impl FacilityActor {
                 self.leave_directory();
             }
         }
-        if matches!(self.phase, Phase::Failed(_)) && self.durable.borrow().resolved == self.submitted {
+        if matches!(self.phase, Phase::Failed(_)) && self.durable.resolved == self.submitted {
             ctx.stop();
         }
     }
@@ -276,7 +293,7 @@ impl FacilityActor {
             queue.reserve_number(&c, n);
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
-        Ok(Ready { epoch, info, queue })
+        Ok(Ready { epoch, state: info.state_code(), queue })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -305,7 +322,7 @@ impl FacilityActor {
         let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let lb_count_fields: Vec<String> = issued
             .iter()
-            .map(|c| keys::lb_count_field(day, r.info.counter_kind(c).unwrap_or(CounterKind::Other).as_str()))
+            .map(|c| keys::lb_count_field(day, r.queue.counter(c).map_or(CounterKind::Other, |c| c.kind).as_str()))
             .collect();
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.wseq;
@@ -344,12 +361,11 @@ impl FacilityActor {
     /// token" or "illegal transition" from an actor that lost ownership must become a
     /// fencing error (and a retry on a fresh activation), not a wrong answer.
     fn reply_when_durable<T: Send + 'static>(
-        &self,
+        &mut self,
         reply: Reply<T>,
         value: Result<T, FacilityError>,
         started: Option<Instant>,
     ) {
-        let target = self.submitted;
         let metrics = self.deps.metrics.clone();
         let finish = move |fate: Result<(), StoreError>, value: Result<T, FacilityError>, reply: Reply<T>| {
             let r = fate.map_err(FacilityError::Store).and(value);
@@ -358,37 +374,27 @@ impl FacilityActor {
             }
             let _ = reply.send(r);
         };
-        let known = self.durable.borrow().outcome(target);
-        match known {
-            Some(fate) => finish(fate, value, reply),
-            None => {
-                let mut rx = self.durable.subscribe();
-                actix::spawn(async move {
-                    let fate = match rx.wait_for(|d| d.outcome(target).is_some()).await {
-                        Ok(d) => d.outcome(target).expect("waited for it"),
-                        // The actor is gone without an answer for this write.
-                        Err(_) => Err(StoreError::Unavailable),
-                    };
-                    finish(fate, value, reply);
-                });
-            }
+        self.when_durable(move |fate| finish(fate, value, reply));
+    }
+
+    /// Runs `answer` with the fate of every write submitted so far: now when it is known,
+    /// otherwise from [`Self::resolved`] once it is (or with `Unavailable` if the actor
+    /// stops first).
+    fn when_durable(&mut self, answer: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+        let target = self.submitted;
+        match self.durable.outcome(target) {
+            Some(fate) if self.waiting.is_empty() => answer(fate),
+            _ => self.waiting.push_back(Waiting { target, answer: Box::new(answer) }),
         }
     }
 
     /// Resolves once every write submitted so far has an answer (see [`Durable`]).
-    fn wait_durable(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        let target = self.submitted;
-        let known = self.durable.borrow().outcome(target);
-        let mut rx = self.durable.subscribe();
-        async move {
-            if let Some(fate) = known {
-                return fate;
-            }
-            match rx.wait_for(|d| d.outcome(target).is_some()).await {
-                Ok(d) => d.outcome(target).expect("waited for it"),
-                Err(_) => Err(StoreError::Unavailable),
-            }
-        }
+    fn wait_durable(&mut self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let (tx, rx) = oneshot::channel();
+        self.when_durable(move |fate| {
+            let _ = tx.send(fate);
+        });
+        async move { rx.await.unwrap_or(Err(StoreError::Unavailable)) }
     }
 
     /// Answers from a finished token's stored record, read once every write submitted so
@@ -452,7 +458,7 @@ impl FacilityActor {
         };
         match cmd {
             Command::Scan { input, reply } => {
-                let (state, kind) = (r.info.state_code(), r.info.counter_kind(&input.counter));
+                let (state, kind) = (r.state, r.queue.counter(&input.counter).map(|c| c.kind));
                 // Kept only for a replay of a finished token, confirmed against its record.
                 let replay_check = input.idempotency_key.as_ref().map(|_| input.clone());
                 let result = r.queue.scan(input, now).map_err(FacilityError::from);
@@ -553,12 +559,12 @@ impl FacilityActor {
                 }
             }
             Command::Queue { counter, reply } => {
-                let result = queue_view(&r.info, &r.queue, &id, counter.as_deref());
+                let result = queue_view(&r.queue, &id, counter.as_deref());
                 self.finish(ctx, permit, reply, result, None);
             }
             Command::Reconfigure(info) => {
                 r.queue.reconfigure(info.queue_config(self.deps.max_priority_streak, self.deps.default_service_s));
-                r.info = *info;
+                r.state = info.state_code();
             }
         }
     }
@@ -588,7 +594,7 @@ impl FacilityActor {
             }
         }
         let idle = self.last_active.elapsed() >= self.deps.idle_timeout;
-        let settled = self.durable.borrow().resolved == self.submitted;
+        let settled = self.durable.resolved == self.submitted;
         if idle && settled {
             tracing::debug!(facility = %self.id, "passivating idle facility");
             self.leave_directory();
@@ -609,18 +615,14 @@ async fn read_token(store: &Store, id: &str, day: Date, key: &TokenKey) -> Resul
     }
 }
 
-fn queue_view(
-    info: &FacilityInfo,
-    q: &FacilityQueue,
-    id: &str,
-    counter: Option<&str>,
-) -> Result<QueueView, FacilityError> {
+fn queue_view(q: &FacilityQueue, id: &str, counter: Option<&str>) -> Result<QueueView, FacilityError> {
     if let Some(c) = counter {
         if q.counter(c).is_none() {
             return Err(FacilityError::Queue(QueueError::UnknownCounter));
         }
     }
-    let counters = info
+    let counters = q
+        .config()
         .counters
         .iter()
         .filter(|c| counter.is_none_or(|want| want == c.id))
@@ -664,6 +666,10 @@ impl Actor for FacilityActor {
         self.deps.metrics.active_actors.decrement(1.0);
         self.deps.metrics.live_tokens.decrement(self.reported_live as f64);
         self.reported_live = 0;
+        // Answers still waiting lose their writes' fate with the actor (arbiter shutdown).
+        for w in self.waiting.drain(..) {
+            (w.answer)(Err(StoreError::Unavailable));
+        }
         self.leave_directory();
         self.release();
     }

@@ -54,7 +54,9 @@ pub struct AppState {
     pub protocol: Option<crate::protocol::ProtocolState>,
 }
 
-/// Mounts every route.
+/// Mounts every route. Static paths come first and the dynamic ones sit under scopes with
+/// a static prefix: actix matches each dynamic pattern with a regex in registration order,
+/// which was the single biggest routing cost when every id route stood at the top level.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/livez", web::get().to(health::livez))
         .route("/readyz", web::get().to(health::readyz))
@@ -62,27 +64,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi::spec))
         .route("/v1/scans", web::post().to(scans::create))
         .route("/v1/facilities:import", web::post().to(facilities::import))
-        .service(
-            web::resource("/v1/facilities/{facility_id}")
-                .route(web::put().to(facilities::put))
-                .route(web::get().to(facilities::get))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .route("/v1/facilities/{facility_id}/staff-keys", web::post().to(facilities::create_staff_key))
-        .route("/v1/facilities/{facility_id}/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key))
-        .route("/v1/facilities/{facility_id}/scans", web::post().to(scans::create_for_facility))
-        .route("/v1/facilities/{facility_id}/queue", web::get().to(counters::queue))
-        .route("/v1/facilities/{facility_id}/counters/{counter_id}/call-next", web::post().to(counters::call_next))
-        .route("/v1/tokens/{token_id}", web::get().to(counters::get_token))
-        .route("/v1/tokens/{token_id}/{action}", web::post().to(counters::act))
-        .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
         .route("/api/v3/hip/patient/share", web::post().to(protocol::share_v3))
         .route("/v3/hip/patient/share", web::post().to(protocol::share_v3))
         .route("/v1.0/patients/profile/share", web::post().to(protocol::share_v1))
         .route("/leaderboard", web::get().to(pages::leaderboard_page))
         .route("/leaderboard/events", web::get().to(pages::leaderboard_events))
-        .route("/facilities/{facility_id}/board", web::get().to(pages::board_page))
-        .route("/facilities/{facility_id}/board/events", web::get().to(pages::board_events));
+        .service(
+            web::scope("/v1/tokens")
+                .route("/{token_id}", web::get().to(counters::get_token))
+                .route("/{token_id}/{action}", web::post().to(counters::act)),
+        )
+        .service(
+            web::scope("/v1/facilities/{facility_id}")
+                .service(
+                    web::resource("")
+                        .route(web::put().to(facilities::put))
+                        .route(web::get().to(facilities::get))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .route("/scans", web::post().to(scans::create_for_facility))
+                .route("/counters/{counter_id}/call-next", web::post().to(counters::call_next))
+                .route("/queue", web::get().to(counters::queue))
+                .route("/staff-keys", web::post().to(facilities::create_staff_key))
+                .route("/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key)),
+        )
+        .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
+        .service(
+            web::scope("/facilities/{facility_id}")
+                .route("/board", web::get().to(pages::board_page))
+                .route("/board/events", web::get().to(pages::board_events)),
+        );
 }
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {

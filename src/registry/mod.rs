@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::facility::queue::{Counter, CounterKind, QueueConfig};
+use crate::facility::queue::{Counter, QueueConfig};
 
 /// A facility as sent by an admin (PUT body, or one import row with `facility_id`).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -163,15 +163,12 @@ impl FacilityInfo {
     pub fn district_id(&self) -> String {
         format!("{}/{}", self.state_code(), self.district)
     }
-
-    pub fn counter_kind(&self, id: &str) -> Option<CounterKind> {
-        self.counters.iter().find(|c| c.id == id).map(|c| c.kind)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facility::queue::CounterKind;
 
     fn spec() -> FacilitySpec {
         FacilitySpec {

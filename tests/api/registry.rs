@@ -273,8 +273,21 @@ async fn livez_openapi_and_metrics() {
     let f = fid(430);
     app.register(&f).await;
     app.scan_new(&scan_body(&f, "OPD1", 1)).await;
+    let (st, _) = app.get_facility(&f).await;
+    assert_eq!(st, 200);
+    let r = app.req("GET", "/v1/tokens/not-a-token", None, None, &[]).await;
+    assert!(r.status >= 400, "{}", r.status);
     let r = app.req("GET", "/metrics", None, None, &[]).await;
     assert_eq!(r.status, 200);
+    // Routes under scopes are labelled with their whole pattern, never with an id.
+    for route in ["/v1/scans", "/v1/facilities/{facility_id}", "/v1/tokens/{token_id}"] {
+        let label = format!("route=\"{route}\"");
+        assert!(
+            r.text.lines().any(|l| l.starts_with("scangw_http_request_duration_seconds") && l.contains(&label)),
+            "HTTP latency labelled {label}"
+        );
+    }
+    assert!(!r.text.contains(&f), "no facility id in a label");
     assert!(r.text.contains("scangw_"), "metrics expose scangw_ series: {}", &r.text[..r.text.len().min(500)]);
     assert!(r.text.lines().any(|l| l.starts_with("# TYPE scangw_")), "Prometheus text format");
     assert!(!r.text.contains(&abha_address(1)), "metrics carry no patient data");
@@ -288,5 +301,10 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     assert_error(r.status, &r.body, 404, "NOT_FOUND");
     let r = app.req("DELETE", "/v1/facilities/IN0410000183", Some(&app.admin), None, &[]).await;
     assert_error(r.status, &r.body, 405, "METHOD_NOT_ALLOWED");
+    // Inside a facility's routes too: an unknown path is a 404, a wrong method on a known one a 405.
+    let r = app.req("GET", "/v1/facilities/IN0410000183/nowhere", Some(&app.admin), None, &[]).await;
+    assert_error(r.status, &r.body, 404, "NOT_FOUND");
+    let r = app.req("GET", "/v1/tokens/IN0410000183.AAAA/nowhere/else", Some(&app.admin), None, &[]).await;
+    assert_error(r.status, &r.body, 404, "NOT_FOUND");
     app.stop().await;
 }
