@@ -39,6 +39,10 @@ pub struct Settings {
     pub log: String,
     pub shutdown_grace_s: u64,
     pub idle_timeout_s: u64,
+    /// Soft cap on facility actors per node; 0 = none. Above it, actors idle for
+    /// `pressure_idle_s` are passivated too, so memory follows the busy facilities.
+    pub max_active_facilities: usize,
+    pub pressure_idle_s: u64,
     pub mailbox_capacity: usize,
     pub max_in_flight: usize,
     pub max_priority_streak: u32,
@@ -120,6 +124,8 @@ impl Default for Settings {
             log: "info".into(),
             shutdown_grace_s: 20,
             idle_timeout_s: 600,
+            max_active_facilities: 50_000,
+            pressure_idle_s: 30,
             mailbox_capacity: 1024,
             max_in_flight: 20_000,
             max_priority_streak: 3,
@@ -245,6 +251,8 @@ impl Settings {
         number!(
             shutdown_grace_s,
             idle_timeout_s,
+            max_active_facilities,
+            pressure_idle_s,
             mailbox_capacity,
             max_in_flight,
             max_priority_streak,
@@ -367,6 +375,7 @@ impl Settings {
         positive("SCANGW_REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
         positive("SCANGW_BATCH_MAX", self.batch_max as u64)?;
         positive("SCANGW_IDLE_TIMEOUT_S", self.idle_timeout_s)?;
+        positive("SCANGW_PRESSURE_IDLE_S", self.pressure_idle_s)?;
         positive("SCANGW_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
         positive("SCANGW_LIMITS_SWEEP_S", self.limits_sweep_s)?;
         positive("SCANGW_LEADERBOARD_RETENTION_DAYS", self.leaderboard_retention_days)?;

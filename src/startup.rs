@@ -72,6 +72,9 @@ impl Application {
             max_priority_streak: settings.max_priority_streak,
             default_service_s: settings.default_service_s,
             idle_timeout: Duration::from_secs(settings.idle_timeout_s),
+            max_active: settings.max_active_facilities,
+            pressure_idle: Duration::from_secs(settings.pressure_idle_s),
+            active: Default::default(),
             mailbox_capacity: settings.mailbox_capacity,
             day_retention_s: settings.day_retention_s as i64,
         });

@@ -35,9 +35,29 @@ pub struct Deps {
     pub max_priority_streak: u32,
     pub default_service_s: u64,
     pub idle_timeout: Duration,
+    /// Soft cap on this node's actors (0 = none): above it, see [`Deps::idle_limit`].
+    pub max_active: usize,
+    pub pressure_idle: Duration,
+    /// Actors alive on this node (started, not yet stopped).
+    pub active: AtomicUsize,
     pub mailbox_capacity: usize,
     /// How long a finished day's tokens stay in Redis after local midnight.
     pub day_retention_s: i64,
+}
+
+impl Deps {
+    /// How long an actor may sit idle before it passivates. Over the cap, the shorter
+    /// pressure limit applies to every actor, so the quietest facilities leave first and
+    /// busy ones (never idle that long) stay: a soft cap, exceeded only while the node
+    /// really has more busy facilities than it. Passivating loses nothing (Redis holds
+    /// the day); the price is one activation when the facility is next used.
+    pub fn idle_limit(&self) -> Duration {
+        if self.max_active > 0 && self.active.load(Ordering::Relaxed) > self.max_active {
+            self.pressure_idle.min(self.idle_timeout)
+        } else {
+            self.idle_timeout
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -514,7 +534,7 @@ impl FacilityActor {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let key = TokenKey { counter: token.counter, number: token.number };
+                let key = TokenKey { counter: token.counter.into(), number: token.number };
                 let q = &mut r.queue;
                 let result = match &action {
                     Action::Recall => q.recall(&key, now),
@@ -531,7 +551,7 @@ impl FacilityActor {
             }
             Command::Get { token, reply } => {
                 if token.day == r.queue.day() {
-                    let key = TokenKey { counter: token.counter, number: token.number };
+                    let key = TokenKey { counter: token.counter.into(), number: token.number };
                     r.queue.expire_if_due(&key, now.as_millisecond());
                     match r.queue.lookup(&key) {
                         Lookup::Live(_) => {
@@ -550,7 +570,7 @@ impl FacilityActor {
                     // An earlier (or unknown) day: read the stored record as it is.
                     let store = self.deps.store.clone();
                     actix::spawn(async move {
-                        let key = TokenKey { counter: token.counter, number: token.number };
+                        let key = TokenKey { counter: token.counter.into(), number: token.number };
                         let result = read_token(&store, &id, token.day, &key)
                             .await
                             .map(|t| TokenView::build(&id, token.day, &t, None));
@@ -593,10 +613,15 @@ impl FacilityActor {
                 }
             }
         }
-        let idle = self.last_active.elapsed() >= self.deps.idle_timeout;
+        let idle_for = self.last_active.elapsed();
         let settled = self.durable.resolved == self.submitted;
-        if idle && settled {
+        if idle_for >= self.deps.idle_limit() && settled {
             tracing::debug!(facility = %self.id, "passivating idle facility");
+            if idle_for >= self.deps.idle_timeout {
+                self.deps.metrics.passivated_idle.increment(1);
+            } else {
+                self.deps.metrics.passivated_pressure.increment(1);
+            }
             self.leave_directory();
             ctx.stop();
         }
@@ -645,6 +670,7 @@ impl Actor for FacilityActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.deps.mailbox_capacity);
         self.deps.metrics.active_actors.increment(1.0);
+        self.deps.active.fetch_add(1, Ordering::Relaxed);
         let fut = Self::load(self.deps.clone(), self.id.clone());
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(ready) => {
@@ -658,12 +684,14 @@ impl Actor for FacilityActor {
                 ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
             }
         }));
-        let every = (self.deps.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let shortest = self.deps.idle_timeout.min(self.deps.pressure_idle);
+        let every = (shortest / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.deps.metrics.active_actors.decrement(1.0);
+        self.deps.active.fetch_sub(1, Ordering::Relaxed);
         self.deps.metrics.live_tokens.decrement(self.reported_live as f64);
         self.reported_live = 0;
         // Answers still waiting lose their writes' fate with the actor (arbiter shutdown).

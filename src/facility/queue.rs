@@ -8,6 +8,7 @@
 //! Reads of finished tokens go to Redis (see [`Lookup`]).
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
+
+/// A counter's id as the queue holds it: interned per queue (see [`FacilityQueue`]), so one
+/// allocation per counter is shared by every token, key, lane entry and history entry of it.
+pub type CounterName = Arc<str>;
 
 pub fn millis(t: Timestamp) -> Millis {
     t.as_millisecond()
@@ -124,27 +129,42 @@ pub struct Profile {
     pub phone: Option<String>,
 }
 
+/// A keyed digest of one patient identifier: the first 16 bytes of its HMAC (see
+/// `patient_keys`). Fixed bytes, so indexing a patient allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PatientDigest(pub [u8; 16]);
+
+#[cfg(test)]
+impl PatientDigest {
+    /// A stand-in for tests: distinct strings give distinct digests.
+    pub fn for_test(s: &str) -> Self {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(s.as_bytes());
+        PatientDigest(h[..16].try_into().expect("32-byte hash"))
+    }
+}
+
 /// Keyed digests of the patient's identifiers (HMAC, computed at the edge).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PatientKeys {
-    pub by_address: String,
-    pub by_number: Option<String>,
+    pub by_address: PatientDigest,
+    pub by_number: Option<PatientDigest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub event: Event,
     pub at: Millis,
-    pub counter: String,
+    pub counter: CounterName,
 }
 
 /// One token of the day. `counter` + `number` identify it; `at_counter` is where it
 /// waits now (differs after a transfer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
-    pub counter: String,
+    pub counter: CounterName,
     pub number: u32,
-    pub at_counter: String,
+    pub at_counter: CounterName,
     pub status: Status,
     pub priority: Option<PriorityClass>,
     /// Waits in the priority lane (a priority class, or transferred in).
@@ -185,13 +205,13 @@ impl Token {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenKey {
-    pub counter: String,
+    pub counter: CounterName,
     pub number: u32,
 }
 
 /// An Idempotency-Key replay must repeat the same request: same counter, same patient.
 pub fn is_same_scan(t: &Token, input: &ScanInput) -> bool {
-    t.counter == input.counter && t.profile.abha_address == input.profile.abha_address
+    *t.counter == *input.counter && t.profile.abha_address == input.profile.abha_address
 }
 
 /// Per-facility settings the queue needs.
@@ -309,6 +329,10 @@ pub enum Lookup<'a> {
 }
 
 /// The facility's queue for one service day.
+///
+/// Counter names are interned: the queue holds one [`CounterName`] per counter (in
+/// `counter_names`, and as its lane's key) and hands out clones of it, so a token costs no
+/// allocation for its counter, its keys or its history.
 #[derive(Debug)]
 pub struct FacilityQueue {
     cfg: QueueConfig,
@@ -316,20 +340,22 @@ pub struct FacilityQueue {
     /// Live tokens only (see the module doc).
     /// Boxed: an empty slot of a map costs its value's size, and most maps are small.
     tokens: HashMap<TokenKey, Box<Token>>,
-    /// Created on first use, so a facility pays only for the counters it uses.
-    lanes: HashMap<String, Box<Lane>>,
+    /// Created on first use, so a facility pays only for the counters it uses. Keyed by the
+    /// interned name.
+    lanes: HashMap<CounterName, Box<Lane>>,
     /// Repeat detection: (issuing counter, patient digest) of live tokens.
-    by_patient: HashMap<(String, String), TokenKey>,
+    by_patient: HashMap<(CounterName, PatientDigest), TokenKey>,
     /// The digests each live token is indexed under, to unindex it when it finishes.
     patient_of: HashMap<TokenKey, PatientKeys>,
     /// Every Idempotency-Key of the day, as a keyed 64-bit hash to a packed token reference
     /// (`counter_names` index << 32 | number). A hit is confirmed against the token itself.
     by_idempotency: HashMap<u64, u64>,
     idem_hasher: std::hash::RandomState,
-    /// Issuing counters by index, for the packed references (append-only).
-    counter_names: Vec<String>,
+    /// The interned counter names (see [`FacilityQueue::intern`]), by index, also for the
+    /// packed references (append-only; bounded by the counters the day has seen).
+    counter_names: Vec<CounterName>,
     dirty: HashSet<TokenKey>,
-    issued_since_take: Vec<String>,
+    issued_since_take: Vec<CounterName>,
     /// No waiting token expires before this (a lower bound: it may be early, never late),
     /// so the actor's periodic tick skips the scan over the day's tokens until then.
     next_expiry: Millis,
@@ -365,16 +391,22 @@ impl FacilityQueue {
         let mut q = Self::new(cfg, day);
         // The first expiry tick after a restore scans the tokens and sets the real bound.
         q.next_expiry = Millis::MIN;
-        let mut waiting: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
-        let mut called: Vec<(Millis, TokenKey, bool, String)> = Vec::new();
-        let mut calls: Vec<(Millis, String, bool)> = Vec::new();
-        let mut services: Vec<(Millis, String, Millis)> = Vec::new();
-        for t in stored {
+        let mut waiting: Vec<(Millis, TokenKey, bool, CounterName)> = Vec::new();
+        let mut called: Vec<(Millis, TokenKey, bool, CounterName)> = Vec::new();
+        let mut calls: Vec<(Millis, CounterName, bool)> = Vec::new();
+        let mut services: Vec<(Millis, CounterName, Millis)> = Vec::new();
+        for mut t in stored {
+            // Decoded records carry their own names: share the queue's instead.
+            t.counter = q.intern(&t.counter);
+            t.at_counter = q.intern(&t.at_counter);
+            for h in &mut t.history {
+                h.counter = q.intern(&h.counter);
+            }
             let key = t.key();
             if let Some(k) = &t.idempotency_key {
                 q.index_idempotency(k, &key);
             }
-            let lane = q.lanes.entry(t.counter.clone()).or_default();
+            let lane = q.lane_mut(&t.counter);
             lane.last_number = lane.last_number.max(t.number);
             let entered = t.history.last().map(|h| h.at).unwrap_or(t.issued_at);
             let mut called_at: Option<Millis> = None;
@@ -400,13 +432,12 @@ impl FacilityQueue {
                     continue;
                 }
             }
-            let pk = patient_keys(&t.profile);
-            q.index_patient(&t.counter, &pk, &key);
+            q.index_patient(patient_keys(&t.profile), &key);
             q.tokens.insert(key, Box::new(t));
         }
         waiting.sort();
         for (_, key, prio, at) in waiting {
-            let lane = q.lanes.entry(at).or_default();
+            let lane = q.lane_mut(&at);
             if prio {
                 lane.priority.push_back(key);
             } else {
@@ -414,33 +445,54 @@ impl FacilityQueue {
             }
         }
         called.sort();
-        for (_, key, _, at) in &called {
-            q.lanes.entry(at.clone()).or_default().called.push(key.clone());
+        for (_, key, _, at) in called {
+            q.lane_mut(&at).called.push(key);
         }
         calls.sort();
         for (_, counter, prio) in calls {
-            let lane = q.lanes.entry(counter).or_default();
+            let lane = q.lane_mut(&counter);
             lane.streak = if prio { lane.streak + 1 } else { 0 };
         }
         services.sort();
         for (_, counter, ms) in services {
-            q.lanes.entry(counter).or_default().record_service(ms);
+            q.lane_mut(&counter).record_service(ms);
         }
         q
     }
 
     /// Never reuse a number seen in storage, even if its record could not be read.
     pub fn reserve_number(&mut self, counter: &str, number: u32) {
-        let lane = self.lanes.entry(counter.to_string()).or_default();
+        let lane = self.lane_mut(counter);
         lane.last_number = lane.last_number.max(number);
     }
 
-    fn index_patient(&mut self, counter: &str, pk: &PatientKeys, key: &TokenKey) {
-        self.by_patient.insert((counter.to_string(), pk.by_address.clone()), key.clone());
-        if let Some(n) = &pk.by_number {
-            self.by_patient.insert((counter.to_string(), n.clone()), key.clone());
+    /// The queue's one name for a counter: a clone of the interned [`CounterName`] (made on
+    /// first sight), so every token, key and history entry of a counter shares one allocation.
+    fn intern(&mut self, counter: &str) -> CounterName {
+        // Every lane is keyed by its interned name: one hash lookup in the common case.
+        if let Some((name, _)) = self.lanes.get_key_value(counter) {
+            return name.clone();
         }
-        self.patient_of.insert(key.clone(), pk.clone());
+        let i = self.counter_index(counter);
+        self.counter_names[i as usize].clone()
+    }
+
+    /// A counter's lane, made on first use under the interned name.
+    fn lane_mut(&mut self, counter: &str) -> &mut Lane {
+        if !self.lanes.contains_key(counter) {
+            let name = self.intern(counter);
+            self.lanes.insert(name, Box::default());
+        }
+        self.lanes.get_mut(counter).expect("lane exists")
+    }
+
+    /// `key.counter` is the interned name, so the index shares it.
+    fn index_patient(&mut self, pk: PatientKeys, key: &TokenKey) {
+        self.by_patient.insert((key.counter.clone(), pk.by_address), key.clone());
+        if let Some(n) = pk.by_number {
+            self.by_patient.insert((key.counter.clone(), n), key.clone());
+        }
+        self.patient_of.insert(key.clone(), pk);
     }
 
     fn unindex_patient(&mut self, key: &TokenKey) {
@@ -478,10 +530,10 @@ impl FacilityQueue {
     }
 
     fn counter_index(&mut self, counter: &str) -> u64 {
-        match self.counter_names.iter().position(|c| c == counter) {
+        match self.counter_names.iter().position(|c| **c == *counter) {
             Some(i) => i as u64,
             None => {
-                self.counter_names.push(counter.to_string());
+                self.counter_names.push(counter.into());
                 (self.counter_names.len() - 1) as u64
             }
         }
@@ -551,7 +603,7 @@ impl FacilityQueue {
 
     /// Hands every token changed since the last call to `each` (to persist), then lets the
     /// finished ones go from memory. Returns the counters that issued new tokens.
-    pub fn take_changes(&mut self, mut each: impl FnMut(&Token)) -> Vec<String> {
+    pub fn take_changes(&mut self, mut each: impl FnMut(&Token)) -> Vec<CounterName> {
         let dirty: Vec<TokenKey> = self.dirty.drain().collect();
         for key in &dirty {
             let Some(t) = self.tokens.get(key) else { continue };
@@ -560,7 +612,7 @@ impl FacilityQueue {
                 let status = t.status;
                 self.tokens.remove(key);
                 self.unindex_patient(key);
-                self.lanes.entry(key.counter.clone()).or_default().mark_finished(key.number, status);
+                self.lane_mut(&key.counter).mark_finished(key.number, status);
             }
         }
         if !dirty.is_empty() {
@@ -596,19 +648,19 @@ impl FacilityQueue {
                 }
             }
         }
-        let mut candidates = vec![input.patient.by_address.clone()];
-        candidates.extend(input.patient.by_number.clone());
-        for digest in &candidates {
-            if let Some(key) = self.by_patient.get(&(input.counter.clone(), digest.clone())).cloned() {
+        let counter = self.intern(&input.counter);
+        let candidates = std::iter::once(input.patient.by_address).chain(input.patient.by_number);
+        for digest in candidates {
+            if let Some(key) = self.by_patient.get(&(counter.clone(), digest)).cloned() {
                 self.expire_if_due(&key, now_ms);
                 if self.tokens[&key].is_active(now_ms) {
                     return Ok(ScanOutcome { key, kind: ScanKind::Repeat });
                 }
             }
         }
-        let lane = self.lanes.entry(input.counter.clone()).or_default();
+        let lane = self.lane_mut(&counter);
         lane.last_number += 1;
-        let key = TokenKey { counter: input.counter.clone(), number: lane.last_number };
+        let key = TokenKey { counter: counter.clone(), number: lane.last_number };
         let lane_priority = input.priority.is_some();
         if lane_priority {
             lane.priority.push_back(key.clone());
@@ -617,9 +669,9 @@ impl FacilityQueue {
         }
         let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
         let mut token = Token {
-            counter: input.counter.clone(),
+            counter: counter.clone(),
             number: key.number,
-            at_counter: input.counter.clone(),
+            at_counter: counter.clone(),
             status: Status::Waiting,
             priority: input.priority,
             lane_priority,
@@ -634,10 +686,10 @@ impl FacilityQueue {
         if let Some(idem) = &input.idempotency_key {
             self.index_idempotency(idem, &key);
         }
-        self.index_patient(&input.counter, &input.patient, &key);
+        self.index_patient(input.patient, &key);
         self.tokens.insert(key.clone(), Box::new(token));
         self.dirty.insert(key.clone());
-        self.issued_since_take.push(input.counter);
+        self.issued_since_take.push(counter);
         Ok(ScanOutcome { key, kind: ScanKind::New })
     }
 
@@ -689,7 +741,7 @@ impl FacilityQueue {
         }
         let max_streak = self.cfg.max_priority_streak;
         loop {
-            let lane = self.lanes.entry(counter.to_string()).or_default();
+            let lane = self.lane_mut(counter);
             let take_priority = !lane.priority.is_empty() && (lane.streak < max_streak || lane.normal.is_empty());
             let next = if take_priority { lane.priority.pop_front() } else { lane.normal.pop_front() };
             let Some(key) = next else { return Ok(None) };
@@ -728,7 +780,7 @@ impl FacilityQueue {
         let called_at = t.last_at(Event::Called).unwrap_or(t.issued_at);
         t.push(event, now_ms);
         let at = t.at_counter.clone();
-        let lane = self.lanes.entry(at).or_default();
+        let lane = self.lane_mut(&at);
         lane.called.retain(|k| k != key);
         lane.record_service(now_ms - called_at);
         self.dirty.insert(key.clone());
@@ -764,6 +816,7 @@ impl FacilityQueue {
         }
         self.expire_if_due(key, now_ms);
         let validity_ms = (self.cfg.token_validity_s as i64).saturating_mul(1000);
+        let to = self.intern(to);
         let t = self.token_mut(key, "transfer")?;
         if !matches!(t.status, Status::Waiting | Status::Called) {
             return Err(QueueError::IllegalTransition { action: "transfer", from: t.status.as_str() });
@@ -774,7 +827,7 @@ impl FacilityQueue {
                 from: t.status.as_str(),
             });
         }
-        let from = std::mem::replace(&mut t.at_counter, to.to_string());
+        let from = std::mem::replace(&mut t.at_counter, to.clone());
         t.lane_priority = true;
         // A transferred token gets a fresh validity window at its new counter.
         t.expires_at = now_ms.saturating_add(validity_ms);
@@ -784,7 +837,7 @@ impl FacilityQueue {
             lane.remove_waiting(key);
             lane.called.retain(|k| k != key);
         }
-        self.lanes.entry(to.to_string()).or_default().priority.push_back(key.clone());
+        self.lane_mut(&to).priority.push_back(key.clone());
         self.dirty.insert(key.clone());
         self.next_expiry = self.next_expiry.min(expires_at);
         Ok(())
@@ -875,7 +928,7 @@ mod tests {
         ScanInput {
             counter: counter.into(),
             priority,
-            patient: PatientKeys { by_address: format!("d-{patient}"), by_number: None },
+            patient: keys_of(patient),
             profile: Profile {
                 abha_address: format!("{patient}@abdm"),
                 name: patient.into(),
@@ -885,6 +938,11 @@ mod tests {
             },
             idempotency_key: None,
         }
+    }
+
+    /// Test digests: distinct patients, distinct digests.
+    fn keys_of(patient: &str) -> PatientKeys {
+        PatientKeys { by_address: PatientDigest::for_test(&format!("d-{patient}")), by_number: None }
     }
 
     fn queue() -> FacilityQueue {
@@ -909,6 +967,52 @@ mod tests {
         TokenKey { counter: c.into(), number: n }
     }
 
+    /// Every counter name the queue holds (tokens, keys, lanes, indexes, history) is the
+    /// queue's one name for that counter: a per-token copy would be an allocation per token.
+    fn assert_names_interned(q: &FacilityQueue) {
+        let names = &q.counter_names;
+        assert!(names.iter().enumerate().all(|(i, n)| !names[..i].contains(n)), "one name per counter");
+        let one = |n: &CounterName| names.iter().any(|c| Arc::ptr_eq(c, n));
+        let keys = q.tokens.keys().chain(q.patient_of.keys()).chain(&q.dirty).chain(q.by_patient.values());
+        let lane_keys = q.lanes.values().flat_map(|l| l.priority.iter().chain(&l.normal).chain(&l.called));
+        assert!(keys.chain(lane_keys).all(|k| one(&k.counter)), "keys");
+        for t in q.tokens.values() {
+            let history = t.history.iter().map(|h| &h.counter);
+            assert!([&t.counter, &t.at_counter].into_iter().chain(history).all(one), "{}", t.display());
+        }
+        assert!(q.lanes.keys().chain(q.by_patient.keys().map(|(c, _)| c)).all(one), "lanes, repeat index");
+        assert!(q.issued_since_take.iter().all(one));
+    }
+
+    #[test]
+    fn a_counter_name_is_one_allocation_shared_by_its_tokens() {
+        let mut q = queue();
+        let keys: Vec<TokenKey> = (0..6).map(|i| issue(&mut q, "OPD1", &format!("p{i}"), None)).collect();
+        issue(&mut q, "OPD2", "x", None);
+        let mut keyed = input("OPD1", "k", Some(PriorityClass::Elderly));
+        keyed.idempotency_key = Some("req-k".into());
+        let k = q.scan(keyed.clone(), later(1)).unwrap().key;
+        let replay = q.scan(keyed, later(2)).unwrap();
+        assert_eq!(replay, ScanOutcome { key: k.clone(), kind: ScanKind::Replay });
+        assert!(Arc::ptr_eq(&replay.key.counter, &k.counter), "the packed reference resolves to the one name");
+        for key in &keys[1..] {
+            assert!(Arc::ptr_eq(&key.counter, &keys[0].counter), "keys of one counter share its name");
+            let t = q.get(key).unwrap();
+            assert!(Arc::ptr_eq(&t.counter, &keys[0].counter) && Arc::ptr_eq(&t.at_counter, &t.counter));
+        }
+        assert!(Arc::ptr_eq(&k.counter, &keys[0].counter));
+        assert!(!Arc::ptr_eq(&keys[0].counter, &q.get(&a_key("OPD2", 1)).unwrap().counter));
+        q.call_next("OPD1", later(3)).unwrap();
+        q.transfer(&keys[1], "OPD2", later(4)).unwrap();
+        assert_names_interned(&q);
+        // A key built from a request path finds the token, and a restore interns again.
+        assert_eq!(q.get(&a_key("OPD1", 3)).unwrap().number, 3);
+        use crate::persistence::record;
+        let stored = q.tokens.values().map(|t| record::decode(&t.counter, t.number, &record::encode(t)).unwrap());
+        let r = FacilityQueue::restore(cfg(), q.day(), stored.collect(), |p| keys_of(&p.name));
+        assert_names_interned(&r);
+    }
+
     #[test]
     fn repeat_scan_returns_same_token_until_expired() {
         let mut q = queue();
@@ -929,10 +1033,10 @@ mod tests {
     fn repeat_matches_by_abha_number_too() {
         let mut q = queue();
         let mut a = input("OPD1", "p", None);
-        a.patient.by_number = Some("num".into());
+        a.patient.by_number = Some(PatientDigest::for_test("num"));
         let first = q.scan(a, t0()).unwrap();
         let mut b = input("OPD1", "other-address", None);
-        b.patient.by_number = Some("num".into());
+        b.patient.by_number = Some(PatientDigest::for_test("num"));
         let again = q.scan(b, later(5)).unwrap();
         assert_eq!((again.kind, again.key), (ScanKind::Repeat, first.key));
     }
@@ -1026,7 +1130,7 @@ mod tests {
         let called = q.call_next("OPD2", later(2)).unwrap().unwrap();
         assert_eq!(called, k);
         assert_eq!(q.get(&k).unwrap().display(), "OPD1-001");
-        assert_eq!(q.get(&k).unwrap().at_counter, "OPD2");
+        assert_eq!(&*q.get(&k).unwrap().at_counter, "OPD2");
         assert_eq!(q.call_next("OPD1", later(3)).unwrap(), None);
     }
 
@@ -1080,7 +1184,7 @@ mod tests {
         assert_eq!(q.expire_due(later(2100)), 1, "c at its new counter");
         // A restored queue scans on its first tick.
         let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
-        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
+        let keys = |p: &Profile| keys_of(&p.name);
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.expire_due(later(5000)), 0, "already expired before the restore");
         let d = r.scan(input("OPD1", "d", None), later(5000)).unwrap().key;
@@ -1109,7 +1213,7 @@ mod tests {
         let first = q.call_next("OPD1", later(5)).unwrap().unwrap();
         assert_eq!(first, p);
         let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
-        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
+        let keys = |p: &Profile| keys_of(&p.name);
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.lanes["OPD1"].streak, 1);
         assert_eq!(r.scan(input("OPD1", "n2", None), later(6)).unwrap().kind, ScanKind::Repeat);
@@ -1252,7 +1356,7 @@ mod tests {
         stored.sort_by_key(|t| t.number);
         stored.dedup_by_key(|t| t.number);
         assert_eq!(stored.len(), 3);
-        let keys = |p: &Profile| PatientKeys { by_address: format!("d-{}", p.name), by_number: None };
+        let keys = |p: &Profile| keys_of(&p.name);
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.len(), 2);
         assert_eq!(r.lookup(&c), Lookup::Finished(Status::Completed));

@@ -53,13 +53,18 @@ impl TokenView {
         let pos =
             queue.map(|q| q.position(&t.key())).unwrap_or(super::queue::Position { ahead: 0, estimated_wait_s: 0 });
         TokenView {
-            token_id: TokenRef { facility: facility.to_string(), day, counter: t.counter.clone(), number: t.number }
-                .encode(),
+            token_id: TokenRef {
+                facility: facility.to_string(),
+                day,
+                counter: t.counter.to_string(),
+                number: t.number,
+            }
+            .encode(),
             token_number: t.number,
             display: t.display(),
             facility_id: facility.to_string(),
-            counter_id: t.at_counter.clone(),
-            issued_counter_id: t.counter.clone(),
+            counter_id: t.at_counter.to_string(),
+            issued_counter_id: t.counter.to_string(),
             service_date: day.to_string(),
             status: t.status,
             priority: t.priority,
@@ -77,7 +82,7 @@ impl TokenView {
                     event: h.event,
                     status: h.event.status(),
                     at: rfc3339(h.at),
-                    counter_id: h.counter.clone(),
+                    counter_id: h.counter.to_string(),
                 })
                 .collect(),
             patient: Some(t.profile.clone()),

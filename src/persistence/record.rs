@@ -1,7 +1,7 @@
 //! The stored form of a token: one compact line per token (fields split by the ASCII unit
 //! separator), about 100 bytes, so Redis holds a token in well under 200 bytes. Names and
 //! ids never contain control characters (refused at the edge), so the separators are safe.
-use crate::facility::queue::{Event, PriorityClass, Profile, Status, Token, Transition};
+use crate::facility::queue::{CounterName, Event, PriorityClass, Profile, Status, Token, Transition};
 
 const VERSION: &str = "1";
 const FS: char = '\u{1f}';
@@ -123,24 +123,28 @@ pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRec
     }
     let issued_at: i64 = f[5].parse().map_err(|_| CorruptRecord("issued_at"))?;
     let validity: i64 = f[6].parse().map_err(|_| CorruptRecord("expires_at"))?;
+    // One allocation per distinct counter name, shared by the token's fields and history.
+    let counter: CounterName = counter.into();
+    let at_counter: CounterName = if f[1].is_empty() { counter.clone() } else { f[1].into() };
     let mut history = Vec::new();
     if !f[8].is_empty() {
         for h in f[8].split(RS) {
             let mut chars = h.chars();
             let event = chars.next().and_then(event_from).ok_or(CorruptRecord("history event"))?;
             let rest = chars.as_str();
-            let (offset, at_counter) = match rest.split_once(',') {
-                Some((o, c)) => (o, c),
-                None => (rest, counter),
+            let (offset, h_counter) = match rest.split_once(',') {
+                Some((o, c)) if c == &*at_counter => (o, at_counter.clone()),
+                Some((o, c)) => (o, c.into()),
+                None => (rest, counter.clone()),
             };
             let offset: i64 = offset.parse().map_err(|_| CorruptRecord("history time"))?;
-            history.push(Transition { event, at: issued_at + offset, counter: at_counter.to_string() });
+            history.push(Transition { event, at: issued_at + offset, counter: h_counter });
         }
     }
     Ok(Token {
-        counter: counter.to_string(),
+        counter,
         number,
-        at_counter: opt(f[1]).unwrap_or_else(|| counter.to_string()),
+        at_counter,
         status: status_from(f[2]).ok_or(CorruptRecord("status"))?,
         priority: priority_from(f[3]).ok_or(CorruptRecord("priority"))?,
         lane_priority: f[4] == "1",

@@ -45,6 +45,47 @@ async fn idle_facility_is_passivated_and_rehydrates_on_next_use() {
 }
 
 #[actix_web::test]
+async fn over_the_actor_cap_quiet_facilities_passivate_and_busy_ones_stay() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.idle_timeout_s = 3600;
+    settings.max_active_facilities = 2;
+    settings.pressure_idle_s = 1;
+    let mut app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let (busy, quiet): (String, Vec<String>) = (fid(910), (911..915).map(fid).collect());
+    for f in std::iter::once(&busy).chain(&quiet) {
+        app.register(f).await;
+        app.scan_new(&scan_body(f, "OPD1", 1)).await;
+    }
+    assert_eq!((app.active_facilities)(), 5, "over the cap of 2, nothing is idle yet");
+
+    // The busy facility scans every 200 ms; the quiet ones stop. Within the hour-long idle
+    // timeout only the pressure limit (1 s) can passivate them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut i = 2;
+    while (app.active_facilities)() > 2 {
+        assert!(std::time::Instant::now() < deadline, "quiet facilities still active: {}", (app.active_facilities)());
+        app.scan_new(&scan_body(&busy, "OPD1", i)).await;
+        i += 1;
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.scan_new(&scan_body(&busy, "OPD1", i)).await;
+    assert_eq!(fence_epoch(&redis, &busy), 1, "the busy facility kept its actor throughout");
+    let metrics = app.req("GET", "/metrics", None, None, &[]).await.text;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("scangw_passivations_total{reason=\"pressure\"}") && !l.ends_with(" 0")),
+        "pressure passivations are counted"
+    );
+
+    // A passivated facility continues its day from Redis.
+    let q = &quiet[0];
+    let next = app.scan_new(&scan_body(q, "OPD1", 2)).await;
+    assert_eq!(num(&next, "token_number"), 2, "numbering continues after a pressure passivation");
+    assert_eq!(fence_epoch(&redis, q), 2);
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn a_full_mailbox_sheds_with_503_overloaded_and_loses_nothing_acknowledged() {
     let redis = RedisServer::start();
     let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
