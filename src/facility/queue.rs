@@ -509,22 +509,31 @@ impl FacilityQueue {
     /// Gives back what a queue that grew and then emptied no longer needs: maps never
     /// shrink by themselves, and an idle facility's actor should cost little.
     fn shrink(&mut self) {
+        // An empty map or deque gives back all of it: most facilities are idle most of the
+        // day, and even 16 empty slots of these maps cost kilobytes per facility.
         fn fit<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
-            if m.capacity() > 16 && m.len() * 4 < m.capacity() {
+            if m.is_empty() {
+                *m = HashMap::new();
+            } else if m.capacity() > 16 && m.len() * 4 < m.capacity() {
                 m.shrink_to(m.len() * 2);
             }
         }
         fit(&mut self.tokens);
         fit(&mut self.by_patient);
         fit(&mut self.patient_of);
-        if self.dirty.capacity() > 16 && self.dirty.is_empty() {
+        if self.dirty.is_empty() {
             self.dirty = HashSet::new();
         }
         for lane in self.lanes.values_mut() {
             for q in [&mut lane.priority, &mut lane.normal] {
-                if q.capacity() > 16 && q.len() * 4 < q.capacity() {
+                if q.is_empty() {
+                    *q = VecDeque::new();
+                } else if q.capacity() > 16 && q.len() * 4 < q.capacity() {
                     q.shrink_to(q.len() * 2);
                 }
+            }
+            if lane.called.is_empty() {
+                lane.called = Vec::new();
             }
         }
     }
@@ -1322,6 +1331,22 @@ mod tests {
         assert!(q.tokens.capacity() <= 16, "{} slots kept of {grown}", q.tokens.capacity());
         assert!(q.by_patient.capacity() <= 16 && q.patient_of.capacity() <= 16);
         assert!(q.lanes["OPD1"].normal.capacity() <= 16);
+
+        // Once nothing is live, the maps and deques hold no allocation at all.
+        for _ in 0..2 {
+            let k = q.call_next("OPD1", later(3)).unwrap().unwrap();
+            q.complete(&k, later(4)).unwrap();
+        }
+        take(&mut q);
+        assert_eq!(q.len(), 0);
+        assert_eq!(
+            (q.tokens.capacity(), q.by_patient.capacity(), q.patient_of.capacity(), q.dirty.capacity()),
+            (0, 0, 0, 0)
+        );
+        let lane = &q.lanes["OPD1"];
+        assert_eq!((lane.normal.capacity(), lane.priority.capacity(), lane.called.capacity()), (0, 0, 0));
+        // And the next scan still gets the next number.
+        assert_eq!(issue(&mut q, "OPD1", "next", None).number, 1_001);
     }
 
     #[test]

@@ -157,6 +157,8 @@ const CALLBACK_BUCKETS: &[f64] =
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+const UPKEEP_THREAD: &str = "metrics-upkeep";
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the Prometheus recorder once per process and returns its render handle.
 pub fn install() -> PrometheusHandle {
@@ -172,6 +174,17 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); metrics then go there.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Histogram samples pile up raw until they are folded into buckets, which only
+            // a scrape or an upkeep does: without this thread a node nobody scrapes (a
+            // monitoring outage, a load test) grows by every request it serves.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name(UPKEEP_THREAD.into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn the metrics upkeep thread");
             handle
         })
         .clone()
@@ -369,6 +382,17 @@ mod tests {
         assert!(ld.ends_with(" 2"), "{ld}");
         assert!(line(r#"scangw_scans_total{state="unknown",counter_kind="unknown",outcome="rejected"}"#).is_some());
         assert!(line(r#"scangw_scans_total{state="LD",counter_kind="opd",outcome="replay"} 0"#).is_some());
+    }
+
+    #[test]
+    fn histograms_are_folded_by_an_upkeep_thread_not_only_by_scrapes() {
+        install();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("Linux /proc")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert_eq!(names.iter().filter(|n| *n == UPKEEP_THREAD).count(), 1, "threads: {names:?}");
     }
 
     #[test]
