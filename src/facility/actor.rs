@@ -15,9 +15,7 @@ use jiff::Timestamp;
 use tokio::sync::oneshot;
 
 use super::patient_keys::PatientHasher;
-use super::queue::{
-    is_same_scan, CounterKind, FacilityQueue, Lookup, QueueError, ScanInput, ScanKind, Token, TokenKey,
-};
+use super::queue::{CounterKind, FacilityQueue, Lookup, QueueError, ReplayCheck, ScanInput, ScanKind, Token, TokenKey};
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
@@ -480,7 +478,7 @@ impl FacilityActor {
             Command::Scan { input, reply } => {
                 let (state, kind) = (r.state, r.queue.counter(&input.counter).map(|c| c.kind));
                 // Kept only for a replay of a finished token, confirmed against its record.
-                let replay_check = input.idempotency_key.as_ref().map(|_| input.clone());
+                let replay_check = ReplayCheck::of(&input);
                 let result = r.queue.scan(input, now).map_err(FacilityError::from);
                 let outcome = match &result {
                     Ok(out) => match out.kind {
@@ -493,9 +491,9 @@ impl FacilityActor {
                 self.deps.metrics.scan(state, kind, outcome);
                 match result {
                     Ok(out) if r.queue.get(&out.key).is_none() => {
-                        let (day, input) = (r.queue.day(), replay_check.expect("a replay has an Idempotency-Key"));
+                        let (day, check) = (r.queue.day(), replay_check.expect("a replay has an Idempotency-Key"));
                         self.finish_from_store(ctx, permit, reply, day, out.key, move |t| {
-                            if t.idempotency_key != input.idempotency_key || !is_same_scan(&t, &input) {
+                            if !check.matches(&t) {
                                 // Also the (2^-64) case of two keys with the same hash.
                                 return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
                             }

@@ -214,6 +214,33 @@ pub fn is_same_scan(t: &Token, input: &ScanInput) -> bool {
     *t.counter == *input.counter && t.profile.abha_address == input.profile.abha_address
 }
 
+/// What confirms a replay of a finished token against its stored record: the new request's
+/// key, counter and patient, and nothing else of the scan (no Debug: it holds an address).
+pub struct ReplayCheck {
+    key: String,
+    counter: String,
+    abha_address: String,
+}
+
+impl ReplayCheck {
+    /// `None` for a scan without an Idempotency-Key: it can never be a replay.
+    pub fn of(input: &ScanInput) -> Option<Self> {
+        Some(Self {
+            key: input.idempotency_key.clone()?,
+            counter: input.counter.clone(),
+            abha_address: input.profile.abha_address.clone(),
+        })
+    }
+
+    /// The stored token answered this same request: the same key (not merely the same
+    /// 64-bit hash), counter and patient.
+    pub fn matches(&self, t: &Token) -> bool {
+        t.idempotency_key.as_deref() == Some(self.key.as_str())
+            && *t.counter == *self.counter
+            && t.profile.abha_address == self.abha_address
+    }
+}
+
 /// Per-facility settings the queue needs.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -1347,6 +1374,26 @@ mod tests {
         assert_eq!((lane.normal.capacity(), lane.priority.capacity(), lane.called.capacity()), (0, 0, 0));
         // And the next scan still gets the next number.
         assert_eq!(issue(&mut q, "OPD1", "next", None).number, 1_001);
+    }
+
+    #[test]
+    fn a_replay_check_needs_the_same_key_counter_and_patient() {
+        let mut q = queue();
+        let mut scan = input("OPD1", "a", None);
+        assert!(ReplayCheck::of(&scan).is_none(), "no key, no replay");
+        scan.idempotency_key = Some("req-1".into());
+        let check = ReplayCheck::of(&scan).expect("keyed");
+        let key = q.scan(scan.clone(), later(0)).unwrap().key;
+        let t = q.get(&key).unwrap().clone();
+        assert!(check.matches(&t));
+        let other = |f: &dyn Fn(&mut ScanInput)| {
+            let mut s = scan.clone();
+            f(&mut s);
+            ReplayCheck::of(&s).expect("keyed").matches(&t)
+        };
+        assert!(!other(&|s| s.idempotency_key = Some("req-2".into())), "another key");
+        assert!(!other(&|s| s.counter = "OPD2".into()), "another counter");
+        assert!(!other(&|s| s.profile.abha_address = "someone.else@abdm".into()), "another patient");
     }
 
     #[test]

@@ -387,12 +387,20 @@ mod tests {
     #[test]
     fn histograms_are_folded_by_an_upkeep_thread_not_only_by_scrapes() {
         install();
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("Linux /proc")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|c| c.trim().to_string())
-            .collect();
-        assert_eq!(names.iter().filter(|n| *n == UPKEEP_THREAD).count(), 1, "threads: {names:?}");
+        // A new thread names itself once it runs: poll for the name, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .expect("Linux /proc")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect();
+            match names.iter().filter(|n| *n == UPKEEP_THREAD).count() {
+                1 => break,
+                0 if std::time::Instant::now() < deadline => std::thread::yield_now(),
+                n => panic!("{n} upkeep threads; threads: {names:?}"),
+            }
+        }
     }
 
     #[test]
