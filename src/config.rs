@@ -43,6 +43,8 @@ pub struct Settings {
     /// `pressure_idle_s` are passivated too, so memory follows the busy facilities.
     pub max_active_facilities: usize,
     pub pressure_idle_s: u64,
+    /// Seconds between releases of freed heap to the kernel (glibc `malloc_trim`); 0 = never.
+    pub heap_trim_s: u64,
     pub mailbox_capacity: usize,
     pub max_in_flight: usize,
     pub max_priority_streak: u32,
@@ -126,6 +128,7 @@ impl Default for Settings {
             idle_timeout_s: 600,
             max_active_facilities: 50_000,
             pressure_idle_s: 30,
+            heap_trim_s: 10,
             mailbox_capacity: 1024,
             max_in_flight: 20_000,
             max_priority_streak: 3,
@@ -253,6 +256,7 @@ impl Settings {
             idle_timeout_s,
             max_active_facilities,
             pressure_idle_s,
+            heap_trim_s,
             mailbox_capacity,
             max_in_flight,
             max_priority_streak,

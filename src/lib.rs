@@ -7,16 +7,18 @@
 //! - [`persistence`]: Redis: the key schema (one module), fenced Lua writes, group commit.
 //! - [`registry`]: facility records and staff keys, bulk import.
 //! - [`leaderboard`]: exact national rankings (Redis sorted sets) and their live feed.
-//! - [`config`], [`telemetry`], [`clock`], [`startup`], [`shutdown`]: wiring.
+//! - [`config`], [`telemetry`], [`clock`], [`startup`], [`shutdown`], [`heap`]: wiring.
 //!
 //! A scan travels: ingress handler -> facility directory (activate actor on first use) ->
 //! facility actor (numbering in memory) -> group-commit writer (one pipelined round trip for
 //! many scans, fenced by the facility epoch) -> reply only after Redis stored it.
-#![forbid(unsafe_code)]
+// One module calls the C allocator (`heap`, one `unsafe` call); nothing else may.
+#![deny(unsafe_code)]
 
 pub mod clock;
 pub mod config;
 pub mod facility;
+pub mod heap;
 pub mod ingress;
 pub mod leaderboard;
 pub mod persistence;

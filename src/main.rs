@@ -63,6 +63,7 @@ fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.listen.clone();
+    scan_gateway::heap::spawn_trimmer(Duration::from_secs(settings.heap_trim_s))?;
     let app = Application::build(settings, Arc::new(SystemClock)).await?;
     let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
     // Exactly one line on stdout: tools and tests read the bound port from it.
