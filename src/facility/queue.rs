@@ -211,7 +211,12 @@ pub struct TokenKey {
 
 /// An Idempotency-Key replay must repeat the same request: same counter, same patient.
 pub fn is_same_scan(t: &Token, input: &ScanInput) -> bool {
-    *t.counter == *input.counter && t.profile.abha_address == input.profile.abha_address
+    same_counter_and_patient(t, &input.counter, &input.profile.abha_address)
+}
+
+/// The one comparison both a repeat scan and a replay rest on.
+fn same_counter_and_patient(t: &Token, counter: &str, abha_address: &str) -> bool {
+    *t.counter == *counter && t.profile.abha_address == abha_address
 }
 
 /// What confirms a replay of a finished token against its stored record: the new request's
@@ -236,8 +241,7 @@ impl ReplayCheck {
     /// 64-bit hash), counter and patient.
     pub fn matches(&self, t: &Token) -> bool {
         t.idempotency_key.as_deref() == Some(self.key.as_str())
-            && *t.counter == *self.counter
-            && t.profile.abha_address == self.abha_address
+            && same_counter_and_patient(t, &self.counter, &self.abha_address)
     }
 }
 
