@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use jiff::civil::Date;
 use redis::aio::MultiplexedConnection;
 use scan_gateway::persistence::keys::{self, LbScope};
@@ -13,6 +15,9 @@ use serde::Serialize;
 use crate::engine::{Observed, Seen};
 use crate::registry::Registry;
 use crate::switch::OnShare;
+
+/// Per request on the verify connection: a stuck Redis still ends the pass, a busy one does not.
+const VERIFY_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Stored tokens of one facility and day: numbers per counter, and the count hash.
 #[derive(Debug, Default, Clone)]
@@ -296,8 +301,12 @@ pub async fn verify(
     shares: Option<ShareOutcome>,
 ) -> anyhow::Result<Verdict> {
     let client = redis::Client::open(redis_url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let stored = read_stored(&mut con, registry, &observed.days).await?;
+    // The client's default response timeout (half a second) is for serving, not for reading
+    // a national day back: one pipeline of 500 facilities' day hashes, a few AIIMS-sized
+    // among them, took longer at 10 M tokens and ended a 10 M soak without its verdict.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(VERIFY_RESPONSE_TIMEOUT));
+    let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let stored = read_stored(&mut con, registry, &observed.days).await.context("reading the stored tokens")?;
     let (mut v, totals) = check(registry, observed, &stored);
     if let Some(sh) = &shares {
         if sh.missing > 0 || sh.mismatched > 0 {
@@ -311,7 +320,9 @@ pub async fn verify(
     v.shares = shares;
     let deadline = Instant::now() + lb_wait;
     loop {
-        let problems = leaderboard_mismatches(&mut con, registry, &observed.days, &stored, &totals).await?;
+        let problems = leaderboard_mismatches(&mut con, registry, &observed.days, &stored, &totals)
+            .await
+            .context("reading the leaderboards")?;
         if problems.is_empty() || Instant::now() >= deadline {
             v.leaderboard_mismatches = problems.len() as u64;
             for p in problems {
