@@ -244,28 +244,7 @@ impl Summary {
             }
         }
         if let Some(v) = &self.verify {
-            let _ = writeln!(
-                s,
-                "verify: {}  acknowledged {}  stored {}  missing {}  duplicates {}  gaps {}  count/leaderboard mismatches {}/{}",
-                if v.passed { "PASS" } else { "FAIL" },
-                v.acknowledged,
-                v.stored,
-                v.missing,
-                v.duplicates,
-                v.gaps,
-                v.count_mismatches,
-                v.leaderboard_mismatches
-            );
-            if let Some(sh) = &v.shares {
-                let _ = writeln!(
-                    s,
-                    "v3 shares: accepted {}  on-share SUCCESS {}  FAILURE {:?}  missing {}  wrong counter {}",
-                    sh.accepted, sh.success, sh.failed, sh.missing, sh.mismatched
-                );
-            }
-            for p in v.problems.iter().take(5) {
-                let _ = writeln!(s, "  {p}");
-            }
+            s.push_str(&v.text());
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");

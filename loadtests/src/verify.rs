@@ -102,6 +102,35 @@ pub fn fold_shares(
 }
 
 impl Verdict {
+    /// The verdict's lines of the one-screen summary.
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "verify: {}  acknowledged {}  stored {}  missing {}  duplicates {}  gaps {}  count/leaderboard mismatches {}/{}",
+            if self.passed { "PASS" } else { "FAIL" },
+            self.acknowledged,
+            self.stored,
+            self.missing,
+            self.duplicates,
+            self.gaps,
+            self.count_mismatches,
+            self.leaderboard_mismatches
+        );
+        if let Some(sh) = &self.shares {
+            let _ = writeln!(
+                s,
+                "v3 shares: accepted {}  on-share SUCCESS {}  FAILURE {:?}  missing {}  wrong counter {}",
+                sh.accepted, sh.success, sh.failed, sh.missing, sh.mismatched
+            );
+        }
+        for p in self.problems.iter().take(5) {
+            let _ = writeln!(s, "  {p}");
+        }
+        s
+    }
+
     fn problem(&mut self, p: String) {
         if self.problems.len() < 20 {
             self.problems.push(p);
@@ -342,6 +371,20 @@ pub async fn verify(
     Ok(v)
 }
 
+/// The pass over a stored day alone, without a run's acknowledgements (a day replayed by
+/// an earlier `scan-load`, or a gateway restarted mid-run): numbers 1..n per counter,
+/// counts and leaderboards. What it cannot check is that each answer a client saw is
+/// stored: that needs the run's acknowledgements.
+pub async fn verify_stored(
+    redis_url: &str,
+    registry: &Registry,
+    days: Vec<Date>,
+    lb_wait: Duration,
+) -> anyhow::Result<Verdict> {
+    let observed = Observed { days, ..Observed::default() };
+    verify(redis_url, registry, &observed, lb_wait, None).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,14 +494,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_whole_pass_reads_the_gateway_schema_and_catches_a_wrong_leaderboard() {
-        let redis = Redis::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.2);
-        let (r, obs) = setup();
-        let day = obs.days[0];
-        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        // What the gateway would have written for the acknowledged tokens of setup().
+    /// Writes what the gateway would have written for the acknowledged tokens of setup().
+    async fn store_setup_day(con: &mut MultiplexedConnection, r: &Registry, day: Date) {
         let (f0, f1) = (&r.facilities[0], &r.facilities[1]);
         let (c0, c1) = (&f0.counters[0], &f1.counters[1]);
         let mut p = redis::pipe();
@@ -471,7 +508,62 @@ mod tests {
             .zincr(keys::leaderboard(&day.to_string(), "all", LbScope::Facilities), &f1.id, 1)
             .zincr(keys::leaderboard(&day.to_string(), c0.kind.as_str(), LbScope::States), f0.state_code(), 2)
             .zincr(keys::leaderboard(&day.to_string(), c1.kind.as_str(), LbScope::States), f1.state_code(), 1);
-        let _: () = p.query_async(&mut con).await.unwrap();
+        let _: () = p.query_async(con).await.unwrap();
+    }
+
+    /// The stored-only pass checks what Redis alone can show: a consistent day passes with
+    /// nothing acknowledged, and a hole in a counter's numbers fails it.
+    #[tokio::test]
+    async fn a_stored_day_is_verified_without_a_run() {
+        let redis = Redis::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let (r, obs) = setup();
+        let day = obs.days[0];
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        store_setup_day(&mut con, &r, day).await;
+        let v = verify_stored(&url, &r, vec![day], Duration::ZERO).await.unwrap();
+        assert!(v.passed, "{v:?}");
+        assert_eq!((v.acknowledged, v.stored, v.missing), (0, 3, 0));
+        assert!(v.text().starts_with("verify: PASS  acknowledged 0  stored 3"), "{}", v.text());
+
+        let (f0, c0) = (&r.facilities[0], &r.facilities[0].counters[0]);
+        let _: () = redis::cmd("HDEL")
+            .arg(keys::day_tokens(&f0.id, day))
+            .arg(keys::token_field(&c0.id, 1))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let v = verify_stored(&url, &r, vec![day], Duration::ZERO).await.unwrap();
+        assert!(!v.passed);
+        assert_eq!(v.gaps, 1, "{:?}", v.problems);
+    }
+
+    /// A national day's read-back can take Redis longer than the client's default response
+    /// timeout (half a second) per reply. `CLIENT PAUSE` holds every reply for 1.5 s: the
+    /// pass must wait it out and pass, not end the run with "timed out".
+    #[tokio::test]
+    async fn a_slow_redis_still_gets_a_verdict() {
+        let redis = Redis::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let (r, obs) = setup();
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        store_setup_day(&mut con, &r, obs.days[0]).await;
+        let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async(&mut con).await.unwrap();
+        let started = Instant::now();
+        let v = verify(&url, &r, &obs, Duration::ZERO, None).await.expect("the pass waits for a slow Redis");
+        assert!(v.passed, "{v:?}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "the pause was in force during the pass");
+    }
+
+    #[tokio::test]
+    async fn the_whole_pass_reads_the_gateway_schema_and_catches_a_wrong_leaderboard() {
+        let redis = Redis::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let (r, obs) = setup();
+        let day = obs.days[0];
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        store_setup_day(&mut con, &r, day).await;
+        let (f0, c0) = (&r.facilities[0], &r.facilities[0].counters[0]);
         let v = verify(&url, &r, &obs, Duration::ZERO, None).await.unwrap();
         assert!(v.passed, "{v:?}");
         assert_eq!((v.acknowledged, v.stored), (3, 3));
