@@ -26,16 +26,11 @@ pub fn trim() -> bool {
 /// Starts a thread that trims every `every`; `Duration::ZERO` starts nothing. The thread
 /// lives as long as the process (the gateway binary calls this once).
 pub fn spawn_trimmer(every: Duration) -> std::io::Result<()> {
-    if every.is_zero() {
-        return Ok(());
-    }
-    std::thread::Builder::new().name(TRIM_THREAD.into()).spawn(move || loop {
-        std::thread::sleep(every);
+    crate::periodic::spawn(TRIM_THREAD, every, || {
         let started = Instant::now();
         let released = trim();
         // A trim holds each arena's lock while it walks it: its duration is what a
         // worker allocating in that arena could wait, so it is worth seeing under debug.
         tracing::debug!(released, took_us = started.elapsed().as_micros() as u64, "heap trim");
-    })?;
-    Ok(())
+    })
 }

@@ -21,6 +21,7 @@ pub mod facility;
 pub mod heap;
 pub mod ingress;
 pub mod leaderboard;
+pub mod periodic;
 pub mod persistence;
 pub mod protocol;
 pub mod registry;

@@ -37,13 +37,7 @@ fn freed_heap_below_a_live_allocation_is_released_by_a_trim() {
 
 #[test]
 fn the_trimmer_runs_as_a_named_thread_and_not_when_switched_off() {
-    let count = || {
-        std::fs::read_dir("/proc/self/task")
-            .expect("Linux /proc")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|c| c.trim() == scan_gateway::heap::TRIM_THREAD)
-            .count()
-    };
+    let count = || scan_gateway::periodic::threads_named(scan_gateway::heap::TRIM_THREAD);
     scan_gateway::heap::spawn_trimmer(Duration::ZERO).expect("nothing to spawn");
     assert_eq!(count(), 0, "a zero interval must not start a trimmer");
     scan_gateway::heap::spawn_trimmer(Duration::from_secs(3600)).expect("spawns");

@@ -178,12 +178,7 @@ pub fn install() -> PrometheusHandle {
             // a scrape or an upkeep does: without this thread a node nobody scrapes (a
             // monitoring outage, a load test) grows by every request it serves.
             let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name(UPKEEP_THREAD.into())
-                .spawn(move || loop {
-                    std::thread::sleep(UPKEEP_EVERY);
-                    upkeep.run_upkeep();
-                })
+            crate::periodic::spawn(UPKEEP_THREAD, UPKEEP_EVERY, move || upkeep.run_upkeep())
                 .expect("spawn the metrics upkeep thread");
             handle
         })
@@ -390,15 +385,10 @@ mod tests {
         // A new thread names itself once it runs: poll for the name, with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-                .expect("Linux /proc")
-                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .map(|c| c.trim().to_string())
-                .collect();
-            match names.iter().filter(|n| *n == UPKEEP_THREAD).count() {
+            match crate::periodic::threads_named(UPKEEP_THREAD) {
                 1 => break,
                 0 if std::time::Instant::now() < deadline => std::thread::yield_now(),
-                n => panic!("{n} upkeep threads; threads: {names:?}"),
+                n => panic!("{n} upkeep threads"),
             }
         }
     }
