@@ -55,8 +55,9 @@ use crate::telemetry::metrics::Metrics;
 pub const SWEEP_EVERY: u64 = 25;
 /// Extra days an `applied` hash outlives the daily boards.
 pub const APPLIED_GRACE_DAYS: i64 = 7;
-/// Facilities per round trip.
-const CHUNK: usize = 128;
+/// Facilities per round trip. Small, so that Redis serves the writers' batches between
+/// the applier's scripts instead of behind a long pipeline of them.
+const CHUNK: usize = 32;
 
 pub struct Applier {
     pub store: Store,
@@ -95,7 +96,12 @@ impl Applier {
                 let mut t = self.touched.lock().unwrap_or_else(|e| e.into_inner());
                 t.drain().collect()
             };
-            let mut ok = self.pass(&touched, false).await.is_ok();
+            // The pass is spread over half the interval: applied in one burst, a second's
+            // worth of 2,000 busy facilities (about 11,000 ZINCRBY, a JSON parse each) held
+            // Redis and a core for tens of milliseconds and tripled the scans' p99.
+            let chunks = touched.len().div_ceil(CHUNK) as u32;
+            let pace = if chunks > 1 { self.every / 2 / chunks } else { Duration::ZERO };
+            let mut ok = self.pass(&touched, false, pace).await.is_ok();
             if !ok {
                 // Not applied: look at them again next time.
                 self.touched.lock().unwrap_or_else(|e| e.into_inner()).extend(touched);
@@ -119,18 +125,22 @@ impl Applier {
     pub async fn sweep(&self) -> Result<Pass, StoreError> {
         let dirty = self.store.lb_dirty().await?;
         let remote: Vec<String> = dirty.into_iter().filter(|f| !self.directory.is_active(f)).collect();
-        self.pass(&remote, true).await
+        self.pass(&remote, true, Duration::ZERO).await
     }
 
     /// Applies the given facilities; with `forget`, removes those applied and released.
-    pub async fn pass(&self, ids: &[String], forget: bool) -> Result<Pass, StoreError> {
+    /// `pace` is a pause between chunks, so the pass does not arrive as one burst.
+    pub async fn pass(&self, ids: &[String], forget: bool, pace: Duration) -> Result<Pass, StoreError> {
         let today = self.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
         let oldest = today.checked_sub(jiff::Span::new().days(self.retention_days)).unwrap_or(today);
         let finished = today.checked_sub(jiff::Span::new().days(2)).unwrap_or(today);
         let board_ttl = self.retention_days * 86_400;
         let applied_ttl = board_ttl + APPLIED_GRACE_DAYS * 86_400;
         let mut total = Pass::default();
-        for chunk in ids.chunks(CHUNK) {
+        for (n, chunk) in ids.chunks(CHUNK).enumerate() {
+            if n > 0 && !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
             let snaps = self.store.lb_snapshots(chunk).await?;
             let mut items = Vec::new();
             // Per item: (facility index, field, count, day).
