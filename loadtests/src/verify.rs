@@ -494,6 +494,16 @@ mod tests {
         }
     }
 
+    /// A private Redis holding what the gateway would have written for setup()'s tokens.
+    async fn stored_setup_day() -> (Redis, String, MultiplexedConnection, Registry, Observed) {
+        let redis = Redis::start();
+        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let (r, obs) = setup();
+        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        store_setup_day(&mut con, &r, obs.days[0]).await;
+        (redis, url, con, r, obs)
+    }
+
     /// Writes what the gateway would have written for the acknowledged tokens of setup().
     async fn store_setup_day(con: &mut MultiplexedConnection, r: &Registry, day: Date) {
         let (f0, f1) = (&r.facilities[0], &r.facilities[1]);
@@ -515,12 +525,8 @@ mod tests {
     /// nothing acknowledged, and a hole in a counter's numbers fails it.
     #[tokio::test]
     async fn a_stored_day_is_verified_without_a_run() {
-        let redis = Redis::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.2);
-        let (r, obs) = setup();
+        let (_redis, url, mut con, r, obs) = stored_setup_day().await;
         let day = obs.days[0];
-        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        store_setup_day(&mut con, &r, day).await;
         let v = verify_stored(&url, &r, vec![day], Duration::ZERO).await.unwrap();
         assert!(v.passed, "{v:?}");
         assert_eq!((v.acknowledged, v.stored, v.missing), (0, 3, 0));
@@ -543,11 +549,7 @@ mod tests {
     /// pass must wait it out and pass, not end the run with "timed out".
     #[tokio::test]
     async fn a_slow_redis_still_gets_a_verdict() {
-        let redis = Redis::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.2);
-        let (r, obs) = setup();
-        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        store_setup_day(&mut con, &r, obs.days[0]).await;
+        let (_redis, url, mut con, r, obs) = stored_setup_day().await;
         let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async(&mut con).await.unwrap();
         let started = Instant::now();
         let v = verify(&url, &r, &obs, Duration::ZERO, None).await.expect("the pass waits for a slow Redis");
@@ -557,12 +559,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_whole_pass_reads_the_gateway_schema_and_catches_a_wrong_leaderboard() {
-        let redis = Redis::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.2);
-        let (r, obs) = setup();
+        let (_redis, url, mut con, r, obs) = stored_setup_day().await;
         let day = obs.days[0];
-        let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        store_setup_day(&mut con, &r, day).await;
         let (f0, c0) = (&r.facilities[0], &r.facilities[0].counters[0]);
         let v = verify(&url, &r, &obs, Duration::ZERO, None).await.unwrap();
         assert!(v.passed, "{v:?}");
