@@ -205,6 +205,21 @@ impl RunningApp {
     }
 }
 
+/// Redis's SLOWLOG keeps the arguments of slow commands, and a token write's arguments
+/// carry the patient's name, phone and ABHA address: anyone allowed `SLOWLOG GET` could
+/// read them. The shipped redis.conf switches it off; say so loudly where it is on.
+async fn warn_if_slowlog_on(store: &Store) {
+    match store.slowlog_threshold().await {
+        Some(us) if us >= 0 => tracing::warn!(
+            slowlog_log_slower_than_us = us,
+            "redis SLOWLOG is on: it keeps slow commands' arguments, which include patient fields \
+             of token writes; set slowlog-log-slower-than -1 (deploy/redis/redis.conf does)"
+        ),
+        Some(_) => tracing::info!("redis SLOWLOG is off"),
+        None => tracing::info!("redis does not report slowlog-log-slower-than; make sure SLOWLOG is off"),
+    }
+}
+
 /// Forgets idle rate-limit keys now and then, so a long run of distinct patients and
 /// clients cannot grow the limiters without bound.
 fn spawn_limit_sweeper(state: web::Data<AppState>, every: Duration) {
@@ -222,14 +237,21 @@ fn spawn_limit_sweeper(state: web::Data<AppState>, every: Duration) {
 }
 
 /// Keeps `redis_up` current; scans fail fast with 503 while Redis is unreachable.
+/// Each time Redis (re)appears it also checks that SLOWLOG is off (see [`warn_if_slowlog_on`]).
 fn spawn_health_probe(store: Store, up: Arc<AtomicBool>, m: Metrics) {
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut audited = false;
         loop {
             tick.tick().await;
             let ok = store.ping().await;
             m.redis_up.set(if ok { 1.0 } else { 0.0 });
+            if ok && !audited {
+                warn_if_slowlog_on(&store).await;
+            }
+            // A Redis that went away may come back restarted with another config.
+            audited = ok;
             if up.swap(ok, Ordering::Relaxed) != ok {
                 if ok {
                     tracing::info!("redis reachable again");

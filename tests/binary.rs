@@ -398,6 +398,59 @@ async fn logs_never_contain_patient_data() {
     }
 }
 
+/// Redis's SLOWLOG keeps command arguments, and a token write's arguments carry the patient's
+/// fields. With SLOWLOG logging everything (threshold 0) the leak is real and the gateway
+/// warns; the shipped redis.conf switches SLOWLOG off, so nothing is kept and no warning.
+#[actix_web::test]
+async fn redis_slowlog_keeps_no_patient_data_with_the_shipped_config() {
+    let name = "Zubeida Slowcheck";
+    let slowlog_text = |redis: &RedisServer| {
+        let v: redis::Value = redis::cmd("SLOWLOG").arg("GET").arg(1000).query(&mut redis.conn()).expect("SLOWLOG GET");
+        format!("{v:?}")
+    };
+    // Waits (deadline) for the gateway's check of the Redis config; true when it warned.
+    let warned = |gw: &Gateway| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = gw.output();
+            if let Some(line) = out.lines().find(|l| l.contains("redis SLOWLOG is o")) {
+                return line.contains("\"level\":\"WARN\"") && line.contains("SLOWLOG is on");
+            }
+            assert!(Instant::now() < deadline, "the gateway never checked SLOWLOG:\n{out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let scan = |f: &str| {
+        json!({"facility_id": f, "counter_id": "OPD1", "patient": {
+            "abha_address": "zubeida.slowcheck@abdm", "name": name, "gender": "F",
+            "year_of_birth": 1985, "phone": "9876501234"}})
+    };
+
+    // Every command logged: the token write's arguments (the patient) land in SLOWLOG.
+    let leaky = RedisServer::start();
+    redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0).exec(&mut leaky.conn()).unwrap();
+    let gw = Gateway::start(&leaky, &[]);
+    let f = fid(560);
+    gw.register(&f).await;
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan(&f))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(slowlog_text(&leaky).contains("Slowcheck"), "the hazard this guards against is real");
+    assert!(warned(&gw), "the gateway must warn when SLOWLOG is on:\n{}", gw.output());
+
+    // The shipped config: SLOWLOG off, nothing kept, no warning.
+    let shipped = RedisServer::start_shipped();
+    let threshold: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("slowlog-log-slower-than").query(&mut shipped.conn()).unwrap();
+    assert_eq!(threshold[1], "-1", "deploy/redis/redis.conf must switch SLOWLOG off");
+    let gw = Gateway::start(&shipped, &[]);
+    gw.register(&f).await;
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan(&f))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let kept = slowlog_text(&shipped);
+    assert!(!kept.contains("Slowcheck") && !kept.contains("9876501234"), "SLOWLOG kept patient data: {kept}");
+    assert!(!warned(&gw), "no warning with SLOWLOG off:\n{}", gw.output());
+}
+
 /// Sum and count of a Prometheus histogram in a scrape.
 fn histogram_sum_count(scrape: &str, name: &str) -> (f64, f64) {
     let value = |suffix: &str| {

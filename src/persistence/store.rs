@@ -117,6 +117,19 @@ impl Store {
         self.call(async move { redis::cmd("PING").query_async::<redis::Value>(&mut c).await }).await.is_ok()
     }
 
+    /// Redis's `slowlog-log-slower-than` (microseconds; negative means SLOWLOG is off).
+    /// `None` when Redis does not say (CONFIG renamed away, as managed services do).
+    pub async fn slowlog_threshold(&self) -> Option<i64> {
+        let mut c = self.conn.clone();
+        let reply = self
+            .call(async move {
+                redis::cmd("CONFIG").arg("GET").arg("slowlog-log-slower-than").query_async::<Vec<String>>(&mut c).await
+            })
+            .await
+            .ok()?;
+        reply.get(1)?.parse().ok()
+    }
+
     /// Takes a new fencing epoch for the facility. `None` when it is not registered.
     pub async fn activate(&self, facility: &str) -> Result<Option<(u64, String)>, StoreError> {
         let mut c = self.conn.clone();

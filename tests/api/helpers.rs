@@ -50,15 +50,27 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Start from the shipped `deploy/redis/redis.conf` (the harness's flags still win).
+    shipped_conf: bool,
 }
 
 impl RedisServer {
     /// Starts a fresh redis-server and waits (with a deadline) until it answers PING.
     pub fn start() -> Self {
+        Self::start_from(false)
+    }
+
+    /// Like [`Self::start`], but from the shipped `deploy/redis/redis.conf`, for claims
+    /// about that file. Port, dir, bind and persistence flags still come from the harness.
+    pub fn start_shipped() -> Self {
+        Self::start_from(true)
+    }
+
+    fn start_from(shipped_conf: bool) -> Self {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
             let port = free_port();
-            let mut server = RedisServer { port, dir, child: None };
+            let mut server = RedisServer { port, dir, child: None, shipped_conf };
             server.child = Some(server.spawn());
             if server.wait_ready(Duration::from_secs(15)) {
                 return server;
@@ -69,26 +81,29 @@ impl RedisServer {
     }
 
     fn spawn(&self) -> Child {
-        Command::new(redis_bin())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--dir",
-                self.dir.path().to_str().unwrap(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server (is redis-server installed?)")
+        let mut cmd = Command::new(redis_bin());
+        if self.shipped_conf {
+            cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redis/redis.conf"));
+        }
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--dir",
+            self.dir.path().to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server (is redis-server installed?)")
     }
 
     /// Polls PING until +PONG (not -LOADING) or the deadline; false if the child died.
