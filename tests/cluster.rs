@@ -283,3 +283,29 @@ async fn leaderboards_become_exact_after_the_owning_gateway_is_killed_before_app
     assert_eq!(applied, 65.0, "B applied A's 60 tokens and its own 5, each once");
     assert!(metrics.lines().any(|l| l.starts_with("scangw_leaderboard_apply_lag_seconds ")), "lag metric exported");
 }
+
+#[actix_web::test]
+async fn a_new_owner_applies_what_a_killed_owner_counted_in_other_kinds() {
+    let redis = RedisServer::start();
+    // B runs first, so its start-up sweep has already passed, and its next one (25 passes
+    // of 1 s) skips the facility anyway once B owns it: only B's own passes can apply it.
+    let b = Gateway::start(&redis, &[("SCANGW_LEADERBOARD_APPLY_MS", "1000")]);
+    // A never applies after its start.
+    let a = Gateway::start(&redis, &[("SCANGW_LEADERBOARD_APPLY_MS", "3600000")]);
+    let f = fid(9200);
+    a.register(&f).await;
+    let mut day = String::new();
+    for (i, counter) in ["OPD1", "Pharmacy", "Pharmacy"].iter().enumerate() {
+        let r = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, counter, i))).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        day = s(&r.body, "service_date").to_string();
+    }
+    a.signal(libc::SIGKILL);
+    let mut a = a;
+    assert!(a.wait_exit(Duration::from_secs(10)).is_some(), "gateway A did not die");
+    // B takes the facility over with an OPD token only: its write returns the OPD total,
+    // but A's pharmacy tokens must reach the boards too.
+    let r = b.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 100))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    boards_become(&b, &day, &BTreeMap::from([(f.clone(), 4)])).await;
+}

@@ -19,7 +19,7 @@ use super::queue::{CounterKind, FacilityQueue, Lookup, QueueError, ReplayCheck, 
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
-use crate::persistence::writer::{WriteOp, WriterTx};
+use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
 use crate::persistence::{keys, record, Store, StoreError};
 use crate::registry::FacilityInfo;
 use crate::telemetry::metrics::{Metrics, ScanOutcome};
@@ -164,6 +164,8 @@ struct Waiting {
 struct Ready {
     epoch: u64,
     state: &'static str,
+    /// Where this facility's tokens count on the boards (travels with each counting write).
+    board: Arc<BoardOwner>,
     queue: FacilityQueue,
 }
 
@@ -311,7 +313,7 @@ impl FacilityActor {
             queue.reserve_number(&c, n);
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
-        Ok(Ready { epoch, state: info.state_code(), queue })
+        Ok(Ready { epoch, state: info.state_code(), board: Arc::new(info.board_owner()), queue })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -353,6 +355,7 @@ impl FacilityActor {
             count_fields,
             lb_count_fields,
             fields,
+            board: Some(r.board.clone()),
             ..WriteOp::barrier(&self.id, day, r.epoch, prev_seq, expire_in, done)
         });
         self.report_live();
@@ -583,6 +586,7 @@ impl FacilityActor {
             Command::Reconfigure(info) => {
                 r.queue.reconfigure(info.queue_config(self.deps.max_priority_streak, self.deps.default_service_s));
                 r.state = info.state_code();
+                r.board = Arc::new(info.board_owner());
             }
         }
     }

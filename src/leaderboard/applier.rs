@@ -3,11 +3,14 @@
 //!
 //! **Protocol.** The fenced WRITE adds each token to the facility's cumulative count
 //! `sg:{F}:lbn` `<day>|<kind>` (facility slot, same atomic step as the token). Every
-//! `SCANGW_LEADERBOARD_APPLY_MS` each node snapshots the counts of the facilities its
-//! writers counted tokens for since the last pass (one batch; a write of unknown outcome
-//! counts too, a refused one does not; a failed pass keeps them for the next) and runs one APPLY script on the `{lb}` slot that, per (facility, day,
-//! kind), reads `applied` from `lb:{lb}:<day>:ap`, adds `C - applied` to every board when
-//! positive and sets `applied = C`. `C` only grows and `applied` only moves up to a `C` that
+//! `SCANGW_LEADERBOARD_APPLY_MS` each node takes the counts its writers saw since the last
+//! pass: WRITE returns each cumulative count it raised, so an answered write's counts are
+//! applied without a read. A facility whose write had an unknown outcome, or had its
+//! activation's first write (an earlier owner may have counted other days or kinds), is
+//! snapshotted instead (one atomic read of all its counts); a refused write counts nothing,
+//! and a failed pass keeps everything for the next. Then one APPLY script per few
+//! facilities on the `{lb}` slot, per (facility, day, kind), reads `applied` from
+//! `lb:{lb}:<day>:ap`, adds `C - applied` to every board when positive and sets `applied = C`. `C` only grows and `applied` only moves up to a `C` that
 //! existed, so boards never over-count; a rerun, a crash between steps, or two nodes
 //! applying the same facility (old and new owner) change nothing twice.
 //!
@@ -46,7 +49,7 @@ use crate::clock::SharedClock;
 use crate::facility::Directory;
 use crate::persistence::keys;
 use crate::persistence::lbcounts::{ApplyItem, Snapshot};
-use crate::persistence::writer::Touched;
+use crate::persistence::writer::{BoardOwner, Counted, Touched};
 use crate::persistence::{Store, StoreError};
 use crate::registry::FacilityInfo;
 use crate::telemetry::metrics::Metrics;
@@ -82,6 +85,23 @@ pub struct Pass {
     pub forgotten: usize,
 }
 
+/// One facility's cumulative counts (`<day>|<kind>` -> tokens) and where they count.
+struct Counts {
+    id: String,
+    owner: Arc<BoardOwner>,
+    counts: Vec<(String, u64)>,
+}
+
+/// The days a pass works with, from the clock and the retention.
+struct Days {
+    /// Counts of days before this are never applied (their `applied` may be gone).
+    oldest: Date,
+    /// Fully applied counts of days before this are pruned.
+    finished: Date,
+    board_ttl: i64,
+    applied_ttl: i64,
+}
+
 impl Applier {
     pub fn spawn(self) {
         actix_rt::spawn(self.run());
@@ -94,20 +114,17 @@ impl Applier {
         for n in 0u64.. {
             tick.tick().await;
             let stopping = self.stop.load(Ordering::Relaxed);
-            let touched: Vec<String> = {
-                let mut t = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-                t.drain().collect()
-            };
+            let touched = self.touched.drain();
             // The pass is spread over half the interval: applied in one burst, a second's
-            // worth of 2,000 busy facilities (about 11,000 ZINCRBY, a JSON parse each) held
-            // Redis and a core for tens of milliseconds and tripled the scans' p99.
+            // worth of 2,000 busy facilities (about 11,000 ZINCRBY) held Redis and a core for
+            // tens of milliseconds and tripled the scans' p99.
             // The last pass of a draining node runs at once: shutdown has a grace period.
             let chunks = touched.len().div_ceil(CHUNK) as u32;
             let pace = if chunks > 1 && !stopping { self.every / 2 / chunks } else { Duration::ZERO };
-            let mut ok = self.pass(&touched, false, pace).await.is_ok();
+            let mut ok = self.apply_touched(&touched, pace).await.is_ok();
             if !ok {
                 // Not applied: look at them again next time.
-                self.touched.lock().unwrap_or_else(|e| e.into_inner()).extend(touched);
+                self.touched.restore(touched);
             }
             if n % SWEEP_EVERY == 0 && !stopping {
                 ok &= self.sweep().await.is_ok();
@@ -124,6 +141,47 @@ impl Applier {
         }
     }
 
+    fn days(&self) -> Days {
+        let today = self.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
+        let board_ttl = self.retention_days * 86_400;
+        Days {
+            oldest: today.checked_sub(jiff::Span::new().days(self.retention_days)).unwrap_or(today),
+            finished: today.checked_sub(jiff::Span::new().days(2)).unwrap_or(today),
+            board_ttl,
+            applied_ttl: board_ttl + APPLIED_GRACE_DAYS * 86_400,
+        }
+    }
+
+    /// The regular pass over what this node's writers counted. Counts that answered writes
+    /// returned are applied as they are, without a read; facilities with a write of unknown
+    /// outcome are snapshotted first (a snapshot read their whole counts).
+    async fn apply_touched(&self, touched: &[(String, Counted)], pace: Duration) -> Result<Pass, StoreError> {
+        let mut known = Vec::new();
+        let mut unknown = Vec::new();
+        for (id, c) in touched {
+            match c {
+                Counted::Known { owner, counts } => {
+                    known.push(Counts { id: id.clone(), owner: owner.clone(), counts: counts.clone() })
+                }
+                Counted::Snapshot => unknown.push(id.clone()),
+            }
+        }
+        let days = self.days();
+        let mut total = Pass::default();
+        for (n, chunk) in known.chunks(CHUNK).enumerate() {
+            if n > 0 && !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+            total.applied += self.apply(chunk, &days).await?.0;
+            total.facilities += chunk.len();
+        }
+        let rest = self.pass(&unknown, false, pace).await?;
+        total.applied += rest.applied;
+        total.facilities += rest.facilities;
+        self.metrics.leaderboard_applied.increment(total.applied - rest.applied);
+        Ok(total)
+    }
+
     /// Applies every dirty facility not active here, and forgets those proven done.
     pub async fn sweep(&self) -> Result<Pass, StoreError> {
         let dirty = self.store.lb_dirty().await?;
@@ -131,70 +189,40 @@ impl Applier {
         self.pass(&remote, true, Duration::ZERO).await
     }
 
-    /// Applies the given facilities; with `forget`, removes those applied and released.
-    /// `pace` is a pause between chunks, so the pass does not arrive as one burst.
+    /// Snapshots and applies the given facilities; with `forget`, removes those applied and
+    /// released. `pace` is a pause between chunks, so the pass does not arrive as one burst.
     pub async fn pass(&self, ids: &[String], forget: bool, pace: Duration) -> Result<Pass, StoreError> {
-        let today = self.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
-        let oldest = today.checked_sub(jiff::Span::new().days(self.retention_days)).unwrap_or(today);
-        let finished = today.checked_sub(jiff::Span::new().days(2)).unwrap_or(today);
-        let board_ttl = self.retention_days * 86_400;
-        let applied_ttl = board_ttl + APPLIED_GRACE_DAYS * 86_400;
+        let days = self.days();
         let mut total = Pass::default();
         for (n, chunk) in ids.chunks(CHUNK).enumerate() {
             if n > 0 && !pace.is_zero() {
                 tokio::time::sleep(pace).await;
             }
             let snaps = self.store.lb_snapshots(chunk).await?;
-            let mut items = Vec::new();
-            // Per item: (facility index, field, count, day).
-            let mut owners: Vec<(usize, String, u64, Date)> = Vec::new();
-            let mut prune: Vec<(String, Vec<(String, u64)>)> = Vec::new();
-            for (i, (id, snap)) in chunk.iter().zip(&snaps).enumerate() {
-                let Ok(info) = serde_json::from_str::<FacilityInfo>(&snap.info) else { continue };
-                let mut stale = Vec::new();
-                for (field, count) in &snap.counts {
-                    let Some((day, kind)) = keys::parse_lb_count_field(field) else { continue };
-                    if day < oldest {
-                        tracing::warn!(facility = %id, %day, "leaderboard count older than the retention dropped unapplied");
-                        stale.push((field.clone(), *count));
-                        continue;
-                    }
-                    let mut k = vec![keys::lb_applied(day)];
-                    k.extend(super::board_keys(&info, day, kind));
-                    items.push(ApplyItem {
-                        keys: k,
-                        applied_field: keys::lb_applied_field(id, kind),
-                        count: *count,
-                        state: info.state_code().to_string(),
-                        district: info.district_id(),
-                        facility: id.clone(),
-                    });
-                    owners.push((i, field.clone(), *count, day));
-                }
-                if !stale.is_empty() {
-                    prune.push((id.clone(), stale));
-                }
+            let mut counts = Vec::with_capacity(chunk.len());
+            // Per facility of the chunk: its index in `counts` (None: not in the registry, so
+            // nothing to apply; released, it may be forgotten as before).
+            let mut at = Vec::with_capacity(chunk.len());
+            for (id, snap) in chunk.iter().zip(&snaps) {
+                let Ok(info) = serde_json::from_str::<FacilityInfo>(&snap.info) else {
+                    at.push(None);
+                    continue;
+                };
+                at.push(Some(counts.len()));
+                counts.push(Counts {
+                    id: id.clone(),
+                    owner: Arc::new(info.board_owner()),
+                    counts: snap.counts.clone(),
+                });
             }
-            let results = self.store.lb_apply(&items, board_ttl, applied_ttl).await?;
-            let mut exact = vec![true; chunk.len()];
-            for ((i, field, count, day), (before, after)) in owners.into_iter().zip(results) {
-                total.applied += after.saturating_sub(before);
-                if after != count {
-                    exact[i] = false;
-                } else if day < finished {
-                    match prune.iter_mut().find(|(f, _)| *f == chunk[i]) {
-                        Some((_, v)) => v.push((field, count)),
-                        None => prune.push((chunk[i].clone(), vec![(field, count)])),
-                    }
-                }
-            }
-            self.store.lb_prune(&prune).await?;
+            let (applied, exact) = self.apply(&counts, &days).await?;
+            total.applied += applied;
             if forget {
                 let done: Vec<(String, u64)> = chunk
                     .iter()
                     .zip(&snaps)
-                    .zip(&exact)
-                    .filter(|((id, s), exact)| **exact && released(s) && !self.directory.is_active(id))
+                    .zip(&at)
+                    .filter(|((id, s), at)| at.is_none_or(|i| exact[i]) && released(s) && !self.directory.is_active(id))
                     .map(|((id, s), _)| (id.clone(), s.epoch))
                     .collect();
                 total.forgotten += done.len();
@@ -204,6 +232,57 @@ impl Applier {
         }
         self.metrics.leaderboard_applied.increment(total.applied);
         Ok(total)
+    }
+
+    /// Brings the boards up to `facilities`' counts (one APPLY batch) and prunes finished
+    /// days' counts that are fully applied. Returns the tokens added and, per facility,
+    /// whether every count of it is now exactly applied.
+    async fn apply(&self, facilities: &[Counts], days: &Days) -> Result<(u64, Vec<bool>), StoreError> {
+        let mut items = Vec::new();
+        // Per item: (facility index, field, count, day).
+        let mut owners: Vec<(usize, String, u64, Date)> = Vec::new();
+        let mut prune: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+        for (i, f) in facilities.iter().enumerate() {
+            let mut stale = Vec::new();
+            for (field, count) in &f.counts {
+                let Some((day, kind)) = keys::parse_lb_count_field(field) else { continue };
+                if day < days.oldest {
+                    tracing::warn!(facility = %f.id, %day, "leaderboard count older than the retention dropped unapplied");
+                    stale.push((field.clone(), *count));
+                    continue;
+                }
+                let mut k = vec![keys::lb_applied(day)];
+                k.extend(super::board_keys(&f.owner.district, day, kind));
+                items.push(ApplyItem {
+                    keys: k,
+                    applied_field: keys::lb_applied_field(&f.id, kind),
+                    count: *count,
+                    state: f.owner.state.to_string(),
+                    district: f.owner.district.clone(),
+                    facility: f.id.clone(),
+                });
+                owners.push((i, field.clone(), *count, day));
+            }
+            if !stale.is_empty() {
+                prune.push((f.id.clone(), stale));
+            }
+        }
+        let results = self.store.lb_apply(&items, days.board_ttl, days.applied_ttl).await?;
+        let mut applied = 0;
+        let mut exact = vec![true; facilities.len()];
+        for ((i, field, count, day), (before, after)) in owners.into_iter().zip(results) {
+            applied += after.saturating_sub(before);
+            if after != count {
+                exact[i] = false;
+            } else if day < days.finished {
+                match prune.iter_mut().find(|(f, _)| *f == facilities[i].id) {
+                    Some((_, v)) => v.push((field, count)),
+                    None => prune.push((facilities[i].id.clone(), vec![(field, count)])),
+                }
+            }
+        }
+        self.store.lb_prune(&prune).await?;
+        Ok((applied, exact))
     }
 }
 

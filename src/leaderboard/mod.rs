@@ -21,15 +21,14 @@ use crate::registry::FacilityInfo;
 /// and facility-in-district rankings, then the all-kinds national facility ranking (too big
 /// to merge per read). Every other view (all kinds, a state's districts or facilities) is
 /// merged from these at read time.
-pub fn board_keys(info: &FacilityInfo, day: Date, kind: &str) -> Vec<String> {
-    let district = info.district_id();
+pub fn board_keys(district: &str, day: Date, kind: &str) -> Vec<String> {
     let day = day.to_string();
     let mut out = Vec::with_capacity(10);
     for period in [day.as_str(), "all"] {
         out.push(keys::leaderboard(period, kind, LbScope::States));
         out.push(keys::leaderboard(period, kind, LbScope::Districts));
         out.push(keys::leaderboard(period, kind, LbScope::Facilities));
-        out.push(keys::leaderboard(period, kind, LbScope::FacilitiesInDistrict(&district)));
+        out.push(keys::leaderboard(period, kind, LbScope::FacilitiesInDistrict(district)));
         out.push(keys::leaderboard(period, "all", LbScope::Facilities));
     }
     out
@@ -279,7 +278,7 @@ mod tests {
     #[test]
     fn a_count_feeds_every_ranking_it_belongs_to_once() {
         let day: Date = "2026-11-23".parse().unwrap();
-        let k = board_keys(&info(), day, "lab");
+        let k = board_keys(&info().district_id(), day, "lab");
         assert_eq!(
             k,
             vec![

@@ -43,6 +43,8 @@ return {epoch, info}
 /// national boards, so this script never leaves the facility's slot.
 /// An empty write only checks (a read barrier); with `release` it also records that this
 /// epoch's owner has stopped (`r`), which lets the applier forget the facility.
+/// Returns the cumulative count after each kind-count increment, so the applier can apply
+/// an answered write's counts without reading them back.
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
 if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
@@ -51,7 +53,8 @@ local nc = tonumber(ARGV[5])
 for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[5 + i], 1) end
 local p = 6 + nc
 local nk = tonumber(ARGV[p])
-for i = 1, nk do redis.call('HINCRBY', KEYS[4], ARGV[p + i], 1) end
+local counted = {}
+for i = 1, nk do counted[i] = redis.call('HINCRBY', KEYS[4], ARGV[p + i], 1) end
 p = p + nk + 1
 if p <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
@@ -62,7 +65,7 @@ if nc > 0 or p <= #ARGV then
   redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
 end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1]) end
-return 1
+return counted
 ";
 
 #[derive(Clone)]

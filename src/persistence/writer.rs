@@ -31,6 +31,8 @@ pub struct WriteOp {
     pub lb_count_fields: Vec<String>,
     /// The owner is stopping: record that this epoch is released (see the applier).
     pub release: bool,
+    /// Where the counted tokens go on the boards (set on writes that count tokens).
+    pub board: Option<std::sync::Arc<BoardOwner>>,
     pub fields: Vec<(String, String)>,
     pub done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -58,6 +60,7 @@ impl WriteOp {
             count_fields: Vec::new(),
             lb_count_fields: Vec::new(),
             release: false,
+            board: None,
             fields: Vec::new(),
             done,
         }
@@ -66,10 +69,86 @@ impl WriteOp {
 
 pub type WriterTx = mpsc::Sender<WriteOp>;
 
+/// Where a facility's tokens count on the national boards: its state code and district id
+/// (`<state code>/<district>`), as its owner knows them from the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardOwner {
+    pub state: &'static str,
+    pub district: String,
+}
+
+/// What the writers counted for the leaderboard applier since its last pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Counted {
+    /// Answered writes returned these cumulative counts (`<day>|<kind>` -> count, the
+    /// largest seen per field): the applier can apply them without reading anything.
+    Known { owner: std::sync::Arc<BoardOwner>, counts: Vec<(String, u64)> },
+    /// The applier reads the facility's counts from Redis (a snapshot): a counting write's
+    /// outcome is unknown (timeout, connection lost), or it was an activation's first.
+    Snapshot,
+}
+
+impl Counted {
+    /// Folds `other` (newer) into `self`: counts only grow, so the larger value of a field
+    /// wins; a snapshot of the facility covers every count, so it absorbs the rest.
+    fn merge(&mut self, other: Counted) {
+        match (&mut *self, other) {
+            (Counted::Snapshot, _) => {}
+            (_, Counted::Snapshot) => *self = Counted::Snapshot,
+            (Counted::Known { owner, counts }, Counted::Known { owner: newer, counts: more }) => {
+                *owner = newer;
+                for (field, c) in more {
+                    match counts.iter_mut().find(|(f, _)| *f == field) {
+                        Some((_, have)) => *have = (*have).max(c),
+                        None => counts.push((field, c)),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Facilities whose leaderboard counts may have moved since the applier last looked: filled
 /// by the writers once a counting write is answered (or its outcome is unknown), drained
 /// by the applier, so idle facilities cost it nothing.
-pub type Touched = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+#[derive(Debug, Clone, Default)]
+pub struct Touched(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Counted>>>);
+
+impl Touched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Counted>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what writes counted, in the order they were answered (newer last), each
+    /// merged with what is already pending for its facility.
+    pub fn add(&self, entries: impl IntoIterator<Item = (String, Counted)>) {
+        let mut t = self.lock();
+        for (facility, counted) in entries {
+            match t.get_mut(&facility) {
+                Some(have) => have.merge(counted),
+                None => {
+                    t.insert(facility, counted);
+                }
+            }
+        }
+    }
+
+    /// Takes everything pending (the applier's pass).
+    pub fn drain(&self) -> Vec<(String, Counted)> {
+        self.lock().drain().collect()
+    }
+
+    /// Puts back what a failed pass did not apply, under anything counted meanwhile.
+    pub fn restore(&self, entries: Vec<(String, Counted)>) {
+        let mut t = self.lock();
+        for (facility, mut older) in entries {
+            if let Some(newer) = t.remove(&facility) {
+                older.merge(newer);
+            }
+            t.insert(facility, older);
+        }
+    }
+}
 
 const KEEPALIVE: Duration = Duration::from_millis(250);
 
@@ -115,13 +194,53 @@ fn is_noscript(r: &RedisResult<Value>) -> bool {
     matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))
 }
 
+/// What an applied WRITE returned: the cumulative leaderboard count after each of its
+/// `lb_count_fields` (`None` for a reply of another shape, which the applier then reads).
+type Applied = Option<Vec<u64>>;
+
+fn applied(v: Value) -> Applied {
+    match v {
+        Value::Array(items) => {
+            items.into_iter().map(|i| if let Value::Int(n) = i { u64::try_from(n).ok() } else { None }).collect()
+        }
+        _ => None,
+    }
+}
+
+/// What one answered write counted, for the applier: the largest count per field.
+fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
+    if op.lb_count_fields.is_empty() {
+        return None;
+    }
+    match (r, &op.board) {
+        // Refused writes changed nothing.
+        (Err(StoreError::Fenced | StoreError::Gap), _) => None,
+        // The first write of an activation: an owner before it (crashed, say) may have
+        // counted other days or kinds that no board has yet, and a facility active here is
+        // left out of this node's sweeps, so the applier reads all its counts once.
+        (Ok(_), _) if op.prev_seq == 0 => Some(Counted::Snapshot),
+        (Ok(Some(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
+            let mut counts: Vec<(String, u64)> = Vec::new();
+            for (field, c) in op.lb_count_fields.iter().zip(values) {
+                match counts.iter_mut().find(|(f, _)| f == field) {
+                    Some((_, have)) => *have = (*have).max(*c),
+                    None => counts.push((field.clone(), *c)),
+                }
+            }
+            Some(Counted::Known { owner: owner.clone(), counts })
+        }
+        // Unknown outcome, or an answer without usable counts: the applier reads them.
+        _ => Some(Counted::Snapshot),
+    }
+}
+
 /// Writes one batch; returns one result per op, in order.
 async fn write_batch(
     conn: &mut Conn,
     batch: &Batch,
     ops: &[WriteOp],
     timeout: Duration,
-) -> Vec<Result<(), StoreError>> {
+) -> Vec<Result<Applied, StoreError>> {
     let refs: Vec<&WriteOp> = ops.iter().collect();
     let mut replies = conn.batch(batch.commands(&refs), timeout, batch.wait_replicas).await;
     if replies.iter().any(is_noscript) {
@@ -145,7 +264,7 @@ async fn write_batch(
     replies
         .into_iter()
         .map(|r| match r {
-            Ok(_) => Ok(()),
+            Ok(v) => Ok(applied(v)),
             Err(e) => Err(classify(&e)),
         })
         .collect()
@@ -181,20 +300,91 @@ pub async fn run(
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
         metrics.redis_batch(ops.len(), started.elapsed());
-        {
-            let mut t = touched.lock().unwrap_or_else(|e| e.into_inner());
-            for (op, r) in ops.iter().zip(&results) {
-                // Refused writes changed nothing; anything else may have counted tokens.
-                if !op.lb_count_fields.is_empty() && !matches!(r, Err(StoreError::Fenced | StoreError::Gap)) {
-                    t.insert(op.facility.clone());
-                }
-            }
-        }
+        touched.add(ops.iter().zip(&results).filter_map(|(op, r)| Some((op.facility.clone(), counted(op, r)?))));
         for (op, r) in ops.into_iter().zip(results) {
             if r == Err(StoreError::Fenced) {
                 metrics.fencing_conflict();
             }
-            let _ = op.done.send(r);
+            let _ = op.done.send(r.map(|_| ()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn owner(district: &str) -> Arc<BoardOwner> {
+        Arc::new(BoardOwner { state: "KA", district: district.into() })
+    }
+
+    fn known(district: &str, counts: &[(&str, u64)]) -> Counted {
+        Counted::Known { owner: owner(district), counts: counts.iter().map(|(f, c)| (f.to_string(), *c)).collect() }
+    }
+
+    fn op(prev_seq: u64, fields: &[&str]) -> WriteOp {
+        let (done, _) = oneshot::channel();
+        let day = jiff::civil::date(2026, 11, 24);
+        WriteOp {
+            lb_count_fields: fields.iter().map(|f| f.to_string()).collect(),
+            board: Some(owner("KA/Mysuru")),
+            ..WriteOp::barrier("F1", day, 3, prev_seq, 60, done)
+        }
+    }
+
+    #[test]
+    fn merging_keeps_the_largest_count_per_field_and_a_snapshot_absorbs_the_rest() {
+        let mut c = known("KA/Mysuru", &[("d|opd", 5)]);
+        c.merge(known("KA/Mysuru", &[("d|opd", 7), ("d|lab", 1)]));
+        c.merge(known("KA/Mysuru", &[("d|opd", 6)]));
+        assert_eq!(c, known("KA/Mysuru", &[("d|opd", 7), ("d|lab", 1)]));
+        // A newer owner record (a reconfigured district) wins.
+        c.merge(known("KA/Mandya", &[]));
+        assert_eq!(c, known("KA/Mandya", &[("d|opd", 7), ("d|lab", 1)]));
+        c.merge(Counted::Snapshot);
+        assert_eq!(c, Counted::Snapshot);
+        c.merge(known("KA/Mandya", &[("d|opd", 9)]));
+        assert_eq!(c, Counted::Snapshot);
+    }
+
+    #[test]
+    fn an_answered_write_counts_its_returned_totals_and_anything_else_asks_for_a_snapshot() {
+        // Two tokens of one kind in one write: the later (larger) total is what counts.
+        let two = op(4, &["d|opd", "d|opd", "d|lab"]);
+        assert_eq!(counted(&two, &Ok(Some(vec![11, 12, 3]))), Some(known("KA/Mysuru", &[("d|opd", 12), ("d|lab", 3)])));
+        // Refused writes changed nothing; writes that count nothing are not the applier's.
+        assert_eq!(counted(&two, &Err(StoreError::Fenced)), None);
+        assert_eq!(counted(&two, &Err(StoreError::Gap)), None);
+        assert_eq!(counted(&op(4, &[]), &Ok(Some(vec![]))), None);
+        // Unknown outcome, an answer of the wrong shape, or an activation's first write.
+        assert_eq!(counted(&two, &Err(StoreError::Unavailable)), Some(Counted::Snapshot));
+        assert_eq!(counted(&two, &Ok(Some(vec![11]))), Some(Counted::Snapshot));
+        assert_eq!(counted(&two, &Ok(None)), Some(Counted::Snapshot));
+        assert_eq!(counted(&op(0, &["d|opd"]), &Ok(Some(vec![1]))), Some(Counted::Snapshot));
+    }
+
+    #[test]
+    fn a_failed_pass_is_restored_under_what_was_counted_meanwhile() {
+        let t = Touched::default();
+        t.add([("F1".to_string(), known("KA/Mysuru", &[("d|opd", 5)]))]);
+        let taken = t.drain();
+        assert!(t.drain().is_empty(), "drain takes everything");
+        t.add([("F1".to_string(), known("KA/Mandya", &[("d|opd", 8)])), ("F2".into(), Counted::Snapshot)]);
+        t.restore(taken);
+        let mut back = t.drain();
+        back.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            back,
+            vec![("F1".to_string(), known("KA/Mandya", &[("d|opd", 8)])), ("F2".into(), Counted::Snapshot)]
+        );
+    }
+
+    #[test]
+    fn the_write_script_returns_each_increment_total() {
+        assert_eq!(applied(Value::Array(vec![Value::Int(3), Value::Int(4)])), Some(vec![3, 4]));
+        assert_eq!(applied(Value::Array(vec![])), Some(vec![]));
+        assert_eq!(applied(Value::Int(1)), None);
+        assert_eq!(applied(Value::Array(vec![Value::Int(-1)])), None);
     }
 }

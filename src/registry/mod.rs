@@ -163,6 +163,11 @@ impl FacilityInfo {
     pub fn district_id(&self) -> String {
         format!("{}/{}", self.state_code(), self.district)
     }
+
+    /// Where this facility's tokens count on the national boards.
+    pub fn board_owner(&self) -> crate::persistence::writer::BoardOwner {
+        crate::persistence::writer::BoardOwner { state: self.state_code(), district: self.district_id() }
+    }
 }
 
 #[cfg(test)]
