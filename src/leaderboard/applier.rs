@@ -10,8 +10,9 @@
 //! snapshotted instead (one atomic read of all its counts); a refused write counts nothing,
 //! and a failed pass keeps everything for the next. Then one APPLY script per few
 //! facilities on the `{lb}` slot, per (facility, day, kind), reads `applied` from
-//! `lb:{lb}:<day>:ap`, adds `C - applied` to every board when positive and sets `applied = C`. `C` only grows and `applied` only moves up to a `C` that
-//! existed, so boards never over-count; a rerun, a crash between steps, or two nodes
+//! `lb:{lb}:<day>:ap`, adds `C - applied` to every board when positive and sets
+//! `applied = C`. `C` only grows and `applied` only moves up to a `C` that existed, so
+//! boards never over-count; a rerun, a crash between steps, or two nodes
 //! applying the same facility (old and new owner) change nothing twice.
 //!
 //! **Discovery after a crash.** An activation marks its facility in `lb:{lb}:dirty` (field
@@ -154,7 +155,7 @@ impl Applier {
 
     /// The regular pass over what this node's writers counted. Counts that answered writes
     /// returned are applied as they are, without a read; facilities with a write of unknown
-    /// outcome are snapshotted first (a snapshot read their whole counts).
+    /// outcome (or an activation's first write) are snapshotted first.
     async fn apply_touched(&self, touched: &[(String, Counted)], pace: Duration) -> Result<Pass, StoreError> {
         let mut known = Vec::new();
         let mut unknown = Vec::new();
@@ -172,13 +173,13 @@ impl Applier {
             if n > 0 && !pace.is_zero() {
                 tokio::time::sleep(pace).await;
             }
-            total.applied += self.apply(chunk, &days).await?.0;
+            let (applied, _) = self.apply(chunk, &days).await?;
+            total.applied += applied;
             total.facilities += chunk.len();
         }
         let rest = self.pass(&unknown, false, pace).await?;
         total.applied += rest.applied;
         total.facilities += rest.facilities;
-        self.metrics.leaderboard_applied.increment(total.applied - rest.applied);
         Ok(total)
     }
 
@@ -230,7 +231,6 @@ impl Applier {
             }
             total.facilities += chunk.len();
         }
-        self.metrics.leaderboard_applied.increment(total.applied);
         Ok(total)
     }
 
@@ -268,10 +268,12 @@ impl Applier {
             }
         }
         let results = self.store.lb_apply(&items, days.board_ttl, days.applied_ttl).await?;
-        let mut applied = 0;
+        let added: u64 = results.iter().map(|(before, after)| after.saturating_sub(*before)).sum();
+        // Counted as soon as they are on the boards: a pass that fails in a later step
+        // still reports these (its rerun adds nothing for them).
+        self.metrics.leaderboard_applied.increment(added);
         let mut exact = vec![true; facilities.len()];
-        for ((i, field, count, day), (before, after)) in owners.into_iter().zip(results) {
-            applied += after.saturating_sub(before);
+        for ((i, field, count, day), (_, after)) in owners.into_iter().zip(results) {
             if after != count {
                 exact[i] = false;
             } else if day < days.finished {
@@ -282,7 +284,7 @@ impl Applier {
             }
         }
         self.store.lb_prune(&prune).await?;
-        Ok((applied, exact))
+        Ok((added, exact))
     }
 }
 
