@@ -163,8 +163,8 @@ struct Waiting {
 /// counters, and the state code labels metrics. Names and addresses stay in Redis.
 struct Ready {
     epoch: u64,
-    state: &'static str,
-    /// Where this facility's tokens count on the boards (travels with each counting write).
+    /// Where this facility's tokens count on the boards (its state code labels the scan
+    /// metrics; the whole travels with each counting write).
     board: Arc<BoardOwner>,
     queue: FacilityQueue,
 }
@@ -313,7 +313,7 @@ impl FacilityActor {
             queue.reserve_number(&c, n);
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
-        Ok(Ready { epoch, state: info.state_code(), board: Arc::new(info.board_owner()), queue })
+        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -479,7 +479,7 @@ impl FacilityActor {
         };
         match cmd {
             Command::Scan { input, reply } => {
-                let (state, kind) = (r.state, r.queue.counter(&input.counter).map(|c| c.kind));
+                let (state, kind) = (r.board.state, r.queue.counter(&input.counter).map(|c| c.kind));
                 // Kept only for a replay of a finished token, confirmed against its record.
                 let replay_check = ReplayCheck::of(&input);
                 let result = r.queue.scan(input, now).map_err(FacilityError::from);
@@ -585,7 +585,6 @@ impl FacilityActor {
             }
             Command::Reconfigure(info) => {
                 r.queue.reconfigure(info.queue_config(self.deps.max_priority_streak, self.deps.default_service_s));
-                r.state = info.state_code();
                 r.board = Arc::new(info.board_owner());
             }
         }

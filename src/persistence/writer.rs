@@ -2,6 +2,8 @@
 //! writer sends everything that queued up while the previous batch was in flight as one
 //! pipelined round trip of fenced script calls (one pipeline per hash slot on a cluster,
 //! all in flight at once), then answers each write. Order per facility is kept.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis::{RedisResult, Value};
@@ -32,7 +34,7 @@ pub struct WriteOp {
     /// The owner is stopping: record that this epoch is released (see the applier).
     pub release: bool,
     /// Where the counted tokens go on the boards (set on writes that count tokens).
-    pub board: Option<std::sync::Arc<BoardOwner>>,
+    pub board: Option<Arc<BoardOwner>>,
     pub fields: Vec<(String, String)>,
     pub done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -82,7 +84,7 @@ pub struct BoardOwner {
 pub enum Counted {
     /// Answered writes returned these cumulative counts (`<day>|<kind>` -> count, the
     /// largest seen per field): the applier can apply them without reading anything.
-    Known { owner: std::sync::Arc<BoardOwner>, counts: Vec<(String, u64)> },
+    Known { owner: Arc<BoardOwner>, counts: Vec<(String, u64)> },
     /// The applier reads the facility's counts from Redis (a snapshot): a counting write's
     /// outcome is unknown (timeout, connection lost), or it was an activation's first.
     Snapshot,
@@ -98,13 +100,18 @@ impl Counted {
             (Counted::Known { owner, counts }, Counted::Known { owner: newer, counts: more }) => {
                 *owner = newer;
                 for (field, c) in more {
-                    match counts.iter_mut().find(|(f, _)| *f == field) {
-                        Some((_, have)) => *have = (*have).max(c),
-                        None => counts.push((field, c)),
-                    }
+                    raise(counts, field, c);
                 }
             }
         }
+    }
+}
+
+/// Sets `field` to `c` unless it already holds more (counts only grow).
+fn raise(counts: &mut Vec<(String, u64)>, field: String, c: u64) {
+    match counts.iter_mut().find(|(f, _)| *f == field) {
+        Some((_, have)) => *have = (*have).max(c),
+        None => counts.push((field, c)),
     }
 }
 
@@ -112,10 +119,10 @@ impl Counted {
 /// by the writers once a counting write is answered (or its outcome is unknown), drained
 /// by the applier, so idle facilities cost it nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Touched(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Counted>>>);
+pub struct Touched(Arc<Mutex<HashMap<String, Counted>>>);
 
 impl Touched {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Counted>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Counted>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -220,12 +227,9 @@ fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
         // left out of this node's sweeps, so the applier reads all its counts once.
         (Ok(_), _) if op.prev_seq == 0 => Some(Counted::Snapshot),
         (Ok(Some(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
-            let mut counts: Vec<(String, u64)> = Vec::new();
+            let mut counts = Vec::new();
             for (field, c) in op.lb_count_fields.iter().zip(values) {
-                match counts.iter_mut().find(|(f, _)| f == field) {
-                    Some((_, have)) => *have = (*have).max(*c),
-                    None => counts.push((field.clone(), *c)),
-                }
+                raise(&mut counts, field.clone(), *c);
             }
             Some(Counted::Known { owner: owner.clone(), counts })
         }
@@ -313,7 +317,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn owner(district: &str) -> Arc<BoardOwner> {
         Arc::new(BoardOwner { state: "KA", district: district.into() })
