@@ -3,14 +3,12 @@
 //! digests in constant time; staff keys are looked up by id and checked against a hash.
 use actix_web::http::header;
 use actix_web::HttpRequest;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::facility::queue::{PatientDigest, PatientKeys};
+use crate::facility::queue::PatientKeys;
 use crate::registry::staff;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,20 +77,12 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     }
 }
 
-/// The patient limiter's key for a digest: its base64url, written on the stack (the same
-/// key as when digests were kept as strings).
-fn patient_limit_key(d: PatientDigest, buf: &mut [u8; 22]) -> &str {
-    let n = URL_SAFE_NO_PAD.encode_slice(d.0, buf).expect("16 bytes encode to 22");
-    std::str::from_utf8(&buf[..n]).expect("base64 is ASCII")
-}
-
 /// Per-facility and per-patient limits of a scan (patient keys are digests).
 pub fn limit_scan(state: &AppState, facility: &str, patient: &PatientKeys) -> Result<(), ApiError> {
     state.limits.facility(facility).map_err(limited)?;
-    let mut buf = [0u8; 22];
-    state.limits.patient(patient_limit_key(patient.by_address, &mut buf)).map_err(limited)?;
+    state.limits.patient(&patient.by_address.0).map_err(limited)?;
     if let Some(n) = patient.by_number {
-        state.limits.patient(patient_limit_key(n, &mut buf)).map_err(limited)?;
+        state.limits.patient(&n.0).map_err(limited)?;
     }
     Ok(())
 }
