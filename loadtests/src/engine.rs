@@ -534,7 +534,7 @@ impl Engine {
             }
             tokio::time::sleep_until(wake.into()).await;
         }
-        RunInfo { elapsed: start.elapsed(), scans_scheduled: scans, dropped_follow_ups }
+        RunInfo { started: start, elapsed: start.elapsed(), scans_scheduled: scans, dropped_follow_ups }
     }
 
     /// Registers the whole registry through the admin import API, `chunk` lines a request.
@@ -565,6 +565,8 @@ impl Engine {
 /// How the schedule itself went.
 #[derive(Debug, Clone, Copy)]
 pub struct RunInfo {
+    /// When the first operation was scheduled (run second 0 starts here).
+    pub started: Instant,
     pub elapsed: Duration,
     pub scans_scheduled: u64,
     /// Follow-ups (polls, calls, repeats) whose time fell after the end of the run.

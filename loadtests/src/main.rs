@@ -2,6 +2,7 @@
 //! gateway with an open-model generator, verifies afterwards that no token was lost or
 //! duplicated, and serves the `echo` and `naive` reference designs. Wiring only.
 mod engine;
+mod host;
 mod profile;
 mod recorder;
 mod reference;
@@ -234,12 +235,16 @@ fn main() -> std::process::ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(verify_stored(&redis_url, facilities, seed, days, verify_wait_s)))
         }
-        Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads.max(1))
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(*args))),
+        Cmd::Run(args) => {
+            // Without a steal column (not Linux) runs simply report no steal.
+            host::start();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.max(1))
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(run(*args)))
+        }
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

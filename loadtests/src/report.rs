@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::host::{Steal, NOTABLE_PCT, WINDOW};
 use crate::recorder::{percentiles, Percentiles, Recorder};
 use crate::verify::Verdict;
 
@@ -30,6 +31,18 @@ impl Machine {
     }
 }
 
+/// "N of M 100 ms windows had >= 10% steal (worst X%)": how much of a run the host took.
+pub fn steal_text(h: &Steal) -> String {
+    format!(
+        "{} of {} {} ms windows had >= {:.0}% (worst {:.0}%)",
+        h.notable_windows,
+        h.windows,
+        WINDOW.as_millis(),
+        NOTABLE_PCT,
+        h.max_pct
+    )
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OpSummary {
     pub ok: u64,
@@ -43,6 +56,8 @@ pub struct Point {
     pub errors: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The worst 100 ms window of host CPU steal in this second, percent (None: not sampled).
+    pub steal_max_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,6 +86,8 @@ pub struct Step {
     pub latency: Percentiles,
     pub error_ratio: f64,
     pub send_lag_p99_ms: f64,
+    /// Host CPU steal while the step ran.
+    pub host_steal: Steal,
     pub passed: bool,
     pub why: String,
 }
@@ -107,6 +124,8 @@ pub struct Summary {
     pub errors_by_code: BTreeMap<String, u64>,
     pub send_lag: Percentiles,
     pub dropped_follow_ups: u64,
+    /// Host CPU steal over the run (of the measurement at 80% for `step`).
+    pub host_steal: Option<Steal>,
     pub timeline: Vec<Point>,
     pub resources: Resources,
     pub step: Option<StepSummary>,
@@ -131,7 +150,7 @@ impl Summary {
             .enumerate()
             .map(|(t, s)| {
                 let p = percentiles(&s.latency);
-                Point { t, ok: s.ok, errors: s.errors, p50_ms: p.p50_ms, p99_ms: p.p99_ms }
+                Point { t, ok: s.ok, errors: s.errors, p50_ms: p.p50_ms, p99_ms: p.p99_ms, steal_max_pct: None }
             })
             .collect();
         let ok: u64 = r.ok.values().sum();
@@ -153,6 +172,7 @@ impl Summary {
             errors_by_code,
             send_lag: percentiles(&r.send_lag),
             dropped_follow_ups: 0,
+            host_steal: None,
             timeline,
             resources: Resources::default(),
             step: None,
@@ -197,6 +217,9 @@ impl Summary {
         }
         let _ =
             writeln!(s, "generator send lag p99 {:.2} ms, max {:.1} ms", self.send_lag.p99_ms, self.send_lag.max_ms);
+        if let Some(h) = &self.host_steal {
+            let _ = writeln!(s, "host CPU steal: {}", steal_text(h));
+        }
         let r = &self.resources;
         let mib = |b: u64| b as f64 / 1048576.0;
         if let Some(c) = r.server_cpu_us_per_scan {
@@ -217,11 +240,12 @@ impl Summary {
             for x in &st.steps {
                 let _ = writeln!(
                     s,
-                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  {}",
+                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {}",
                     x.rate,
                     x.achieved_ok_per_s,
                     x.latency.p99_ms,
                     x.error_ratio * 100.0,
+                    x.host_steal.max_pct,
                     if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) }
                 );
             }
@@ -275,6 +299,17 @@ impl Summary {
         let p99: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.p99_ms)).collect();
         h.push_str("<h2>Latency over time (from the scheduled send time)</h2>");
         h.push_str(&line_chart(&[("p50 ms", "#27c", &p50), ("p99 ms", "#c72", &p99)], "run second", "ms"));
+        let steal: Vec<(f64, f64)> =
+            self.timeline.iter().filter_map(|p| Some((p.t as f64, p.steal_max_pct?))).collect();
+        if let Some(hs) = &self.host_steal {
+            h.push_str("<h2>Host CPU steal (worst 100 ms window of each second)</h2>");
+            let _ = write!(
+                h,
+                "<p>{}. A stall in a second with steal is the hypervisor's, not the server's.</p>",
+                steal_text(hs)
+            );
+            h.push_str(&line_chart(&[("steal %", "#939", &steal)], "run second", "% of CPU time"));
+        }
         h.push_str("<h2>Latency distribution</h2>");
         let spectrum: Vec<(f64, f64)> = [
             (0.5, self.latency.p50_ms),
@@ -457,5 +492,13 @@ mod tests {
         assert_eq!(html.matches("<svg").count(), 4, "throughput, latency, distribution, errors");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["timeline"].as_array().unwrap().len(), 2);
+        assert!(!text.contains("steal"), "no steal line when steal was not sampled: {text}");
+
+        // With steal sampled, the text says how much and the HTML charts it per second.
+        s.host_steal = Some(Steal { windows: 20, notable_windows: 2, max_pct: 26.0 });
+        s.timeline[1].steal_max_pct = Some(26.0);
+        let text = s.text();
+        assert!(text.contains("host CPU steal: 2 of 20 100 ms windows had >= 10% (worst 26%)"), "{text}");
+        assert_eq!(s.html().matches("<svg").count(), 5, "and host steal");
     }
 }

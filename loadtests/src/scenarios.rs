@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, Mix, Plan, RunInfo};
+use crate::host::{self, Steal};
 use crate::profile::Morning;
 use crate::recorder::{percentiles, Recorder};
-use crate::report::{Resources, Sample, Step, StepSummary, Summary};
+use crate::report::{Point, Resources, Sample, Step, StepSummary, Summary};
 use crate::resources;
 
 /// The processes whose resources a run samples.
@@ -118,7 +119,27 @@ pub fn summarize(engine: &Engine, scenario: &str, kind: &str, info: &RunInfo) ->
     s.target = engine.target.base.clone();
     s.scans_scheduled = info.scans_scheduled;
     s.dropped_follow_ups = info.dropped_follow_ups;
+    let windows = host::between(info.started, info.started + info.elapsed);
+    if !windows.is_empty() {
+        s.host_steal = Some(host::summarize(&windows));
+        attribute_steal(&mut s.timeline, info.started, &windows);
+    }
     s
+}
+
+/// Gives each run second the worst steal window that ended in it.
+fn attribute_steal(timeline: &mut [Point], started: Instant, windows: &[(Instant, f64)]) {
+    for (t, pct) in windows {
+        let second = t.saturating_duration_since(started).as_secs() as usize;
+        if let Some(p) = timeline.get_mut(second) {
+            p.steal_max_pct = Some(p.steal_max_pct.unwrap_or(0.0).max(*pct));
+        }
+    }
+}
+
+/// Host CPU steal while a run went.
+fn run_steal(info: &RunInfo) -> Steal {
+    host::summarize(&host::between(info.started, info.started + info.elapsed))
 }
 
 /// Answers that were no answer at all (timeouts, refused connections): overload must be
@@ -249,6 +270,7 @@ fn judge(cfg: &StepConfig, rate: f64, info: &RunInfo, r: &Recorder) -> Step {
         latency: lat,
         error_ratio: err,
         send_lag_p99_ms: lag,
+        host_steal: run_steal(info),
         passed: why.is_empty(),
         why: why.join(", "),
     }
@@ -264,11 +286,12 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
             let (info, r) = constant(&engine, rate, cfg.step, s).await;
             let st = judge(&cfg, rate, &info, &r);
             eprintln!(
-                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% {}",
+                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {}",
                 rate,
                 st.achieved_ok_per_s,
                 st.latency.p99_ms,
                 st.error_ratio * 100.0,
+                st.host_steal.max_pct,
                 if st.passed { "pass" } else { &st.why }
             );
             // Let the server drain its queues before the next step.
@@ -279,7 +302,8 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
     .await;
     let mut at80 = None;
     let mut summary_rec = Recorder::default();
-    let mut info80 = RunInfo { elapsed: Duration::ZERO, scans_scheduled: 0, dropped_follow_ups: 0 };
+    let mut info80 =
+        RunInfo { started: Instant::now(), elapsed: Duration::ZERO, scans_scheduled: 0, dropped_follow_ups: 0 };
     let mut resources = Resources::default();
     if max > 0.0 {
         let rate = (max * 0.8).round();
@@ -347,9 +371,21 @@ mod tests {
             latency: Percentiles { count: 1, p50_ms: 1.0, p90_ms: 1.0, p99_ms: 1.0, p999_ms: 1.0, max_ms: 1.0 },
             error_ratio: 0.0,
             send_lag_p99_ms: 0.1,
+            host_steal: Steal::default(),
             passed,
             why: String::new(),
         }
+    }
+
+    #[test]
+    fn each_second_gets_its_worst_steal_window() {
+        let point = |t| Point { t, ok: 1, errors: 0, p50_ms: 1.0, p99_ms: 1.0, steal_max_pct: None };
+        let mut timeline = vec![point(0), point(1), point(2)];
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        attribute_steal(&mut timeline, t0, &[(at(100), 2.0), (at(1100), 26.0), (at(1900), 4.0), (at(9000), 50.0)]);
+        let got: Vec<Option<f64>> = timeline.iter().map(|p| p.steal_max_pct).collect();
+        assert_eq!(got, [Some(2.0), Some(26.0), None], "a window after the run's last second is dropped");
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ struct Row {
     rss_mib: Option<f64>,
     redis_b: Option<f64>,
     redis_cpu_us: Option<f64>,
+    /// 100 ms windows with notable host CPU steal: in the 80% measurement, and in the search.
+    steal80: Option<u64>,
+    steal_search: Option<u64>,
     bound: bool,
 }
 
@@ -36,6 +39,10 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
         rss_mib: f(&v["resources"]["server_rss_peak_bytes"]).map(|b| b / 1048576.0),
         redis_b: f(&v["resources"]["redis_bytes_per_token"]),
         redis_cpu_us: f(&v["resources"]["redis_cpu_us_per_scan"]),
+        steal80: v["host_steal"]["notable_windows"].as_u64(),
+        steal_search: st["steps"]
+            .as_array()
+            .map(|steps| steps.iter().filter_map(|x| x["host_steal"]["notable_windows"].as_u64()).sum()),
         bound: st["generator_bound"].as_bool().unwrap_or(false),
     })
 }
@@ -50,13 +57,13 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| server | max sustainable scans/s | at 80%: rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU us/scan | RSS MiB | Redis bytes/token | Redis CPU us/scan |"
+        "| server | max sustainable scans/s | at 80%: rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU us/scan | RSS MiB | Redis bytes/token | Redis CPU us/scan | host steal windows: at 80% / search |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} |",
+            "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} | {} / {} |",
             r.name,
             r.max,
             if r.bound { " (generator-bound)" } else { "" },
@@ -68,7 +75,9 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
             opt(r.cpu_us, 1),
             opt(r.rss_mib, 0),
             opt(r.redis_b, 0),
-            opt(r.redis_cpu_us, 1)
+            opt(r.redis_cpu_us, 1),
+            opt(r.steal80.map(|n| n as f64), 0),
+            opt(r.steal_search.map(|n| n as f64), 0)
         );
     }
     let find = |n: &str| rows.iter().find(|r| r.name == n);
@@ -114,6 +123,15 @@ mod tests {
     }
 
     #[test]
+    fn host_steal_is_counted_at_80_percent_and_over_the_search() {
+        let mut v = summary(1_000.0);
+        v["host_steal"] = json!({"windows": 100, "notable_windows": 3, "max_pct": 26.0});
+        v["step"]["steps"] = json!([{"host_steal": {"notable_windows": 4}}, {"host_steal": {"notable_windows": 7}}]);
+        let t = render(&[("gateway".into(), v)]).unwrap();
+        assert!(t.contains("| 50.0 | 100 | - | - | 3 / 11 |"), "{t}");
+    }
+
+    #[test]
     fn ratios_are_judged_against_the_targets() {
         let t = render(&[
             ("gateway".into(), summary(30_000.0)),
@@ -122,7 +140,10 @@ mod tests {
             ("gateway-warm".into(), summary(60_000.0)),
         ])
         .unwrap();
-        assert!(t.contains("| gateway | 30000 | 24000 | 1.00 | 4.00 | 9.00 | 0.000% | 50.0 | 100 | - | - |"), "{t}");
+        assert!(
+            t.contains("| gateway | 30000 | 24000 | 1.00 | 4.00 | 9.00 | 0.000% | 50.0 | 100 | - | - | - / - |"),
+            "{t}"
+        );
         assert!(t.contains("gateway/echo = 0.30 (target >= 0.5): MISSED"), "{t}");
         assert!(t.contains("gateway/naive = 3.00 (target >= 2): met"), "{t}");
         assert!(t.contains("gateway-warm/echo = 0.60 (target >= 0.5): met"), "{t}");
