@@ -196,6 +196,10 @@ struct RunArgs {
     step_s: u64,
     #[arg(long, default_value_t = 3)]
     refine: u32,
+    /// Times a failed step is run again before its rate counts as failed (every attempt is
+    /// reported). One stall of the host, not of the server, should not end a search.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
     #[arg(long, default_value_t = 20)]
     measure_s: u64,
     #[arg(long, default_value_t = 10.0)]
@@ -340,6 +344,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 max_rate: a.max_rate,
                 step: Duration::from_secs(a.step_s),
                 refine: a.refine,
+                retries: a.retries,
                 measure: Duration::from_secs(a.measure_s),
                 p99_target_ms: a.p99_target_ms,
                 max_error_ratio: a.max_error_ratio,

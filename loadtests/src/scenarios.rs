@@ -184,14 +184,37 @@ pub struct StepConfig {
     pub max_rate: f64,
     pub step: Duration,
     pub refine: u32,
+    /// A failed step is run up to this many more times; its rate passes if any attempt does.
+    pub retries: u32,
     pub measure: Duration,
     pub p99_target_ms: f64,
     pub max_error_ratio: f64,
     pub seed: u64,
 }
 
-/// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails,
-/// then `refine` bisections between the last pass and the first failure.
+/// One rate of the search: the step, and while it fails up to `cfg.retries` more runs of
+/// it (a 100 ms steal episode of the host can fail an 8 s step on its own). Returns whether
+/// any attempt passed and, if none did, whether the last one was generator-bound.
+async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, steps: &mut Vec<Step>) -> (bool, bool)
+where
+    F: FnMut(f64) -> Fut,
+    Fut: std::future::Future<Output = Step>,
+{
+    let mut bound = false;
+    for _ in 0..=cfg.retries {
+        let s = probe(rate).await;
+        let ok = s.passed;
+        bound = !ok && s.send_lag_p99_ms > cfg.p99_target_ms / 2.0;
+        steps.push(s);
+        if ok {
+            return (true, false);
+        }
+    }
+    (false, bound)
+}
+
+/// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
+/// (on every attempt), then `refine` bisections between the last pass and the first failure.
 pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, bool)
 where
     F: FnMut(f64) -> Fut,
@@ -202,10 +225,7 @@ where
     let mut generator_bound = false;
     let mut rate = cfg.start_rate;
     while rate <= cfg.max_rate {
-        let s = probe(rate).await;
-        let ok = s.passed;
-        let bound = !ok && s.send_lag_p99_ms > cfg.p99_target_ms / 2.0;
-        steps.push(s);
+        let (ok, bound) = attempt(cfg, &mut probe, rate, &mut steps).await;
         if ok {
             pass = Some(rate);
             rate *= cfg.factor;
@@ -221,13 +241,11 @@ where
         if hi - lo < hi * 0.05 || mid <= 0.0 {
             break;
         }
-        let s = probe(mid).await;
-        if s.passed {
+        if attempt(cfg, &mut probe, mid, &mut steps).await.0 {
             pass = Some(mid);
         } else {
             fail = Some(mid);
         }
-        steps.push(s);
     }
     (steps, pass.unwrap_or(0.0), generator_bound)
 }
@@ -396,6 +414,7 @@ mod tests {
             max_rate: 1e9,
             step: Duration::from_secs(1),
             refine: 4,
+            retries: 0,
             measure: Duration::from_secs(1),
             p99_target_ms: 10.0,
             max_error_ratio: 0.001,
@@ -408,5 +427,58 @@ mod tests {
         assert!(!bound);
         let (_, none, _) = search(&cfg, |r| async move { fake_step(r, 10.0) }).await;
         assert_eq!(none, 0.0, "nothing sustainable when the first step fails");
+    }
+
+    #[tokio::test]
+    async fn a_step_failed_once_is_run_again_and_every_attempt_is_reported() {
+        let cfg = StepConfig {
+            start_rate: 1_000.0,
+            factor: 2.0,
+            max_rate: 1e9,
+            step: Duration::from_secs(1),
+            refine: 0,
+            retries: 1,
+            measure: Duration::from_secs(1),
+            p99_target_ms: 10.0,
+            max_error_ratio: 0.001,
+            seed: 1,
+        };
+        // Capacity 11k, but the first run of the 4k step meets a stall of the host.
+        let mut runs = 0;
+        let (steps, max, _) = search(&cfg, |r| {
+            runs += 1;
+            let stalled = runs == 3;
+            async move {
+                if stalled {
+                    fake_step(r, 0.0)
+                } else {
+                    fake_step(r, 11_000.0)
+                }
+            }
+        })
+        .await;
+        let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.passed)).collect();
+        assert_eq!(
+            seen,
+            [(1e3, true), (2e3, true), (4e3, false), (4e3, true), (8e3, true), (16e3, false), (16e3, false)],
+            "the stalled step is retried, and a real limit fails both of its attempts"
+        );
+        assert_eq!(max, 8e3);
+        // Without retries the same stall ends the search at 2k.
+        let mut runs = 0;
+        let no_retry = StepConfig { retries: 0, ..cfg };
+        let (_, max, _) = search(&no_retry, |r| {
+            runs += 1;
+            let stalled = runs == 3;
+            async move {
+                if stalled {
+                    fake_step(r, 0.0)
+                } else {
+                    fake_step(r, 11_000.0)
+                }
+            }
+        })
+        .await;
+        assert_eq!(max, 2e3);
     }
 }
