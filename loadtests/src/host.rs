@@ -1,6 +1,6 @@
-//! The host's CPU steal (time the hypervisor ran someone else on this VM's vCPUs), sampled
-//! every 100 ms from `/proc/stat`. A one-second average hides it; a 100 ms window of 25%
-//! steal is what a p99 stall looks like, so runs report it beside their latency.
+//! The host's CPU, sampled every 100 ms from `/proc/stat`: steal (time the hypervisor ran
+//! someone else on this VM's vCPUs; a 100 ms window of 25% is what a p99 stall looks like), and
+//! busy time, which tells the step search when the machine has settled after a step.
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,15 @@ pub const WINDOW: Duration = Duration::from_millis(100);
 /// A window with at least this share of steal (percent) is counted as a steal episode.
 pub const NOTABLE_PCT: f64 = 10.0;
 
-/// End of each window and the percentage of CPU time stolen in it.
-static WINDOWS: OnceLock<Mutex<Vec<(Instant, f64)>>> = OnceLock::new();
+/// One window: when it ended, and the percentages of CPU time stolen and busy in it.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    end: Instant,
+    steal_pct: f64,
+    busy_pct: f64,
+}
+
+static WINDOWS: OnceLock<Mutex<Vec<Window>>> = OnceLock::new();
 
 /// Steal as a percentage of all CPU time between two `/proc/stat` `cpu` lines (their numbers,
 /// in order: user nice system idle iowait irq softirq steal ...). None without a steal column
@@ -25,6 +32,19 @@ pub fn steal_pct(prev: &[u64], cur: &[u64]) -> Option<f64> {
     let all = total(cur).checked_sub(total(prev))?;
     let steal = cur[7].checked_sub(prev[7])?;
     (all > 0).then(|| steal as f64 * 100.0 / all as f64)
+}
+
+/// Busy time (user, nice, system, irq, softirq: not idle, iowait or steal) as a percentage of
+/// all CPU time between two `/proc/stat` `cpu` lines.
+pub fn busy_pct(prev: &[u64], cur: &[u64]) -> Option<f64> {
+    if prev.len() < 8 || cur.len() < 8 {
+        return None;
+    }
+    let total = |v: &[u64]| v.iter().take(8).sum::<u64>();
+    let busy = |v: &[u64]| v[0] + v[1] + v[2] + v[5] + v[6];
+    let all = total(cur).checked_sub(total(prev))?;
+    let b = busy(cur).checked_sub(busy(prev))?;
+    (all > 0).then(|| b as f64 * 100.0 / all as f64)
 }
 
 fn read_cpu_line() -> Option<Vec<u64>> {
@@ -45,18 +65,51 @@ pub fn start() -> bool {
         .spawn(move || loop {
             std::thread::sleep(WINDOW);
             let Some(cur) = read_cpu_line() else { continue };
-            if let (Some(p), Some(w)) = (steal_pct(&prev, &cur), WINDOWS.get()) {
-                w.lock().unwrap().push((Instant::now(), p));
+            if let (Some(steal_pct), Some(busy_pct), Some(w)) =
+                (steal_pct(&prev, &cur), busy_pct(&prev, &cur), WINDOWS.get())
+            {
+                w.lock().unwrap().push(Window { end: Instant::now(), steal_pct, busy_pct });
             }
             prev = cur;
         })
         .is_ok()
 }
 
-/// The windows that ended in `[from, to]`.
+/// The steal of the windows that ended in `[from, to]`.
 pub fn between(from: Instant, to: Instant) -> Vec<(Instant, f64)> {
     let Some(w) = WINDOWS.get() else { return Vec::new() };
-    w.lock().unwrap().iter().filter(|(t, _)| *t >= from && *t <= to).copied().collect()
+    w.lock().unwrap().iter().filter(|x| x.end >= from && x.end <= to).map(|x| (x.end, x.steal_pct)).collect()
+}
+
+/// The machine counts as settled when this many windows in a row were under [`QUIET_BUSY_PCT`].
+pub const QUIET_WINDOWS: usize = 3;
+
+/// Busy share of all CPUs under which a window is quiet: the generator's and servers' idle
+/// timers stay well under it; a draining backlog, an applier catching up or an AOF rewrite
+/// (one core of two: 50%) are well over.
+pub const QUIET_BUSY_PCT: f64 = 10.0;
+
+/// Whether the last `quiet` windows of `busy` (oldest first) were all under `below`.
+pub fn settled(busy: &[f64], quiet: usize, below: f64) -> bool {
+    busy.len() >= quiet && busy[busy.len() - quiet..].iter().all(|b| *b < below)
+}
+
+/// Waits until the machine has settled (see [`settled`]) on windows that ended after now, or
+/// until `deadline` passes. Returns how long it waited and whether it settled; without
+/// sampling (no `/proc/stat`) it returns at once, unsettled.
+pub async fn settle(deadline: Duration) -> (Duration, bool) {
+    let from = Instant::now();
+    let Some(w) = WINDOWS.get() else { return (Duration::ZERO, false) };
+    loop {
+        let busy: Vec<f64> = w.lock().unwrap().iter().filter(|x| x.end > from).map(|x| x.busy_pct).collect();
+        if settled(&busy, QUIET_WINDOWS, QUIET_BUSY_PCT) {
+            return (from.elapsed(), true);
+        }
+        if from.elapsed() >= deadline {
+            return (from.elapsed(), false);
+        }
+        tokio::time::sleep(WINDOW / 2).await;
+    }
 }
 
 /// Steal over a stretch of a run: episodes (windows at or over [`NOTABLE_PCT`]) and the worst.
@@ -85,6 +138,7 @@ mod tests {
         // 100 ticks pass: 40 user, 30 idle, 25 steal, 5 system.
         let cur = [140, 0, 55, 830, 10, 0, 5, 60, 0, 0];
         assert_eq!(steal_pct(&prev, &cur), Some(25.0));
+        assert_eq!(busy_pct(&prev, &cur), Some(45.0), "user and system, not idle or steal");
         assert_eq!(steal_pct(&prev, &prev), None, "no time passed");
         assert_eq!(steal_pct(&prev[..7], &cur[..7]), None, "a kernel without a steal column");
         let s = summarize(&[(Instant::now(), 3.0), (Instant::now(), 25.0), (Instant::now(), 12.5)]);
@@ -101,5 +155,40 @@ mod tests {
             std::thread::sleep(WINDOW);
         }
         assert!(between(from, Instant::now()).iter().all(|(_, p)| (0.0..=100.0).contains(p)));
+    }
+
+    #[test]
+    fn the_machine_is_settled_only_after_enough_quiet_windows_in_a_row() {
+        assert!(!settled(&[], 3, 10.0), "nothing sampled yet");
+        assert!(!settled(&[2.0, 3.0], 3, 10.0), "too few windows");
+        assert!(settled(&[80.0, 2.0, 3.0, 9.9], 3, 10.0), "the busy window is older than the last three");
+        assert!(!settled(&[2.0, 3.0, 55.0, 2.0], 3, 10.0), "a rewrite's busy window is among the last three");
+        assert!(!settled(&[2.0, 10.0, 2.0], 3, 10.0), "the threshold itself is not quiet");
+    }
+
+    #[tokio::test]
+    async fn settling_waits_for_busy_cpus_and_gives_up_at_its_deadline() {
+        assert!(start());
+        // Both cores spin for 1.5 s: the machine cannot settle in a 300 ms deadline.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinners: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let (waited, ok) = settle(Duration::from_millis(300)).await;
+        assert!(!ok, "settled while both cores spun");
+        assert!(waited >= Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinners.into_iter().for_each(|t| t.join().unwrap());
+        // Idle again, it settles within its deadline (other test processes may be busy: a
+        // generous one).
+        let (_, ok) = settle(Duration::from_secs(60)).await;
+        assert!(ok, "never settled with the spinners stopped");
     }
 }

@@ -31,6 +31,15 @@ impl Machine {
     }
 }
 
+/// How the machine went quiet after a step: "settled in 0.3 s", or that it had not.
+pub fn settle_text(x: &Step) -> String {
+    if x.settled {
+        format!("settled in {:.1} s", x.settle_s)
+    } else {
+        format!("still busy after {:.1} s", x.settle_s)
+    }
+}
+
 /// "N of M 100 ms windows had >= 10% steal (worst X%)": how much of a run the host took.
 pub fn steal_text(h: &Steal) -> String {
     format!(
@@ -90,6 +99,10 @@ pub struct Step {
     pub host_steal: Steal,
     pub passed: bool,
     pub why: String,
+    /// Seconds the machine took after the step to go quiet (the server draining its backlog),
+    /// and whether it did before the deadline; the next step starts only then.
+    pub settle_s: f64,
+    pub settled: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,13 +253,14 @@ impl Summary {
             for x in &st.steps {
                 let _ = writeln!(
                     s,
-                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {}",
+                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {:<24} {}",
                     x.rate,
                     x.achieved_ok_per_s,
                     x.latency.p99_ms,
                     x.error_ratio * 100.0,
                     x.host_steal.max_pct,
-                    if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) }
+                    if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) },
+                    settle_text(x)
                 );
             }
             let _ = writeln!(
@@ -500,5 +514,30 @@ mod tests {
         let text = s.text();
         assert!(text.contains("host CPU steal: 2 of 20 100 ms windows had >= 10% (worst 26%)"), "{text}");
         assert_eq!(s.html().matches("<svg").count(), 5, "and host steal");
+
+        // Each step of a search says how long the machine took to go quiet after it.
+        let step = |settle_s, settled| Step {
+            rate: 1000.0,
+            achieved_ok_per_s: 990.0,
+            latency: s.latency.clone(),
+            error_ratio: 0.0,
+            send_lag_p99_ms: 0.1,
+            host_steal: Steal::default(),
+            passed: true,
+            why: String::new(),
+            settle_s,
+            settled,
+        };
+        s.step = Some(StepSummary {
+            p99_target_ms: 10.0,
+            max_error_ratio: 0.001,
+            steps: vec![step(0.3, true), step(60.0, false)],
+            max_sustainable_rate: 1000.0,
+            generator_bound: false,
+            at_80_percent: None,
+        });
+        let text = s.text();
+        assert!(text.contains("pass") && text.contains("settled in 0.3 s"), "{text}");
+        assert!(text.contains("still busy after 60.0 s"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ use crate::engine::{Engine, Mix, Plan, RunInfo};
 use crate::host::{self, Steal};
 use crate::profile::Morning;
 use crate::recorder::{percentiles, Recorder};
-use crate::report::{Point, Resources, Sample, Step, StepSummary, Summary};
+use crate::report::{self, Point, Resources, Sample, Step, StepSummary, Summary};
 use crate::resources;
 
 /// The processes whose resources a run samples.
@@ -192,6 +192,9 @@ pub struct StepConfig {
     pub seed: u64,
 }
 
+/// How long a step waits at most for the machine to go quiet after the one before.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Answered share of a step's rate below which it fell behind (no retry).
 const KEPT_UP: f64 = 0.97;
 
@@ -300,6 +303,8 @@ fn judge(cfg: &StepConfig, rate: f64, info: &RunInfo, r: &Recorder) -> Step {
         host_steal: run_steal(info),
         passed: why.is_empty(),
         why: why.join(", "),
+        settle_s: 0.0,
+        settled: false,
     }
 }
 
@@ -311,18 +316,22 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         let s = seed;
         async move {
             let (info, r) = constant(&engine, rate, cfg.step, s).await;
-            let st = judge(&cfg, rate, &info, &r);
+            let mut st = judge(&cfg, rate, &info, &r);
+            // The next step (or the measurement at 80%) starts on a quiet machine: after an
+            // overload the server drains its backlog, the applier catches up and Redis may
+            // rewrite its AOF for seconds, and a step run into that measures the last one.
+            let (waited, settled) = host::settle(SETTLE_DEADLINE).await;
+            (st.settle_s, st.settled) = (waited.as_secs_f64(), settled);
             eprintln!(
-                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {}",
+                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {} ({})",
                 rate,
                 st.achieved_ok_per_s,
                 st.latency.p99_ms,
                 st.error_ratio * 100.0,
                 st.host_steal.max_pct,
-                if st.passed { "pass" } else { &st.why }
+                if st.passed { "pass" } else { &st.why },
+                report::settle_text(&st)
             );
-            // Let the server drain its queues before the next step.
-            tokio::time::sleep(Duration::from_millis(500)).await;
             st
         }
     })
@@ -401,6 +410,8 @@ mod tests {
             host_steal: Steal::default(),
             passed,
             why: String::new(),
+            settle_s: 0.3,
+            settled: true,
         }
     }
 
