@@ -471,6 +471,7 @@ impl Engine {
     pub async fn run(self: &Arc<Self>, plan: &Plan) -> RunInfo {
         let mut rng = StdRng::seed_from_u64(plan.seed);
         let start = Instant::now();
+        let cpu0 = crate::resources::cpu_seconds(std::process::id());
         *self.started.lock().unwrap() = Some(start);
         let end = start + plan.duration;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, Op)>();
@@ -534,7 +535,14 @@ impl Engine {
             }
             tokio::time::sleep_until(wake.into()).await;
         }
-        RunInfo { started: start, elapsed: start.elapsed(), scans_scheduled: scans, dropped_follow_ups }
+        let generator_cpu_s = cpu0.zip(crate::resources::cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+        RunInfo {
+            started: start,
+            elapsed: start.elapsed(),
+            scans_scheduled: scans,
+            dropped_follow_ups,
+            generator_cpu_s,
+        }
     }
 
     /// Registers the whole registry through the admin import API, `chunk` lines a request.
@@ -571,4 +579,6 @@ pub struct RunInfo {
     pub scans_scheduled: u64,
     /// Follow-ups (polls, calls, repeats) whose time fell after the end of the run.
     pub dropped_follow_ups: u64,
+    /// CPU seconds the generator (this process) used during the run.
+    pub generator_cpu_s: Option<f64>,
 }

@@ -81,6 +81,14 @@ pub fn between(from: Instant, to: Instant) -> Vec<(Instant, f64)> {
     w.lock().unwrap().iter().filter(|x| x.end >= from && x.end <= to).map(|x| (x.end, x.steal_pct)).collect()
 }
 
+/// Mean busy share of all CPUs (percent) over the windows that ended in `[from, to]`.
+pub fn busy_between(from: Instant, to: Instant) -> Option<f64> {
+    let w = WINDOWS.get()?;
+    let busy: Vec<f64> =
+        w.lock().unwrap().iter().filter(|x| x.end >= from && x.end <= to).map(|x| x.busy_pct).collect();
+    (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64)
+}
+
 /// The machine counts as settled when this many windows in a row were under [`QUIET_BUSY_PCT`].
 pub const QUIET_WINDOWS: usize = 3;
 
@@ -155,6 +163,9 @@ mod tests {
             std::thread::sleep(WINDOW);
         }
         assert!(between(from, Instant::now()).iter().all(|(_, p)| (0.0..=100.0).contains(p)));
+        let busy = busy_between(from, Instant::now()).expect("windows were recorded");
+        assert!((0.0..=100.0).contains(&busy), "{busy}");
+        assert_eq!(busy_between(from, from - Duration::from_secs(1)), None, "an empty stretch");
     }
 
     #[test]

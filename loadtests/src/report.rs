@@ -31,6 +31,12 @@ impl Machine {
     }
 }
 
+/// "cpu 97% (gen 31%)": how busy the host's CPUs were during a step, and the generator's share.
+pub fn busy_text(x: &Step) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}%"));
+    format!("cpu {:>4} (gen {:>4})", pct(x.host_busy_pct), pct(x.generator_cpu_pct))
+}
+
 /// How the machine went quiet after a step: "settled in 0.3 s", or that it had not.
 pub fn settle_text(x: &Step) -> String {
     if x.settled {
@@ -103,6 +109,21 @@ pub struct Step {
     /// and whether it did before the deadline; the next step starts only then.
     pub settle_s: f64,
     pub settled: bool,
+    /// Mean busy share of all the host's CPUs during the step, and the generator's own share
+    /// (percent; None where not sampled).
+    pub host_busy_pct: Option<f64>,
+    pub generator_cpu_pct: Option<f64>,
+}
+
+/// Why the generator fell behind its schedule at the first failing rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lag {
+    /// The host's CPUs had room: the generator itself could not send faster.
+    Generator,
+    /// Every CPU was busy: generator, Redis and server together saturated the host, so the
+    /// server on a machine of its own may do more, but by how much this run cannot say.
+    HostSaturated,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +134,9 @@ pub struct StepSummary {
     /// The highest arrival rate that held the p99 target with under the error ratio.
     pub max_sustainable_rate: f64,
     /// True when the search stopped because the generator, not the server, fell behind.
+    /// The first failing rate's send lag was large (see [`Lag`]).
     pub generator_bound: bool,
+    pub host_saturated: bool,
     /// The measurement at 80% of the max sustainable rate.
     pub at_80_percent: Option<Step>,
 }
@@ -253,12 +276,13 @@ impl Summary {
             for x in &st.steps {
                 let _ = writeln!(
                     s,
-                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {:<24} {}",
+                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {}  {:<24} {}",
                     x.rate,
                     x.achieved_ok_per_s,
                     x.latency.p99_ms,
                     x.error_ratio * 100.0,
                     x.host_steal.max_pct,
+                    busy_text(x),
                     if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) },
                     settle_text(x)
                 );
@@ -267,7 +291,13 @@ impl Summary {
                 s,
                 "max sustainable rate {:.0}/s{}",
                 st.max_sustainable_rate,
-                if st.generator_bound { " (generator-bound: the server may do more)" } else { "" }
+                if st.generator_bound {
+                    " (generator-bound: the server may do more)"
+                } else if st.host_saturated {
+                    " (host saturated above it: generator, Redis and server share its CPUs)"
+                } else {
+                    ""
+                }
             );
             if let Some(m) = &st.at_80_percent {
                 let _ = writeln!(
@@ -527,6 +557,8 @@ mod tests {
             why: String::new(),
             settle_s,
             settled,
+            host_busy_pct: Some(97.4),
+            generator_cpu_pct: None,
         };
         s.step = Some(StepSummary {
             p99_target_ms: 10.0,
@@ -534,10 +566,13 @@ mod tests {
             steps: vec![step(0.3, true), step(60.0, false)],
             max_sustainable_rate: 1000.0,
             generator_bound: false,
+            host_saturated: true,
             at_80_percent: None,
         });
         let text = s.text();
         assert!(text.contains("pass") && text.contains("settled in 0.3 s"), "{text}");
         assert!(text.contains("still busy after 60.0 s"), "{text}");
+        assert!(text.contains("cpu  97% (gen    -)"), "{text}");
+        assert!(text.contains("(host saturated above it"), "{text}");
     }
 }

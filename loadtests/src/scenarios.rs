@@ -9,7 +9,7 @@ use crate::engine::{Engine, Mix, Plan, RunInfo};
 use crate::host::{self, Steal};
 use crate::profile::Morning;
 use crate::recorder::{percentiles, Recorder};
-use crate::report::{self, Point, Resources, Sample, Step, StepSummary, Summary};
+use crate::report::{self, Lag, Point, Resources, Sample, Step, StepSummary, Summary};
 use crate::resources;
 
 /// The processes whose resources a run samples.
@@ -198,52 +198,68 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 /// Answered share of a step's rate below which it fell behind (no retry).
 const KEPT_UP: f64 = 0.97;
 
+/// Host CPU busy share (percent) from which a lagging generator counts as sharing a saturated
+/// host rather than being the bottleneck itself.
+const SATURATED_BUSY_PCT: f64 = 90.0;
+
+/// Why a failed step's generator fell behind, if it did: its send lag p99 over half the p99
+/// target, with the host's CPUs saturated or not (unknown counts as the generator).
+pub fn lag_of(cfg: &StepConfig, s: &Step) -> Option<Lag> {
+    if s.passed || s.send_lag_p99_ms <= cfg.p99_target_ms / 2.0 {
+        return None;
+    }
+    Some(match s.host_busy_pct {
+        Some(b) if b >= SATURATED_BUSY_PCT => Lag::HostSaturated,
+        _ => Lag::Generator,
+    })
+}
+
 /// One rate of the search: the step, and while it fails but kept up with its rate, up to
 /// `cfg.retries` more runs of it (a 100 ms steal episode of the host can fail an 8 s step on
 /// its own). A step that fell behind its rate is over capacity, not unlucky: no retry, so
 /// the server is not overloaded twice before the measurement at 80%. Returns whether any
-/// attempt passed and, if none did, whether the last one was generator-bound.
-async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, steps: &mut Vec<Step>) -> (bool, bool)
+/// attempt passed and, if none did, why the last one's generator lagged, if it did.
+async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, steps: &mut Vec<Step>) -> (bool, Option<Lag>)
 where
     F: FnMut(f64) -> Fut,
     Fut: std::future::Future<Output = Step>,
 {
-    let mut bound = false;
+    let mut lag = None;
     for _ in 0..=cfg.retries {
         let s = probe(rate).await;
         let ok = s.passed;
-        bound = !ok && s.send_lag_p99_ms > cfg.p99_target_ms / 2.0;
+        lag = lag_of(cfg, &s);
         let fell_behind = s.achieved_ok_per_s < KEPT_UP * rate;
         steps.push(s);
         if ok {
-            return (true, false);
+            return (true, None);
         }
         if fell_behind {
             break;
         }
     }
-    (false, bound)
+    (false, lag)
 }
 
 /// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
 /// (on every attempt), then `refine` bisections between the last pass and the first failure.
-pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, bool)
+pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, Option<Lag>)
 where
     F: FnMut(f64) -> Fut,
     Fut: std::future::Future<Output = Step>,
 {
     let mut steps = Vec::new();
     let (mut pass, mut fail): (Option<f64>, Option<f64>) = (None, None);
-    let mut generator_bound = false;
+    let mut lag = None;
     let mut rate = cfg.start_rate;
     while rate <= cfg.max_rate {
-        let (ok, bound) = attempt(cfg, &mut probe, rate, &mut steps).await;
+        let (ok, why) = attempt(cfg, &mut probe, rate, &mut steps).await;
         if ok {
             pass = Some(rate);
             rate *= cfg.factor;
         } else {
             fail = Some(rate);
-            generator_bound = bound;
+            lag = why;
             break;
         }
     }
@@ -259,7 +275,7 @@ where
             fail = Some(mid);
         }
     }
-    (steps, pass.unwrap_or(0.0), generator_bound)
+    (steps, pass.unwrap_or(0.0), lag)
 }
 
 async fn constant(engine: &Arc<Engine>, rate: f64, dur: Duration, seed: u64) -> (RunInfo, Recorder) {
@@ -305,12 +321,18 @@ fn judge(cfg: &StepConfig, rate: f64, info: &RunInfo, r: &Recorder) -> Step {
         why: why.join(", "),
         settle_s: 0.0,
         settled: false,
+        host_busy_pct: host::busy_between(info.started, info.started + info.elapsed),
+        generator_cpu_pct: info.generator_cpu_s.map(|c| {
+            c * 100.0
+                / info.elapsed.as_secs_f64().max(1e-9)
+                / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+        }),
     }
 }
 
 pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Watched) -> Summary {
     let mut seed = cfg.seed;
-    let (steps, max, generator_bound) = search(&cfg, |rate| {
+    let (steps, max, lag) = search(&cfg, |rate| {
         seed += 1;
         let engine = engine.clone();
         let s = seed;
@@ -323,12 +345,13 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
             let (waited, settled) = host::settle(SETTLE_DEADLINE).await;
             (st.settle_s, st.settled) = (waited.as_secs_f64(), settled);
             eprintln!(
-                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {} ({})",
+                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {} {} ({})",
                 rate,
                 st.achieved_ok_per_s,
                 st.latency.p99_ms,
                 st.error_ratio * 100.0,
                 st.host_steal.max_pct,
+                report::busy_text(&st),
                 if st.passed { "pass" } else { &st.why },
                 report::settle_text(&st)
             );
@@ -338,8 +361,13 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
     .await;
     let mut at80 = None;
     let mut summary_rec = Recorder::default();
-    let mut info80 =
-        RunInfo { started: Instant::now(), elapsed: Duration::ZERO, scans_scheduled: 0, dropped_follow_ups: 0 };
+    let mut info80 = RunInfo {
+        started: Instant::now(),
+        elapsed: Duration::ZERO,
+        scans_scheduled: 0,
+        dropped_follow_ups: 0,
+        generator_cpu_s: None,
+    };
     let mut resources = Resources::default();
     if max > 0.0 {
         let rate = (max * 0.8).round();
@@ -361,7 +389,8 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         max_error_ratio: cfg.max_error_ratio,
         steps,
         max_sustainable_rate: max,
-        generator_bound,
+        generator_bound: lag == Some(Lag::Generator),
+        host_saturated: lag == Some(Lag::HostSaturated),
         at_80_percent: at80,
     });
     s.notes.push("the timeline and latency figures are those of the measurement at 80% of the max".into());
@@ -412,6 +441,8 @@ mod tests {
             why: String::new(),
             settle_s: 0.3,
             settled: true,
+            host_busy_pct: None,
+            generator_cpu_pct: None,
         }
     }
 
@@ -444,9 +475,37 @@ mod tests {
         // 1k, 2k, 4k, 8k pass; 16k fails; bisection: 12k fail, 10k pass, 11k pass, then close.
         assert_eq!(steps.iter().map(|s| s.rate).collect::<Vec<_>>()[..5], [1e3, 2e3, 4e3, 8e3, 16e3]);
         assert!((10_000.0..=11_000.0).contains(&max), "{max}");
-        assert!(!bound);
+        assert_eq!(bound, None);
         let (_, none, _) = search(&cfg, |r| async move { fake_step(r, 10.0) }).await;
         assert_eq!(none, 0.0, "nothing sustainable when the first step fails");
+    }
+
+    #[test]
+    fn a_lagging_generator_is_told_apart_from_a_saturated_host() {
+        let cfg = StepConfig {
+            start_rate: 1_000.0,
+            factor: 2.0,
+            max_rate: 1e9,
+            step: Duration::from_secs(1),
+            refine: 0,
+            retries: 0,
+            measure: Duration::from_secs(1),
+            p99_target_ms: 10.0,
+            max_error_ratio: 0.001,
+            seed: 1,
+        };
+        let failed = |lag: f64, busy: Option<f64>| Step {
+            passed: false,
+            send_lag_p99_ms: lag,
+            host_busy_pct: busy,
+            ..fake_step(20_000.0, 11_000.0)
+        };
+        assert_eq!(lag_of(&cfg, &failed(2.0, Some(99.0))), None, "the generator kept its schedule");
+        assert_eq!(lag_of(&cfg, &failed(40.0, Some(99.0))), Some(Lag::HostSaturated));
+        assert_eq!(lag_of(&cfg, &failed(40.0, Some(60.0))), Some(Lag::Generator), "CPUs had room");
+        assert_eq!(lag_of(&cfg, &failed(40.0, None)), Some(Lag::Generator), "not sampled");
+        let passed = Step { send_lag_p99_ms: 40.0, ..fake_step(1_000.0, 11_000.0) };
+        assert_eq!(lag_of(&cfg, &passed), None, "a passing step has no failure to explain");
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ struct Row {
     steal80: Option<u64>,
     steal_search: Option<u64>,
     bound: bool,
+    saturated: bool,
 }
 
 fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
@@ -44,6 +45,7 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
             .as_array()
             .map(|steps| steps.iter().filter_map(|x| x["host_steal"]["notable_windows"].as_u64()).sum()),
         bound: st["generator_bound"].as_bool().unwrap_or(false),
+        saturated: st["host_saturated"].as_bool().unwrap_or(false),
     })
 }
 
@@ -66,7 +68,13 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
             "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} | {} / {} |",
             r.name,
             r.max,
-            if r.bound { " (generator-bound)" } else { "" },
+            if r.bound {
+                " (generator-bound)"
+            } else if r.saturated {
+                " (host saturated above)"
+            } else {
+                ""
+            },
             r.rate80,
             r.p50,
             r.p99,
@@ -148,5 +156,18 @@ mod tests {
         assert!(t.contains("gateway/naive = 3.00 (target >= 2): met"), "{t}");
         assert!(t.contains("gateway-warm/echo = 0.60 (target >= 0.5): met"), "{t}");
         assert!(render(&[("x".into(), json!({"scenario": "soak"}))]).is_err());
+    }
+
+    #[test]
+    fn a_max_is_flagged_by_why_the_generator_lagged_above_it() {
+        let mut bound = summary(9_000.0);
+        bound["step"]["generator_bound"] = json!(true);
+        let mut saturated = summary(6_000.0);
+        saturated["step"]["host_saturated"] = json!(true);
+        let t = render(&[("echo".into(), bound), ("naive".into(), saturated), ("gateway".into(), summary(3_000.0))])
+            .unwrap();
+        assert!(t.contains("| echo | 9000 (generator-bound) |"), "{t}");
+        assert!(t.contains("| naive | 6000 (host saturated above) |"), "{t}");
+        assert!(t.contains("| gateway | 3000 |"), "{t}");
     }
 }
