@@ -428,6 +428,42 @@ mod tests {
     use super::*;
     use crate::recorder::Percentiles;
 
+    /// Rates from 1k doubling, 1 s steps, p99 target 10 ms.
+    fn test_config(refine: u32, retries: u32) -> StepConfig {
+        StepConfig {
+            start_rate: 1_000.0,
+            factor: 2.0,
+            max_rate: 1e9,
+            step: Duration::from_secs(1),
+            refine,
+            retries,
+            measure: Duration::from_secs(1),
+            p99_target_ms: 10.0,
+            max_error_ratio: 0.001,
+            seed: 1,
+        }
+    }
+
+    /// A search on a server of 11k capacity whose third step meets a stall of the host: it
+    /// kept up with its rate and failed its p99.
+    async fn search_with_third_step_stalled(cfg: &StepConfig) -> (Vec<Step>, f64) {
+        let stall = |r: f64| Step { passed: false, why: "p99 150.0 ms".into(), ..fake_step(r, 11_000.0) };
+        let mut runs = 0;
+        let (steps, max, _) = search(cfg, |r| {
+            runs += 1;
+            let stalled = runs == 3;
+            async move {
+                if stalled {
+                    stall(r)
+                } else {
+                    fake_step(r, 11_000.0)
+                }
+            }
+        })
+        .await;
+        (steps, max)
+    }
+
     fn fake_step(rate: f64, capacity: f64) -> Step {
         let passed = rate <= capacity;
         Step {
@@ -459,18 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_search_brackets_the_capacity() {
-        let cfg = StepConfig {
-            start_rate: 1_000.0,
-            factor: 2.0,
-            max_rate: 1e9,
-            step: Duration::from_secs(1),
-            refine: 4,
-            retries: 0,
-            measure: Duration::from_secs(1),
-            p99_target_ms: 10.0,
-            max_error_ratio: 0.001,
-            seed: 1,
-        };
+        let cfg = test_config(4, 0);
         let (steps, max, bound) = search(&cfg, |r| async move { fake_step(r, 11_000.0) }).await;
         // 1k, 2k, 4k, 8k pass; 16k fails; bisection: 12k fail, 10k pass, 11k pass, then close.
         assert_eq!(steps.iter().map(|s| s.rate).collect::<Vec<_>>()[..5], [1e3, 2e3, 4e3, 8e3, 16e3]);
@@ -482,18 +507,7 @@ mod tests {
 
     #[test]
     fn a_lagging_generator_is_told_apart_from_a_saturated_host() {
-        let cfg = StepConfig {
-            start_rate: 1_000.0,
-            factor: 2.0,
-            max_rate: 1e9,
-            step: Duration::from_secs(1),
-            refine: 0,
-            retries: 0,
-            measure: Duration::from_secs(1),
-            p99_target_ms: 10.0,
-            max_error_ratio: 0.001,
-            seed: 1,
-        };
+        let cfg = test_config(0, 0);
         let failed = |lag: f64, busy: Option<f64>| Step {
             passed: false,
             send_lag_p99_ms: lag,
@@ -510,34 +524,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_step_failed_once_is_run_again_and_every_attempt_is_reported() {
-        let cfg = StepConfig {
-            start_rate: 1_000.0,
-            factor: 2.0,
-            max_rate: 1e9,
-            step: Duration::from_secs(1),
-            refine: 0,
-            retries: 1,
-            measure: Duration::from_secs(1),
-            p99_target_ms: 10.0,
-            max_error_ratio: 0.001,
-            seed: 1,
-        };
-        // Capacity 11k, but the first run of the 4k step meets a stall of the host: it kept
-        // up with its rate and failed its p99.
-        let stall = |r: f64| Step { passed: false, why: "p99 150.0 ms".into(), ..fake_step(r, 11_000.0) };
-        let mut runs = 0;
-        let (steps, max, _) = search(&cfg, |r| {
-            runs += 1;
-            let stalled = runs == 3;
-            async move {
-                if stalled {
-                    stall(r)
-                } else {
-                    fake_step(r, 11_000.0)
-                }
-            }
-        })
-        .await;
+        let cfg = test_config(0, 1);
+        // The stall hits the first run of the 4k step.
+        let (steps, max) = search_with_third_step_stalled(&cfg).await;
         let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.passed)).collect();
         assert_eq!(
             seen,
@@ -546,20 +535,7 @@ mod tests {
         );
         assert_eq!(max, 8e3);
         // Without retries the same stall ends the search at 2k.
-        let mut runs = 0;
-        let no_retry = StepConfig { retries: 0, ..cfg };
-        let (_, max, _) = search(&no_retry, |r| {
-            runs += 1;
-            let stalled = runs == 3;
-            async move {
-                if stalled {
-                    stall(r)
-                } else {
-                    fake_step(r, 11_000.0)
-                }
-            }
-        })
-        .await;
+        let (_, max) = search_with_third_step_stalled(&StepConfig { retries: 0, ..cfg }).await;
         assert_eq!(max, 2e3);
     }
 }
