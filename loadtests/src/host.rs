@@ -20,31 +20,30 @@ struct Window {
 
 static WINDOWS: OnceLock<Mutex<Vec<Window>>> = OnceLock::new();
 
-/// Steal as a percentage of all CPU time between two `/proc/stat` `cpu` lines (their numbers,
-/// in order: user nice system idle iowait irq softirq steal ...). None without a steal column
-/// or without elapsed time.
-pub fn steal_pct(prev: &[u64], cur: &[u64]) -> Option<f64> {
+/// The share (percent) of all CPU time between two `/proc/stat` `cpu` lines (their numbers,
+/// in order: user nice system idle iowait irq softirq steal ...) spent in `columns`. None
+/// without a steal column or without elapsed time.
+fn share_pct(prev: &[u64], cur: &[u64], columns: &[usize]) -> Option<f64> {
     if prev.len() < 8 || cur.len() < 8 {
         return None;
     }
     // guest and guest_nice (columns 9 and 10) are already counted in user and nice.
     let total = |v: &[u64]| v.iter().take(8).sum::<u64>();
+    let part = |v: &[u64]| columns.iter().map(|&c| v[c]).sum::<u64>();
     let all = total(cur).checked_sub(total(prev))?;
-    let steal = cur[7].checked_sub(prev[7])?;
-    (all > 0).then(|| steal as f64 * 100.0 / all as f64)
+    let p = part(cur).checked_sub(part(prev))?;
+    (all > 0).then(|| p as f64 * 100.0 / all as f64)
+}
+
+/// Steal as a percentage of all CPU time between two `/proc/stat` `cpu` lines.
+pub fn steal_pct(prev: &[u64], cur: &[u64]) -> Option<f64> {
+    share_pct(prev, cur, &[7])
 }
 
 /// Busy time (user, nice, system, irq, softirq: not idle, iowait or steal) as a percentage of
 /// all CPU time between two `/proc/stat` `cpu` lines.
 pub fn busy_pct(prev: &[u64], cur: &[u64]) -> Option<f64> {
-    if prev.len() < 8 || cur.len() < 8 {
-        return None;
-    }
-    let total = |v: &[u64]| v.iter().take(8).sum::<u64>();
-    let busy = |v: &[u64]| v[0] + v[1] + v[2] + v[5] + v[6];
-    let all = total(cur).checked_sub(total(prev))?;
-    let b = busy(cur).checked_sub(busy(prev))?;
-    (all > 0).then(|| b as f64 * 100.0 / all as f64)
+    share_pct(prev, cur, &[0, 1, 2, 5, 6])
 }
 
 fn read_cpu_line() -> Option<Vec<u64>> {
