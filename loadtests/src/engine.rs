@@ -159,8 +159,13 @@ impl Observed {
     }
 }
 
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
 pub struct Engine {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Replaced between steps ([`Engine::fresh_connections`]), so one step's connections do
+    /// not carry into the next.
+    client: Mutex<HttpClient>,
+    max_in_flight: usize,
     pub target: Target,
     pub registry: Arc<Registry>,
     pub recorder: Mutex<Recorder>,
@@ -174,6 +179,17 @@ pub struct Engine {
     started: Mutex<Option<Instant>>,
     /// The switch's bearer JWT for v3 shares (None: no protocol traffic).
     pub share_bearer: Mutex<Option<String>>,
+}
+
+fn http_client(max_in_flight: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        // Below the servers' keep-alive (actix: 5 s), so the pool never reuses a
+        // connection the server is closing (seen as rare IO errors at 15k+ req/s).
+        .pool_idle_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(max_in_flight)
+        .build(connector)
 }
 
 /// A server answer: status and body.
@@ -190,16 +206,9 @@ impl Engine {
         timeout: Duration,
         patient_base: u64,
     ) -> Arc<Engine> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            // Below the servers' keep-alive (actix: 5 s), so the pool never reuses a
-            // connection the server is closing (seen as rare IO errors at 15k+ req/s).
-            .pool_idle_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(max_in_flight)
-            .build(connector);
         Arc::new(Engine {
-            client,
+            client: Mutex::new(http_client(max_in_flight)),
+            max_in_flight,
             target,
             registry,
             recorder: Mutex::new(Recorder::default()),
@@ -212,6 +221,15 @@ impl Engine {
             started: Mutex::new(None),
             share_bearer: Mutex::new(None),
         })
+    }
+
+    /// Drops the connection pool and starts a new one. An overload step leaves thousands of
+    /// connections open; carried into the next step, the pool's idle timeout closes them in
+    /// waves while it runs, and new ones open in the next latency bump, so the step measured
+    /// the generator's own churn (send-lag spikes about every 3 s). The old connections close
+    /// as soon as their last requests finish, while the search waits for the host to settle.
+    pub fn fresh_connections(&self) {
+        *self.client.lock().unwrap() = http_client(self.max_in_flight);
     }
 
     /// One HTTP exchange, with the run's timeout.
@@ -236,7 +254,8 @@ impl Engine {
         }
         let req = req.body(Full::new(body)).map_err(|_| "REQUEST")?;
         let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| if e.is_connect() { "CONNECT" } else { "IO" })?;
+            let client = self.client.lock().unwrap().clone();
+            let resp = client.request(req).await.map_err(|e| if e.is_connect() { "CONNECT" } else { "IO" })?;
             let status = resp.status();
             let body = resp.into_body().collect().await.map_err(|_| "IO")?.to_bytes();
             Ok(Answer { status, body })
@@ -581,4 +600,62 @@ pub struct RunInfo {
     pub dropped_follow_ups: u64,
     /// CPU seconds the generator (this process) used during the run.
     pub generator_cpu_s: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A keep-alive HTTP/1.1 server that answers every request with 204 and counts the
+    /// connections it accepted.
+    async fn counting_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Bodiless requests: one ends at its blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                            if sock.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (base, accepted)
+    }
+
+    #[tokio::test]
+    async fn fresh_connections_drops_the_pool_so_the_next_request_connects_anew() {
+        let (base, accepted) = counting_server().await;
+        let target = Target { base, platform_token: String::new(), admin_token: String::new() };
+        let engine = Engine::new(target, Arc::new(Registry::synthetic(36, 1)), 16, Duration::from_secs(5), 0);
+        let get = || engine.call(Method::GET, "/", "t", "", Bytes::new(), &[]);
+        assert_eq!(get().await.unwrap().status, StatusCode::NO_CONTENT);
+        assert_eq!(get().await.unwrap().status, StatusCode::NO_CONTENT);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the pool reuses its connection");
+        engine.fresh_connections();
+        assert_eq!(get().await.unwrap().status, StatusCode::NO_CONTENT);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh pool opens a new connection");
+    }
 }

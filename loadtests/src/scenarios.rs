@@ -339,6 +339,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         async move {
             let (info, r) = constant(&engine, rate, cfg.step, s).await;
             let mut st = judge(&cfg, rate, &info, &r);
+            engine.fresh_connections();
             // The next step (or the measurement at 80%) starts on a quiet machine: after an
             // overload the server drains its backlog, the applier catches up and Redis may
             // rewrite its AOF for seconds, and a step run into that measures the last one.
