@@ -167,6 +167,10 @@ struct Ready {
     /// metrics; the whole travels with each counting write).
     board: Arc<BoardOwner>,
     queue: FacilityQueue,
+    /// The service day whose token hash this activation has given its expiry. One write per
+    /// day carries the EXPIRE, not every write: writes are applied in sequence (the GAP
+    /// check), so any later write that succeeds proves that one was applied too.
+    expiry_set: Option<Date>,
 }
 
 enum Phase {
@@ -313,7 +317,7 @@ impl FacilityActor {
             queue.reserve_number(&c, n);
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
-        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue })
+        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -335,10 +339,15 @@ impl FacilityActor {
     fn commit(&mut self, ctx: &mut Context<Self>, permit: tokio::sync::mpsc::OwnedPermit<WriteOp>) {
         let Phase::Ready(r) = &mut self.phase else { return };
         let day = r.queue.day();
-        let expire_in = Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s);
         let mut fields: Vec<(String, String)> = Vec::new();
         let issued =
             r.queue.take_changes(|t| fields.push((keys::token_field(&t.counter, t.number), record::encode(t))));
+        let expire_in = if fields.is_empty() || r.expiry_set == Some(day) {
+            0
+        } else {
+            r.expiry_set = Some(day);
+            Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s)
+        };
         let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let lb_count_fields: Vec<String> = issued
             .iter()
@@ -375,7 +384,7 @@ impl FacilityActor {
         let day = r.queue.day();
         let _ = self
             .writer
-            .try_send(WriteOp { release: true, ..WriteOp::barrier(&self.id, day, r.epoch, self.wseq, 1, done) });
+            .try_send(WriteOp { release: true, ..WriteOp::barrier(&self.id, day, r.epoch, self.wseq, 0, done) });
     }
 
     /// Answers once every write submitted so far is durable. Errors wait too: "unknown

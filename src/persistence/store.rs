@@ -36,7 +36,7 @@ return {epoch, info}
 /// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
 /// and the previous write of this activation must have been applied (no gaps).
 /// KEYS: fence, day tokens, counts, leaderboard counts (all in the facility's slot).
-/// ARGV: epoch, prev seq, ttl seconds, release 0/1, n counts, count fields..., n kind
+/// ARGV: epoch, prev seq, ttl seconds (0: keep the day hash's expiry), release 0/1, n counts, count fields..., n kind
 /// counts, kind count fields..., then token field/value pairs.
 /// The leaderboard counts (`<date>|<kind>`, cumulative) move in the same atomic step as the
 /// tokens they count; the applier ([`crate::leaderboard::applier`]) carries them into the
@@ -58,7 +58,7 @@ for i = 1, nk do counted[i] = redis.call('HINCRBY', KEYS[4], ARGV[p + i], 1) end
 p = p + nk + 1
 if p <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 end
 -- A write with nothing in it is a read barrier: checked, but it changes nothing.
 if nc > 0 or p <= #ARGV then

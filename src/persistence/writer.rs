@@ -26,7 +26,8 @@ pub struct WriteOp {
     pub epoch: u64,
     /// The write sequence this write follows (the owner's previous write).
     pub prev_seq: u64,
-    /// Seconds the day hash lives from now (EXPIRE, not EXPIREAT: see the actor).
+    /// Seconds the day hash lives from now (EXPIRE, not EXPIREAT: see the actor); 0 leaves
+    /// its expiry as it is (the owner already set it for the day).
     pub expire_in: i64,
     pub count_fields: Vec<String>,
     /// One `<date>|<kind>` per token this write issues.

@@ -465,3 +465,38 @@ async fn patient_data_in_redis_lives_only_in_expiring_values() {
         assert_eq!(ttl, -1, "the facility record {k} must not expire");
     }
 }
+
+/// A service day's token hash gets its expiry from the owner's first write of that day and
+/// keeps it: later writes do not set it again (one EXPIRE per owner and day instead of one
+/// per scan, in Redis CPU and in the AOF). The next day's hash gets its own.
+#[actix_web::test]
+async fn a_day_hash_gets_its_expiry_once_per_owner_and_day() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let f = fid(361);
+    app.register(&f).await;
+    let day1 = scan_gateway::persistence::keys::day_tokens(&f, START_DATE.parse().unwrap());
+    let pttl = |key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(&mut redis.conn()).unwrap() };
+
+    app.scan_new(&scan_body(&f, "OPD1", 80)).await;
+    let first = pttl(&day1);
+    // 09:30 IST: the day ends in 14.5 hours (the test settings keep no extra retention).
+    assert!((14 * 3600 * 1000..=(14 * 3600 + 1800) * 1000).contains(&first), "PTTL {first}");
+
+    // An hour later by the gateway's clock: had these writes set the expiry again, it
+    // would now be an hour shorter.
+    app.clock.advance(Duration::from_secs(3600));
+    for i in 81..84 {
+        app.scan_new(&scan_body(&f, "OPD1", i)).await;
+    }
+    let later = pttl(&day1);
+    assert!(later > first - 60_000, "the expiry was set again: {first} ms -> {later} ms");
+
+    // The next morning: a new hash, with its own expiry (a day and a bit from now).
+    app.clock.advance(Duration::from_secs(24 * 3600));
+    let t = app.scan_new(&scan_body(&f, "OPD1", 84)).await;
+    assert_eq!(num(&t, "token_number"), 1, "a new day numbers from 1: {t}");
+    let day2 = scan_gateway::persistence::keys::day_tokens(&f, "2026-11-24".parse().unwrap());
+    let second = pttl(&day2);
+    assert!((13 * 3600 * 1000..=(13 * 3600 + 1800) * 1000).contains(&second), "PTTL {second}");
+}
