@@ -46,6 +46,22 @@ pub fn settle_text(x: &Step) -> String {
     }
 }
 
+/// One line on Redis's background saves in a run, with the seconds they were seen running.
+pub fn forks_text(f: &RedisForks, seconds: &[usize]) -> String {
+    if f.forks == 0 {
+        return "Redis background saves: none".into();
+    }
+    let mut s = format!(
+        "Redis background saves: {} fork(s) (AOF rewrites {}, RDB saves {}): each serialises the whole \
+         dataset on one core while the run goes on",
+        f.forks, f.aof_rewrites, f.rdb_saves
+    );
+    if !seconds.is_empty() {
+        s.push_str(&format!("; seen running in seconds {}", seconds_text(seconds)));
+    }
+    s
+}
+
 /// "N of M 100 ms windows had >= 10% steal (worst X%)": how much of a run the host took.
 pub fn steal_text(h: &Steal) -> String {
     format!(
@@ -73,6 +89,8 @@ pub struct Point {
     pub p99_ms: f64,
     /// The worst 100 ms window of host CPU steal in this second, percent (None: not sampled).
     pub steal_max_pct: Option<f64>,
+    /// A resource sample in this second found Redis running a background save.
+    pub redis_saving: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,6 +98,17 @@ pub struct Sample {
     pub t_s: f64,
     pub server_rss_bytes: Option<u64>,
     pub redis_used_memory: Option<u64>,
+    /// Redis was running an AOF rewrite or an RDB save (a forked child) at this sample.
+    pub redis_saving: Option<bool>,
+}
+
+/// Redis's background saves during a run: each forked a child that serialised the whole
+/// dataset on one core while the run went on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RedisForks {
+    pub forks: u64,
+    pub aof_rewrites: u64,
+    pub rdb_saves: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -91,6 +120,7 @@ pub struct Resources {
     /// Growth of Redis `used_memory` divided by new tokens.
     pub redis_bytes_per_token: Option<f64>,
     pub redis_cpu_us_per_scan: Option<f64>,
+    pub redis_forks: Option<RedisForks>,
     pub samples: Vec<Sample>,
 }
 
@@ -170,7 +200,42 @@ pub struct Summary {
     pub notes: Vec<String>,
 }
 
+/// Run seconds as ranges: [3, 4, 5, 9] -> "3-5, 9".
+pub fn seconds_text(seconds: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seconds.len() {
+        let mut j = i;
+        while j + 1 < seconds.len() && seconds[j + 1] == seconds[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i { format!("{}-{}", seconds[i], seconds[j]) } else { seconds[i].to_string() });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
 impl Summary {
+    /// Takes the run's resource readings and marks the seconds in which Redis was found
+    /// running a background save (the sampler starts with the run, so its clock is the
+    /// timeline's to within milliseconds).
+    pub fn set_resources(&mut self, resources: Resources) {
+        for p in &mut self.timeline {
+            p.redis_saving = false;
+        }
+        for sample in resources.samples.iter().filter(|x| x.redis_saving == Some(true)) {
+            if let Some(p) = self.timeline.get_mut(sample.t_s as usize) {
+                p.redis_saving = true;
+            }
+        }
+        self.resources = resources;
+    }
+
+    /// The run seconds with a Redis background save running.
+    pub fn redis_saving_seconds(&self) -> Vec<usize> {
+        self.timeline.iter().filter(|p| p.redis_saving).map(|p| p.t).collect()
+    }
+
     pub fn from_recorder(r: &Recorder, duration_s: f64) -> Summary {
         let ops = r
             .ops
@@ -186,7 +251,15 @@ impl Summary {
             .enumerate()
             .map(|(t, s)| {
                 let p = percentiles(&s.latency);
-                Point { t, ok: s.ok, errors: s.errors, p50_ms: p.p50_ms, p99_ms: p.p99_ms, steal_max_pct: None }
+                Point {
+                    t,
+                    ok: s.ok,
+                    errors: s.errors,
+                    p50_ms: p.p50_ms,
+                    p99_ms: p.p99_ms,
+                    steal_max_pct: None,
+                    redis_saving: false,
+                }
             })
             .collect();
         let ok: u64 = r.ok.values().sum();
@@ -270,6 +343,9 @@ impl Summary {
         if let Some(c) = r.redis_cpu_us_per_scan {
             let _ = writeln!(s, "Redis CPU {c:.1} us/scan");
         }
+        if let Some(f) = r.redis_forks {
+            let _ = writeln!(s, "{}", forks_text(&f, &self.redis_saving_seconds()));
+        }
         if let Some(st) = &self.step {
             let _ =
                 writeln!(s, "step search (p99 <= {} ms, errors < {}%):", st.p99_target_ms, st.max_error_ratio * 100.0);
@@ -343,6 +419,14 @@ impl Summary {
         let p99: Vec<(f64, f64)> = self.timeline.iter().map(|p| (p.t as f64, p.p99_ms)).collect();
         h.push_str("<h2>Latency over time (from the scheduled send time)</h2>");
         h.push_str(&line_chart(&[("p50 ms", "#27c", &p50), ("p99 ms", "#c72", &p99)], "run second", "ms"));
+        let saving = self.redis_saving_seconds();
+        if !saving.is_empty() {
+            let _ = write!(
+                h,
+                "<p>Redis was running a background save (AOF rewrite or RDB save) in seconds {}.</p>",
+                seconds_text(&saving)
+            );
+        }
         let steal: Vec<(f64, f64)> =
             self.timeline.iter().filter_map(|p| Some((p.t as f64, p.steal_max_pct?))).collect();
         if let Some(hs) = &self.host_steal {
@@ -574,5 +658,45 @@ mod tests {
         assert!(text.contains("still busy after 60.0 s"), "{text}");
         assert!(text.contains("cpu  97% (gen    -)"), "{text}");
         assert!(text.contains("(host saturated above it"), "{text}");
+    }
+
+    #[test]
+    fn redis_background_saves_are_reported_with_the_seconds_they_ran() {
+        let mut r = Recorder::default();
+        for i in 0..6u64 {
+            r.record(OpKind::Scan, i as usize, Duration::from_millis(2), Duration::ZERO, &Outcome::Ok);
+        }
+        let mut s = Summary::from_recorder(&r, 6.0);
+        let sample = |t_s, saving| Sample {
+            t_s,
+            server_rss_bytes: None,
+            redis_used_memory: Some(1),
+            redis_saving: Some(saving),
+        };
+        s.set_resources(Resources {
+            redis_forks: Some(RedisForks { forks: 1, aof_rewrites: 1, rdb_saves: 0 }),
+            samples: vec![
+                sample(0.2, false),
+                sample(2.1, true),
+                sample(2.6, true),
+                sample(3.4, true),
+                sample(5.5, false),
+            ],
+            ..Resources::default()
+        });
+        assert_eq!(s.redis_saving_seconds(), vec![2, 3]);
+        let text = s.text();
+        assert!(
+            text.contains("Redis background saves: 1 fork(s) (AOF rewrites 1, RDB saves 0)")
+                && text.contains("seen running in seconds 2-3"),
+            "{text}"
+        );
+        assert!(s.html().contains("background save (AOF rewrite or RDB save) in seconds 2-3"));
+        assert_eq!(serde_json::to_value(&s).unwrap()["timeline"][2]["redis_saving"], true);
+
+        s.set_resources(Resources { redis_forks: Some(RedisForks::default()), ..Resources::default() });
+        assert!(s.text().contains("Redis background saves: none"), "{}", s.text());
+        assert!(s.redis_saving_seconds().is_empty(), "new readings replace the old marks");
+        assert_eq!(seconds_text(&[3, 4, 5, 9, 11, 12]), "3-5, 9, 11-12");
     }
 }

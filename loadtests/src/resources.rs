@@ -31,20 +31,68 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Redis `used_memory` (bytes) and `used_cpu_user + used_cpu_sys` (seconds).
-pub async fn redis_memory_cpu(con: &mut MultiplexedConnection) -> redis::RedisResult<(u64, f64)> {
-    let info: String = redis::cmd("INFO").arg("memory").arg("cpu").query_async(con).await?;
+/// What one `INFO` says about Redis: memory, CPU, and its background saves. Each AOF
+/// rewrite or RDB save forks a child that serialises the whole dataset on a core, which on a
+/// shared machine shows as seconds of higher latency: a run reports the ones it overlapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RedisReading {
+    pub used_memory: u64,
+    /// `used_cpu_user + used_cpu_sys`, seconds.
+    pub cpu_s: f64,
+    /// `total_forks`, `aof_rewrites` and `rdb_saves` since Redis started.
+    pub forks: u64,
+    pub aof_rewrites: u64,
+    pub rdb_saves: u64,
+    /// An AOF rewrite or an RDB save is running now.
+    pub saving: bool,
+}
+
+/// Reads a [`RedisReading`] from the text of `INFO memory cpu stats persistence`; fields
+/// it lacks (an older Redis) read as zero.
+pub fn parse_info(info: &str) -> RedisReading {
     let field = |name: &str| -> Option<&str> {
         info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::trim))
     };
-    let mem = field("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let cpu = ["used_cpu_user", "used_cpu_sys"].iter().filter_map(|k| field(k)?.parse::<f64>().ok()).sum();
-    Ok((mem, cpu))
+    let int = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    RedisReading {
+        used_memory: int("used_memory"),
+        cpu_s: ["used_cpu_user", "used_cpu_sys"].iter().filter_map(|k| field(k)?.parse::<f64>().ok()).sum(),
+        forks: int("total_forks"),
+        aof_rewrites: int("aof_rewrites"),
+        rdb_saves: int("rdb_saves"),
+        saving: int("aof_rewrite_in_progress") == 1 || int("rdb_bgsave_in_progress") == 1,
+    }
+}
+
+pub async fn redis_reading(con: &mut MultiplexedConnection) -> redis::RedisResult<RedisReading> {
+    let info: String =
+        redis::cmd("INFO").arg("memory").arg("cpu").arg("stats").arg("persistence").query_async(con).await?;
+    Ok(parse_info(&info))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_memory_cpu_and_background_saves_from_info() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# CPU\r\n\
+                    used_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9.0\r\n# Stats\r\n\
+                    total_forks:3\r\nlatest_fork_usec:812\r\n# Persistence\r\nrdb_bgsave_in_progress:0\r\n\
+                    rdb_saves:1\r\naof_rewrite_in_progress:1\r\naof_rewrites:2\r\n\
+                    aof_rewrites_consecutive_failures:0\r\n";
+        let r = parse_info(info);
+        assert_eq!(
+            r,
+            RedisReading { used_memory: 1048576, cpu_s: 3.75, forks: 3, aof_rewrites: 2, rdb_saves: 1, saving: true },
+            "children's CPU is the fork's, not Redis's"
+        );
+        let idle = parse_info(&info.replace("aof_rewrite_in_progress:1", "aof_rewrite_in_progress:0"));
+        assert!(!idle.saving);
+        let bgsave = parse_info(&info.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1"));
+        assert!(bgsave.saving && bgsave.aof_rewrites == 2);
+        assert_eq!(parse_info(""), RedisReading::default(), "an older Redis without the fields");
+    }
 
     #[test]
     fn reads_this_process() {

@@ -9,8 +9,8 @@ use crate::engine::{Engine, Mix, Plan, RunInfo};
 use crate::host::{self, Steal};
 use crate::profile::Morning;
 use crate::recorder::{percentiles, Recorder};
-use crate::report::{self, Lag, Point, Resources, Sample, Step, StepSummary, Summary};
-use crate::resources;
+use crate::report::{self, Lag, Point, RedisForks, Resources, Sample, Step, StepSummary, Summary};
+use crate::resources::{self, RedisReading};
 
 /// The processes whose resources a run samples.
 #[derive(Debug, Clone, Default)]
@@ -25,15 +25,15 @@ pub struct Sampler {
     watched: Watched,
     started: Instant,
     cpu0: Option<f64>,
-    redis0: Option<(u64, f64)>,
+    redis0: Option<RedisReading>,
     samples: Arc<std::sync::Mutex<Vec<Sample>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-async fn redis_reading(url: &Option<String>) -> Option<(u64, f64)> {
+async fn redis_reading(url: &Option<String>) -> Option<RedisReading> {
     let url = url.as_ref()?;
     let mut con = redis::Client::open(url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
-    resources::redis_memory_cpu(&mut con).await.ok()
+    resources::redis_reading(&mut con).await.ok()
 }
 
 impl Sampler {
@@ -53,15 +53,16 @@ impl Sampler {
                 None => None,
             };
             loop {
-                let redis_used_memory = match con.as_mut() {
-                    Some(c) => resources::redis_memory_cpu(c).await.ok().map(|r| r.0),
+                let redis = match con.as_mut() {
+                    Some(c) => resources::redis_reading(c).await.ok(),
                     None => None,
                 };
                 let server_rss_bytes = w.server_pid.and_then(resources::rss_bytes);
                 out.lock().unwrap().push(Sample {
                     t_s: started.elapsed().as_secs_f64(),
                     server_rss_bytes,
-                    redis_used_memory,
+                    redis_used_memory: redis.map(|r| r.used_memory),
+                    redis_saving: redis.map(|r| r.saving),
                 });
                 tokio::select! {
                     _ = &mut rx => break,
@@ -83,7 +84,8 @@ impl Sampler {
         samples.push(Sample {
             t_s: self.started.elapsed().as_secs_f64(),
             server_rss_bytes: self.watched.server_pid.and_then(resources::rss_bytes),
-            redis_used_memory: redis1.map(|r| r.0),
+            redis_used_memory: redis1.map(|r| r.used_memory),
+            redis_saving: redis1.map(|r| r.saving),
         });
         let per = |x: f64| if scans > 0 { Some(x / scans as f64) } else { None };
         Resources {
@@ -94,11 +96,19 @@ impl Sampler {
             server_rss_peak_bytes: samples.iter().filter_map(|s| s.server_rss_bytes).max(),
             server_rss_end_bytes: samples.last().and_then(|s| s.server_rss_bytes),
             redis_bytes_per_token: match (self.redis0, redis1) {
-                (Some(a), Some(b)) => per(b.0 as f64 - a.0 as f64),
+                (Some(a), Some(b)) => per(b.used_memory as f64 - a.used_memory as f64),
                 _ => None,
             },
             redis_cpu_us_per_scan: match (self.redis0, redis1) {
-                (Some(a), Some(b)) => per((b.1 - a.1) * 1e6),
+                (Some(a), Some(b)) => per((b.cpu_s - a.cpu_s) * 1e6),
+                _ => None,
+            },
+            redis_forks: match (self.redis0, redis1) {
+                (Some(a), Some(b)) => Some(RedisForks {
+                    forks: b.forks.saturating_sub(a.forks),
+                    aof_rewrites: b.aof_rewrites.saturating_sub(a.aof_rewrites),
+                    rdb_saves: b.rdb_saves.saturating_sub(a.rdb_saves),
+                }),
                 _ => None,
             },
             samples,
@@ -165,7 +175,7 @@ pub async fn peak_morning(engine: &Arc<Engine>, morning: Morning, mix: Mix, seed
     let info = engine.run(&plan).await;
     let resources = sampler.finish(new_tokens(engine)).await;
     let mut s = summarize(engine, "peak-morning", "gateway", &info);
-    s.resources = resources;
+    s.set_resources(resources);
     s.notes.push(format!(
         "07:30-13:00 compressed {}x into {:.0} s; spike {:.0} scans/s at 08:00, plateau {:.0}/s",
         morning.compression,
@@ -384,7 +394,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
     }
     *engine.recorder.lock().unwrap() = summary_rec;
     let mut s = summarize(engine, "step", kind, &info80);
-    s.resources = resources;
+    s.set_resources(resources);
     s.step = Some(StepSummary {
         p99_target_ms: cfg.p99_target_ms,
         max_error_ratio: cfg.max_error_ratio,
@@ -420,7 +430,7 @@ pub async fn soak(
     let info = engine.run(&plan).await;
     let resources = sampler.finish(new_tokens(engine)).await;
     let mut s = summarize(engine, "soak", "gateway", &info);
-    s.resources = resources;
+    s.set_resources(resources);
     s
 }
 
@@ -485,7 +495,8 @@ mod tests {
 
     #[test]
     fn each_second_gets_its_worst_steal_window() {
-        let point = |t| Point { t, ok: 1, errors: 0, p50_ms: 1.0, p99_ms: 1.0, steal_max_pct: None };
+        let point =
+            |t| Point { t, ok: 1, errors: 0, p50_ms: 1.0, p99_ms: 1.0, steal_max_pct: None, redis_saving: false };
         let mut timeline = vec![point(0), point(1), point(2)];
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);

@@ -20,6 +20,8 @@ struct Row {
     /// 100 ms windows with notable host CPU steal: in the 80% measurement, and in the search.
     steal80: Option<u64>,
     steal_search: Option<u64>,
+    /// Redis background saves (forks) during the 80% measurement.
+    forks80: Option<u64>,
     bound: bool,
     saturated: bool,
 }
@@ -44,6 +46,7 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
         steal_search: st["steps"]
             .as_array()
             .map(|steps| steps.iter().filter_map(|x| x["host_steal"]["notable_windows"].as_u64()).sum()),
+        forks80: v["resources"]["redis_forks"]["forks"].as_u64(),
         bound: st["generator_bound"].as_bool().unwrap_or(false),
         saturated: st["host_saturated"].as_bool().unwrap_or(false),
     })
@@ -59,13 +62,13 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| server | max sustainable scans/s | at 80%: rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU us/scan | RSS MiB | Redis bytes/token | Redis CPU us/scan | host steal windows: at 80% / search |"
+        "| server | max sustainable scans/s | at 80%: rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU us/scan | RSS MiB | Redis bytes/token | Redis CPU us/scan | Redis forks at 80% | host steal windows: at 80% / search |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} | {} / {} |",
+            "| {} | {:.0}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.3}% | {} | {} | {} | {} | {} | {} / {} |",
             r.name,
             r.max,
             if r.bound {
@@ -84,8 +87,20 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
             opt(r.rss_mib, 0),
             opt(r.redis_b, 0),
             opt(r.redis_cpu_us, 1),
+            opt(r.forks80.map(|n| n as f64), 0),
             opt(r.steal80.map(|n| n as f64), 0),
             opt(r.steal_search.map(|n| n as f64), 0)
+        );
+    }
+    // A fork serialises Redis's whole dataset on one of the cores the run shares: the seconds
+    // it runs have a higher p99, and a row whose measurement had one says so.
+    for r in rows.iter().filter(|r| r.forks80.unwrap_or(0) > 0) {
+        let _ = writeln!(
+            s,
+            "\n{}: Redis forked {} time(s) during the measurement at 80% (AOF rewrite or RDB save); \
+             its p99 includes those seconds",
+            r.name,
+            r.forks80.unwrap_or(0)
         );
     }
     let find = |n: &str| rows.iter().find(|r| r.name == n);
@@ -151,7 +166,23 @@ mod tests {
         v["host_steal"] = json!({"windows": 100, "notable_windows": 3, "max_pct": 26.0});
         v["step"]["steps"] = json!([{"host_steal": {"notable_windows": 4}}, {"host_steal": {"notable_windows": 7}}]);
         let t = render(&[("gateway".into(), v)]).unwrap();
-        assert!(t.contains("| 50.0 | 100 | - | - | 3 / 11 |"), "{t}");
+        assert!(t.contains("| 50.0 | 100 | - | - | - | 3 / 11 |"), "{t}");
+    }
+
+    #[test]
+    fn a_measurement_with_redis_forks_is_flagged() {
+        let mut forked = summary(3_000.0);
+        forked["resources"]["redis_forks"] = json!({"forks": 1, "aof_rewrites": 1, "rdb_saves": 0});
+        let mut quiet = summary(4_000.0);
+        quiet["resources"]["redis_forks"] = json!({"forks": 0, "aof_rewrites": 0, "rdb_saves": 0});
+        let t = render(&[("gateway".into(), forked), ("gateway-warm".into(), quiet)]).unwrap();
+        assert!(t.contains("| 50.0 | 100 | - | - | 1 | - / - |"), "{t}");
+        assert!(t.contains("| 50.0 | 100 | - | - | 0 | - / - |"), "{t}");
+        assert!(
+            t.contains("gateway: Redis forked 1 time(s) during the measurement at 80% (AOF rewrite or RDB save); its p99 includes those seconds"),
+            "{t}"
+        );
+        assert!(!t.contains("gateway-warm: Redis forked"), "{t}");
     }
 
     #[test]
@@ -164,7 +195,7 @@ mod tests {
         ])
         .unwrap();
         assert!(
-            t.contains("| gateway | 30000 | 24000 | 1.00 | 4.00 | 9.00 | 0.000% | 50.0 | 100 | - | - | - / - |"),
+            t.contains("| gateway | 30000 | 24000 | 1.00 | 4.00 | 9.00 | 0.000% | 50.0 | 100 | - | - | - | - / - |"),
             "{t}"
         );
         assert!(t.contains("gateway/echo = 0.30 (target >= 0.5): MISSED"), "{t}");
