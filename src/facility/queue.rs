@@ -359,6 +359,27 @@ pub enum Lookup<'a> {
     Unknown,
 }
 
+/// A live token and the digests it is indexed under (to unindex it when it finishes), in
+/// the token's one allocation rather than in a map of their own.
+#[derive(Debug)]
+struct Live {
+    token: Token,
+    patient: PatientKeys,
+}
+
+impl std::ops::Deref for Live {
+    type Target = Token;
+    fn deref(&self) -> &Token {
+        &self.token
+    }
+}
+
+impl std::ops::DerefMut for Live {
+    fn deref_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
+}
+
 /// The facility's queue for one service day.
 ///
 /// Counter names are interned: the queue holds one [`CounterName`] per counter (in
@@ -368,16 +389,15 @@ pub enum Lookup<'a> {
 pub struct FacilityQueue {
     cfg: QueueConfig,
     day: Date,
-    /// Live tokens only (see the module doc).
+    /// Live tokens only (see the module doc), each with the digests it is indexed under.
     /// Boxed: an empty slot of a map costs its value's size, and most maps are small.
-    tokens: HashMap<TokenKey, Box<Token>>,
+    tokens: HashMap<TokenKey, Box<Live>>,
     /// Created on first use, so a facility pays only for the counters it uses. Keyed by the
     /// interned name.
     lanes: HashMap<CounterName, Box<Lane>>,
-    /// Repeat detection: (issuing counter, patient digest) of live tokens.
-    by_patient: HashMap<(CounterName, PatientDigest), TokenKey>,
-    /// The digests each live token is indexed under, to unindex it when it finishes.
-    patient_of: HashMap<TokenKey, PatientKeys>,
+    /// Repeat detection: (issuing counter's index, patient digest) of live tokens, to the
+    /// packed token reference (see `by_idempotency`): 32 bytes a slot, no name to share.
+    by_patient: HashMap<(u32, PatientDigest), u64>,
     /// Every Idempotency-Key of the day, as a keyed 64-bit hash to a packed token reference
     /// (`counter_names` index << 32 | number). A hit is confirmed against the token itself.
     by_idempotency: HashMap<u64, u64>,
@@ -400,7 +420,6 @@ impl FacilityQueue {
             tokens: HashMap::new(),
             lanes: HashMap::new(),
             by_patient: HashMap::new(),
-            patient_of: HashMap::new(),
             by_idempotency: HashMap::new(),
             idem_hasher: std::hash::RandomState::new(),
             counter_names: Vec::new(),
@@ -463,8 +482,9 @@ impl FacilityQueue {
                     continue;
                 }
             }
-            q.index_patient(patient_keys(&t.profile), &key);
-            q.tokens.insert(key, Box::new(t));
+            let patient = patient_keys(&t.profile);
+            q.index_patient(patient, &key);
+            q.tokens.insert(key, Box::new(Live { token: t, patient }));
         }
         waiting.sort();
         for (_, key, prio, at) in waiting {
@@ -517,24 +537,32 @@ impl FacilityQueue {
         self.lanes.get_mut(counter).expect("lane exists")
     }
 
-    /// `key.counter` is the interned name, so the index shares it.
     fn index_patient(&mut self, pk: PatientKeys, key: &TokenKey) {
-        self.by_patient.insert((key.counter.clone(), pk.by_address), key.clone());
-        if let Some(n) = pk.by_number {
-            self.by_patient.insert((key.counter.clone(), n), key.clone());
+        let packed = self.pack(key);
+        for digest in std::iter::once(pk.by_address).chain(pk.by_number) {
+            self.by_patient.insert(((packed >> 32) as u32, digest), packed);
         }
-        self.patient_of.insert(key.clone(), pk);
     }
 
-    fn unindex_patient(&mut self, key: &TokenKey) {
-        let Some(pk) = self.patient_of.remove(key) else { return };
+    fn unindex_patient(&mut self, key: &TokenKey, pk: PatientKeys) {
+        let packed = self.pack(key);
         for digest in std::iter::once(pk.by_address).chain(pk.by_number) {
-            let k = (key.counter.clone(), digest);
+            let k = ((packed >> 32) as u32, digest);
             // A later token of the same patient may own the entry already.
-            if self.by_patient.get(&k) == Some(key) {
+            if self.by_patient.get(&k) == Some(&packed) {
                 self.by_patient.remove(&k);
             }
         }
+    }
+
+    /// A token reference in 8 bytes: the counter's index in `counter_names` and the number.
+    fn pack(&mut self, key: &TokenKey) -> u64 {
+        self.counter_index(&key.counter) << 32 | u64::from(key.number)
+    }
+
+    fn unpack(&self, packed: u64) -> Option<TokenKey> {
+        let counter = self.counter_names.get((packed >> 32) as usize)?.clone();
+        Some(TokenKey { counter, number: packed as u32 })
     }
 
     /// Gives back what a queue that grew and then emptied no longer needs: maps never
@@ -551,7 +579,6 @@ impl FacilityQueue {
         }
         fit(&mut self.tokens);
         fit(&mut self.by_patient);
-        fit(&mut self.patient_of);
         if self.dirty.is_empty() {
             self.dirty = HashSet::new();
         }
@@ -580,14 +607,12 @@ impl FacilityQueue {
     }
 
     fn index_idempotency(&mut self, idem: &str, key: &TokenKey) {
-        let packed = self.counter_index(&key.counter) << 32 | u64::from(key.number);
+        let packed = self.pack(key);
         self.by_idempotency.insert(self.idem_hasher.hash_one(idem), packed);
     }
 
     fn idempotency_hit(&self, idem: &str) -> Option<TokenKey> {
-        let packed = *self.by_idempotency.get(&self.idem_hasher.hash_one(idem))?;
-        let counter = self.counter_names.get((packed >> 32) as usize)?.clone();
-        Some(TokenKey { counter, number: packed as u32 })
+        self.unpack(*self.by_idempotency.get(&self.idem_hasher.hash_one(idem))?)
     }
 
     pub fn config(&self) -> &QueueConfig {
@@ -619,12 +644,12 @@ impl FacilityQueue {
 
     /// A token in memory (live, or finished with its change not yet taken).
     pub fn get(&self, key: &TokenKey) -> Option<&Token> {
-        self.tokens.get(key).map(|t| &**t)
+        self.tokens.get(key).map(|t| &t.token)
     }
 
     pub fn lookup(&self, key: &TokenKey) -> Lookup<'_> {
         if let Some(t) = self.tokens.get(key) {
-            return Lookup::Live(t);
+            return Lookup::Live(&t.token);
         }
         match self.lanes.get(&key.counter).and_then(|l| l.finished_status(key.number)) {
             Some(s) => Lookup::Finished(s),
@@ -647,11 +672,12 @@ impl FacilityQueue {
         let dirty: Vec<TokenKey> = self.dirty.drain().collect();
         for key in &dirty {
             let Some(t) = self.tokens.get(key) else { continue };
-            each(t);
+            each(&t.token);
             if !matches!(t.status, Status::Waiting | Status::Called) {
                 let status = t.status;
-                self.tokens.remove(key);
-                self.unindex_patient(key);
+                if let Some(gone) = self.tokens.remove(key) {
+                    self.unindex_patient(key, gone.patient);
+                }
                 self.lane_mut(&key.counter).mark_finished(key.number, status);
             }
         }
@@ -689,9 +715,10 @@ impl FacilityQueue {
             }
         }
         let counter = self.intern(&input.counter);
+        let index = self.counter_index(&counter) as u32;
         let candidates = std::iter::once(input.patient.by_address).chain(input.patient.by_number);
         for digest in candidates {
-            if let Some(key) = self.by_patient.get(&(counter.clone(), digest)).cloned() {
+            if let Some(key) = self.by_patient.get(&(index, digest)).and_then(|&p| self.unpack(p)) {
                 self.expire_if_due(&key, now_ms);
                 if self.tokens[&key].is_active(now_ms) {
                     return Ok(ScanOutcome { key, kind: ScanKind::Repeat });
@@ -719,7 +746,8 @@ impl FacilityQueue {
             idempotency_key: input.idempotency_key.clone(),
             issued_at: now_ms,
             expires_at: now_ms.saturating_add(validity_ms),
-            history: Vec::with_capacity(3),
+            // Most live tokens wait, with their one event: room for more comes with a call.
+            history: Vec::with_capacity(1),
         };
         token.push(Event::Issued, now_ms);
         self.next_expiry = self.next_expiry.min(token.expires_at);
@@ -727,7 +755,7 @@ impl FacilityQueue {
             self.index_idempotency(idem, &key);
         }
         self.index_patient(input.patient, &key);
-        self.tokens.insert(key.clone(), Box::new(token));
+        self.tokens.insert(key.clone(), Box::new(Live { token, patient: input.patient }));
         self.dirty.insert(key.clone());
         self.issued_since_take.push(counter);
         Ok(ScanOutcome { key, kind: ScanKind::New })
@@ -807,7 +835,7 @@ impl FacilityQueue {
         if let Lookup::Finished(s) = self.lookup(key) {
             return Err(QueueError::IllegalTransition { action, from: s.as_str() });
         }
-        self.tokens.get_mut(key).map(|t| &mut **t).ok_or(QueueError::UnknownToken)
+        self.tokens.get_mut(key).map(|t| &mut t.token).ok_or(QueueError::UnknownToken)
     }
 
     fn finish(&mut self, key: &TokenKey, event: Event, action: &'static str, now: Timestamp) -> Result<(), QueueError> {
@@ -1013,14 +1041,16 @@ mod tests {
         let names = &q.counter_names;
         assert!(names.iter().enumerate().all(|(i, n)| !names[..i].contains(n)), "one name per counter");
         let one = |n: &CounterName| names.iter().any(|c| Arc::ptr_eq(c, n));
-        let keys = q.tokens.keys().chain(q.patient_of.keys()).chain(&q.dirty).chain(q.by_patient.values());
+        let keys = q.tokens.keys().chain(&q.dirty);
         let lane_keys = q.lanes.values().flat_map(|l| l.priority.iter().chain(&l.normal).chain(&l.called));
         assert!(keys.chain(lane_keys).all(|k| one(&k.counter)), "keys");
         for t in q.tokens.values() {
             let history = t.history.iter().map(|h| &h.counter);
             assert!([&t.counter, &t.at_counter].into_iter().chain(history).all(one), "{}", t.display());
         }
-        assert!(q.lanes.keys().chain(q.by_patient.keys().map(|(c, _)| c)).all(one), "lanes, repeat index");
+        assert!(q.lanes.keys().all(one), "lanes");
+        let refs = q.by_patient.values().chain(q.by_idempotency.values());
+        assert!(refs.map(|&p| q.unpack(p).expect("a known counter")).all(|k| one(&k.counter)), "indexes");
         assert!(q.issued_since_take.iter().all(one));
     }
 
@@ -1079,6 +1109,37 @@ mod tests {
         b.patient.by_number = Some(PatientDigest::for_test("num"));
         let again = q.scan(b, later(5)).unwrap();
         assert_eq!((again.kind, again.key), (ScanKind::Repeat, first.key));
+    }
+
+    #[test]
+    fn a_finished_token_leaves_the_repeat_index_but_not_its_successors_entries() {
+        let mut q = queue();
+        let with_number = |counter: &str| {
+            let mut s = input(counter, "p", None);
+            s.patient.by_number = Some(PatientDigest::for_test("num"));
+            s
+        };
+        let first = q.scan(with_number("OPD1"), t0()).unwrap().key;
+        let other_counter = q.scan(with_number("OPD2"), later(1000)).unwrap().key;
+        assert_eq!(q.by_patient.len(), 4, "address and number, per issuing counter");
+        // Expired by the patient's next scan, which issues the successor while the first
+        // token's change is still to be taken.
+        let second = q.scan(with_number("OPD1"), later(1800)).unwrap();
+        assert_eq!((second.kind, second.key.number), (ScanKind::New, 2));
+        take(&mut q);
+        assert!(q.get(&first).is_none(), "the expired token left memory");
+        assert_eq!(q.by_patient.len(), 4, "the successor kept both its entries");
+        let mut by_number_only = with_number("OPD1");
+        by_number_only.patient.by_address = PatientDigest::for_test("a new address");
+        assert_eq!(
+            q.scan(by_number_only, later(1801)).unwrap(),
+            ScanOutcome { key: second.key.clone(), kind: ScanKind::Repeat }
+        );
+        q.call_next("OPD1", later(1802)).unwrap();
+        q.complete(&second.key, later(1803)).unwrap();
+        take(&mut q);
+        assert_eq!(q.by_patient.len(), 2, "only the other counter's token is indexed");
+        assert_eq!(q.scan(with_number("OPD2"), later(1804)).unwrap().key, other_counter);
     }
 
     #[test]
@@ -1223,7 +1284,7 @@ mod tests {
         assert_eq!(q.expire_due(later(2099)), 0);
         assert_eq!(q.expire_due(later(2100)), 1, "c at its new counter");
         // A restored queue scans on its first tick.
-        let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
+        let stored: Vec<Token> = q.tokens.values().map(|t| t.token.clone()).collect();
         let keys = |p: &Profile| keys_of(&p.name);
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.expire_due(later(5000)), 0, "already expired before the restore");
@@ -1252,7 +1313,7 @@ mod tests {
         let p = issue(&mut q, "OPD1", "p1", Some(PriorityClass::Disabled));
         let first = q.call_next("OPD1", later(5)).unwrap().unwrap();
         assert_eq!(first, p);
-        let stored: Vec<Token> = q.tokens.values().map(|t| (**t).clone()).collect();
+        let stored: Vec<Token> = q.tokens.values().map(|t| t.token.clone()).collect();
         let keys = |p: &Profile| keys_of(&p.name);
         let mut r = FacilityQueue::restore(cfg(), q.day(), stored, keys);
         assert_eq!(r.lanes["OPD1"].streak, 1);
@@ -1292,7 +1353,6 @@ mod tests {
         assert!(matches!(q.lookup(&c), Lookup::Live(t) if t.status == Status::Waiting));
         assert_eq!(q.lookup(&a_key("OPD1", 9)), Lookup::Unknown);
         assert_eq!(q.by_patient.len(), 1, "finished patients are unindexed");
-        assert_eq!(q.patient_of.len(), 1);
         assert!(take(&mut q).is_empty(), "nothing changed since");
 
         // Actions on a finished token are refused with its real status, not "unknown".
@@ -1338,7 +1398,6 @@ mod tests {
         }
         assert_eq!(q.len(), 10, "ten waiting tokens stay, 4,990 finished left");
         assert_eq!(q.by_patient.len(), 10);
-        assert_eq!(q.patient_of.len(), 10);
         assert_eq!(q.by_idempotency.len(), 5_000, "one compact entry per keyed scan");
         assert_eq!(q.lanes["OPD1"].last_number, 2_500);
         assert_eq!(q.lanes["OPD1"].finished.iter().filter(|s| s.is_some()).count(), 2_495);
@@ -1360,7 +1419,7 @@ mod tests {
         take(&mut q);
         assert_eq!(q.len(), 2);
         assert!(q.tokens.capacity() <= 16, "{} slots kept of {grown}", q.tokens.capacity());
-        assert!(q.by_patient.capacity() <= 16 && q.patient_of.capacity() <= 16);
+        assert!(q.by_patient.capacity() <= 16);
         assert!(q.lanes["OPD1"].normal.capacity() <= 16);
 
         // Once nothing is live, the maps and deques hold no allocation at all.
@@ -1370,10 +1429,7 @@ mod tests {
         }
         take(&mut q);
         assert_eq!(q.len(), 0);
-        assert_eq!(
-            (q.tokens.capacity(), q.by_patient.capacity(), q.patient_of.capacity(), q.dirty.capacity()),
-            (0, 0, 0, 0)
-        );
+        assert_eq!((q.tokens.capacity(), q.by_patient.capacity(), q.dirty.capacity()), (0, 0, 0));
         let lane = &q.lanes["OPD1"];
         assert_eq!((lane.normal.capacity(), lane.priority.capacity(), lane.called.capacity()), (0, 0, 0));
         // And the next scan still gets the next number.
@@ -1428,7 +1484,7 @@ mod tests {
         q.complete(&c, later(70)).unwrap();
         let mut stored = Vec::new();
         q.take_changes(|t| stored.push(t.clone()));
-        stored.extend(q.tokens.values().map(|t| (**t).clone()));
+        stored.extend(q.tokens.values().map(|t| t.token.clone()));
         stored.sort_by_key(|t| t.number);
         stored.dedup_by_key(|t| t.number);
         assert_eq!(stored.len(), 3);
