@@ -77,11 +77,17 @@ async fn over_the_actor_cap_quiet_facilities_passivate_and_busy_ones_stay() {
         "pressure passivations are counted"
     );
 
-    // A passivated facility continues its day from Redis.
-    let q = &quiet[0];
-    let next = app.scan_new(&scan_body(q, "OPD1", 2)).await;
-    assert_eq!(num(&next, "token_number"), 2, "numbering continues after a pressure passivation");
-    assert_eq!(fence_epoch(&redis, q), 2);
+    // A passivated facility continues its day from Redis. Which quiet ones went depends on
+    // the order their ticks ran in: at most one of them can still be active (cap 2, busy kept).
+    let mut reactivated = 0;
+    for q in &quiet {
+        let next = app.scan_new(&scan_body(q, "OPD1", 2)).await;
+        assert_eq!(num(&next, "token_number"), 2, "numbering continues in {q}");
+        if fence_epoch(&redis, q) == 2 {
+            reactivated += 1;
+        }
+    }
+    assert!(reactivated >= 3, "only {reactivated} of 4 quiet facilities came back from a passivation");
     app.stop().await;
 }
 
