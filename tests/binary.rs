@@ -538,12 +538,14 @@ async fn wait_replicas_acknowledges_only_what_a_replica_holds() {
     let primary = RedisServer::start();
     let mut replica = RedisServer::start();
     replicate(&replica, &primary);
-    let gw = Gateway::start(&primary, &[("SCANGW_REDIS_WAIT_REPLICAS", "1"), ("SCANGW_REDIS_TIMEOUT_MS", "1000")]);
+    // WAIT gets half the Redis timeout. 4 s, not 1 s: on a loaded CI host a healthy replica
+    // once took over 500 ms to answer the primary's GETACK, and the first scan got a 503.
+    let gw = Gateway::start(&primary, &[("SCANGW_REDIS_WAIT_REPLICAS", "1"), ("SCANGW_REDIS_TIMEOUT_MS", "4000")]);
     gw.register("IN9900000001").await;
 
     // With the replica up: acknowledged, and the replica already holds the token.
     let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body("IN9900000001", "OPD1", 1))).await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.status, 201, "{}\n{}", r.text, gw.output());
     let on_replica: Vec<String> = redis::cmd("KEYS").arg("sg:{IN9900000001}:d:*").query(&mut replica.conn()).unwrap();
     assert_eq!(on_replica.len(), 1, "the day's token hash is on the replica when the scan is answered");
 

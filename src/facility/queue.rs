@@ -22,6 +22,11 @@ pub type Millis = i64;
 /// allocation per counter is shared by every token, key, lane entry and history entry of it.
 pub type CounterName = Arc<str>;
 
+/// A packed token reference: counter index in the high half, number in the low half.
+fn packed_ref(index: impl Into<u64>, number: u32) -> u64 {
+    index.into() << 32 | u64::from(number)
+}
+
 pub fn millis(t: Timestamp) -> Millis {
     t.as_millisecond()
 }
@@ -454,7 +459,8 @@ impl FacilityQueue {
             }
             let key = t.key();
             if let Some(k) = &t.idempotency_key {
-                q.index_idempotency(k, &key);
+                let packed = q.pack(&key);
+                q.index_idempotency(k, packed);
             }
             let lane = q.lane_mut(&t.counter);
             lane.last_number = lane.last_number.max(t.number);
@@ -483,7 +489,8 @@ impl FacilityQueue {
                 }
             }
             let patient = patient_keys(&t.profile);
-            q.index_patient(patient, &key);
+            let packed = q.pack(&key);
+            q.index_patient(patient, packed);
             q.tokens.insert(key, Box::new(Live { token: t, patient }));
         }
         waiting.sort();
@@ -537,8 +544,7 @@ impl FacilityQueue {
         self.lanes.get_mut(counter).expect("lane exists")
     }
 
-    fn index_patient(&mut self, pk: PatientKeys, key: &TokenKey) {
-        let packed = self.pack(key);
+    fn index_patient(&mut self, pk: PatientKeys, packed: u64) {
         for digest in std::iter::once(pk.by_address).chain(pk.by_number) {
             self.by_patient.insert(((packed >> 32) as u32, digest), packed);
         }
@@ -557,7 +563,8 @@ impl FacilityQueue {
 
     /// A token reference in 8 bytes: the counter's index in `counter_names` and the number.
     fn pack(&mut self, key: &TokenKey) -> u64 {
-        self.counter_index(&key.counter) << 32 | u64::from(key.number)
+        let index = self.counter_index(&key.counter);
+        packed_ref(index, key.number)
     }
 
     fn unpack(&self, packed: u64) -> Option<TokenKey> {
@@ -606,8 +613,7 @@ impl FacilityQueue {
         }
     }
 
-    fn index_idempotency(&mut self, idem: &str, key: &TokenKey) {
-        let packed = self.pack(key);
+    fn index_idempotency(&mut self, idem: &str, packed: u64) {
         self.by_idempotency.insert(self.idem_hasher.hash_one(idem), packed);
     }
 
@@ -715,6 +721,7 @@ impl FacilityQueue {
             }
         }
         let counter = self.intern(&input.counter);
+        // Looked up once: the repeat check and both indexes below use it.
         let index = self.counter_index(&counter) as u32;
         let candidates = std::iter::once(input.patient.by_address).chain(input.patient.by_number);
         for digest in candidates {
@@ -751,10 +758,11 @@ impl FacilityQueue {
         };
         token.push(Event::Issued, now_ms);
         self.next_expiry = self.next_expiry.min(token.expires_at);
+        let packed = packed_ref(index, key.number);
         if let Some(idem) = &input.idempotency_key {
-            self.index_idempotency(idem, &key);
+            self.index_idempotency(idem, packed);
         }
-        self.index_patient(input.patient, &key);
+        self.index_patient(input.patient, packed);
         self.tokens.insert(key.clone(), Box::new(Live { token, patient: input.patient }));
         self.dirty.insert(key.clone());
         self.issued_since_take.push(counter);

@@ -3,7 +3,11 @@
 //! ids never contain control characters (refused at the edge), so the separators are safe.
 use crate::facility::queue::{CounterName, Event, PriorityClass, Profile, Status, Token, Transition};
 
-const VERSION: &str = "1";
+/// Version 2 writes times (epoch ms, validity and history offsets) in base 36: 13 digits of
+/// epoch milliseconds become 8 characters, which keeps more records under the listpack value
+/// limit of the shipped redis.conf. Version 1 records (decimal) are still read.
+const VERSION: &str = "2";
+const V1: &str = "1";
 const FS: char = '\u{1f}';
 const RS: char = '\u{1e}';
 
@@ -84,7 +88,8 @@ pub fn encode(t: &Token) -> String {
         if i > 0 {
             history.push(RS);
         }
-        let _ = write!(history, "{}{}", event_code(h.event), h.at - t.issued_at);
+        history.push(event_code(h.event));
+        push_base36(&mut history, h.at - t.issued_at);
         if h.counter != t.counter {
             let _ = write!(history, ",{}", h.counter);
         }
@@ -97,8 +102,8 @@ pub fn encode(t: &Token) -> String {
         status_code(t.status),
         priority_code(t.priority),
         if t.lane_priority { "1" } else { "" },
-        &t.issued_at.to_string(),
-        &(t.expires_at - t.issued_at).to_string(),
+        &base36(t.issued_at),
+        &base36(t.expires_at - t.issued_at),
         t.idempotency_key.as_deref().unwrap_or(""),
         &history,
         &p.name,
@@ -111,6 +116,32 @@ pub fn encode(t: &Token) -> String {
     fields.join(&FS.to_string())
 }
 
+/// Appends `n` in base 36 (digits, then lower-case letters), with a `-` when negative.
+fn push_base36(out: &mut String, n: i64) {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    if n < 0 {
+        out.push('-');
+    }
+    let mut v = n.unsigned_abs();
+    let mut buf = [0u8; 13]; // u64::MAX has 13 base-36 digits
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v % 36) as usize];
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&b| b as char));
+}
+
+fn base36(n: i64) -> String {
+    let mut s = String::with_capacity(9);
+    push_base36(&mut s, n);
+    s
+}
+
 fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -118,11 +149,23 @@ fn opt(s: &str) -> Option<String> {
 /// Decodes a stored token.
 pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRecord> {
     let f: Vec<&str> = raw.split(FS).collect();
-    if f.len() != 15 || f[0] != VERSION {
-        return Err(CorruptRecord("unexpected field count or version"));
+    if f.len() != 15 {
+        return Err(CorruptRecord("unexpected field count"));
     }
-    let issued_at: i64 = f[5].parse().map_err(|_| CorruptRecord("issued_at"))?;
-    let validity: i64 = f[6].parse().map_err(|_| CorruptRecord("expires_at"))?;
+    let radix = match f[0] {
+        VERSION => 36,
+        V1 => 10,
+        _ => return Err(CorruptRecord("unknown version")),
+    };
+    // from_str_radix takes a leading '+', which encode never writes: refuse it.
+    let num = |s: &str, what| {
+        if s.starts_with('+') {
+            return Err(CorruptRecord(what));
+        }
+        i64::from_str_radix(s, radix).map_err(|_| CorruptRecord(what))
+    };
+    let issued_at = num(f[5], "issued_at")?;
+    let validity = num(f[6], "expires_at")?;
     // One allocation per distinct counter name, shared by the token's fields and history.
     let counter: CounterName = counter.into();
     let at_counter: CounterName = if f[1].is_empty() { counter.clone() } else { f[1].into() };
@@ -137,7 +180,7 @@ pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRec
                 Some((o, c)) => (o, c.into()),
                 None => (rest, counter.clone()),
             };
-            let offset: i64 = offset.parse().map_err(|_| CorruptRecord("history time"))?;
+            let offset = num(offset, "history time")?;
             history.push(Transition { event, at: issued_at + offset, counter: h_counter });
         }
     }
@@ -211,14 +254,66 @@ mod tests {
         t.status = Status::Waiting;
         t.history.truncate(1);
         let raw = encode(&t);
-        assert!(raw.len() < 110, "{} bytes", raw.len());
+        assert!(raw.len() < 100, "{} bytes", raw.len());
         assert_eq!(decode("OPD 1", 17, &raw).unwrap(), t);
+    }
+
+    #[test]
+    fn times_are_base_36_and_round_trip_at_the_edges() {
+        let mut t = sample();
+        let raw = encode(&t);
+        let f: Vec<&str> = raw.split(FS).collect();
+        assert_eq!(f[0], "2");
+        assert_eq!(f[5], "mib91czf");
+        assert_eq!(i64::from_str_radix(f[5], 36).unwrap(), t.issued_at);
+        assert_eq!(f[6], "12kw0", "30 minutes of validity");
+        // Zero, negative offsets (a clock stepped back) and the largest times survive.
+        for (issued, offset) in [(0, 0), (1_763_874_000_123, -5_000), (i64::MAX / 2, i64::MAX / 2)] {
+            t.issued_at = issued;
+            t.expires_at = issued + offset.max(0);
+            t.history[1].at = issued + offset;
+            assert_eq!(decode("OPD 1", 17, &encode(&t)).unwrap(), t, "{issued} {offset}");
+        }
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        // Written by the previous release: decimal times.
+        let v1 = [
+            "1",
+            "OPD2",
+            "c",
+            "p",
+            "1",
+            "1763874000123",
+            "1800000",
+            "4f9c-key",
+            "i0\u{1e}t99877,OPD2\u{1e}c199877,OPD2",
+            "Ravi Kumar",
+            "M",
+            "1990",
+            "9876543210",
+            "ravi.kumar@abdm",
+            "91123456789012",
+        ]
+        .join("\u{1f}");
+        assert_eq!(decode("OPD 1", 17, &v1).unwrap(), sample());
+        // The same text labelled version 2 reads as base 36, so it is a different token:
+        // the version decides the radix.
+        let as_v2 = v1.replacen('1', "2", 1);
+        assert_ne!(decode("OPD 1", 17, &as_v2).map(|t| t.issued_at).ok(), Some(sample().issued_at));
     }
 
     #[test]
     fn garbage_is_refused() {
         assert!(decode("OPD1", 1, "").is_err());
         assert!(decode("OPD1", 1, "2\u{1f}x").is_err());
+        let good = encode(&sample());
+        assert!(decode("OPD 1", 17, &good.replacen('2', "3", 1)).is_err(), "unknown version");
+        let f5 = good.split(FS).nth(5).unwrap().to_string();
+        for bad in ["+".to_string() + &f5, f5.to_uppercase() + "!", String::new()] {
+            assert!(decode("OPD 1", 17, &good.replacen(&f5, &bad, 1)).is_err(), "{bad}");
+        }
         let raw = encode(&sample()).replacen("\u{1f}c\u{1f}", "\u{1f}?\u{1f}", 1);
         assert!(decode("OPD 1", 17, &raw).is_err());
     }
