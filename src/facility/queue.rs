@@ -458,8 +458,8 @@ impl FacilityQueue {
                 h.counter = q.intern(&h.counter);
             }
             let key = t.key();
+            let packed = q.pack(&key);
             if let Some(k) = &t.idempotency_key {
-                let packed = q.pack(&key);
                 q.index_idempotency(k, packed);
             }
             let lane = q.lane_mut(&t.counter);
@@ -489,7 +489,6 @@ impl FacilityQueue {
                 }
             }
             let patient = patient_keys(&t.profile);
-            let packed = q.pack(&key);
             q.index_patient(patient, packed);
             q.tokens.insert(key, Box::new(Live { token: t, patient }));
         }
