@@ -64,6 +64,7 @@ impl Application {
             writers.push(tx);
             arbiters.push(arbiter);
         }
+        let tz = jiff::tz::TimeZone::get(&settings.default_timezone).context("SCANGW_DEFAULT_TIMEZONE")?;
         let deps = Arc::new(Deps {
             store: store.clone(),
             clock,
@@ -77,13 +78,13 @@ impl Application {
             active: Default::default(),
             mailbox_capacity: settings.mailbox_capacity,
             day_retention_s: settings.day_retention_s as i64,
+            default_tz: tz.clone(),
         });
         let clock = deps.clock.clone();
         let metrics_handles = deps.metrics.clone();
         let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
         let redis_up = Arc::new(AtomicBool::new(store.ping().await));
         let shutting_down = Arc::new(AtomicBool::new(false));
-        let tz = jiff::tz::TimeZone::get(&settings.default_timezone).context("SCANGW_DEFAULT_TIMEZONE")?;
         let feed = crate::leaderboard::feed::Feed::spawn(
             store.clone(),
             clock,

@@ -41,6 +41,8 @@ pub struct Deps {
     pub mailbox_capacity: usize,
     /// How long a finished day's tokens stay in Redis after local midnight.
     pub day_retention_s: i64,
+    /// `SCANGW_DEFAULT_TIMEZONE`: an activation's guess of the facility's timezone.
+    pub default_tz: jiff::tz::TimeZone,
 }
 
 impl Deps {
@@ -286,17 +288,38 @@ impl FacilityActor {
     }
 
     async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
-        let (epoch, info) = deps.store.activate(&id).await?.ok_or(FacilityError::UnknownFacility)?;
-        let info: FacilityInfo = serde_json::from_str(&info).map_err(|_| {
+        let started = Instant::now();
+        // The day is needed before the registry record names the facility's timezone: guess
+        // it in the default one (every facility of a national registry is on IST) and read
+        // again only if the record says otherwise.
+        let guess = deps.clock.now().to_zoned(deps.default_tz.clone()).date();
+        let act = deps.store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
+        let epoch = act.epoch;
+        let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
             tracing::error!(facility = %id, "corrupt registry record");
             FacilityError::Store(StoreError::Unavailable)
         })?;
         let cfg = info.queue_config(deps.max_priority_streak, deps.default_service_s);
         let day = deps.clock.now().to_zoned(cfg.tz.clone()).date();
         // The leaderboard mark must land before the first write (a crash from here on leaves
-        // the facility findable by every node's applier, see crate::leaderboard::applier);
-        // the first write waits for this load, so both go out in the same round trip.
-        let (marked, rows) = tokio::join!(deps.store.lb_mark(&id, epoch), deps.store.load_day(&id, day));
+        // the facility findable by every node's applier, see crate::leaderboard::applier).
+        // On a single Redis the activation script made it; on a cluster it is one more
+        // round trip, which the first write waits for.
+        let mark = async {
+            if act.marked {
+                Ok(())
+            } else {
+                deps.store.lb_mark(&id, epoch).await
+            }
+        };
+        let read = async {
+            if day == guess {
+                Ok(act.day)
+            } else {
+                deps.store.load_day(&id, day).await
+            }
+        };
+        let (marked, rows) = tokio::join!(mark, read);
         marked?;
         let rows = rows?;
         let mut tokens = Vec::with_capacity(rows.len());
@@ -317,6 +340,7 @@ impl FacilityActor {
             queue.reserve_number(&c, n);
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
+        deps.metrics.activation.record(started.elapsed().as_secs_f64());
         Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None })
     }
 

@@ -25,11 +25,20 @@ pub enum StoreError {
 
 /// Takes ownership of a facility: refuses unknown facilities without writing anything,
 /// otherwise bumps the epoch, resets the write sequence and returns the registry record.
+/// KEYS: info, fence, and on a single Redis the leaderboard dirty hash. ARGV: facility.
+/// With the dirty hash it also marks the facility there with the new epoch, keeping the
+/// newest (the rule of `lbcounts::MARK`), in the same atomic step: the mark then always
+/// lands before the owner's first write, without a round trip of its own. On a cluster the
+/// dirty hash lives in another slot, so the caller marks it separately.
 const ACTIVATE: &str = r"
 local info = redis.call('GET', KEYS[1])
 if not info then return false end
 local epoch = redis.call('HINCRBY', KEYS[2], 'e', 1)
 redis.call('HSET', KEYS[2], 'w', 0)
+if KEYS[3] then
+  local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+  if epoch > cur then redis.call('HSET', KEYS[3], ARGV[1], epoch) end
+end
 return {epoch, info}
 ";
 
@@ -72,7 +81,19 @@ return counted
 pub struct Store {
     conn: Conn,
     timeout: Duration,
-    activate: Script,
+}
+
+/// What an activation read: the new epoch, the registry record, and the stored tokens of
+/// the day it was asked for.
+#[derive(Debug)]
+pub struct Activation {
+    pub epoch: u64,
+    pub info: String,
+    /// (field, record) of every stored token of the requested day.
+    pub day: Vec<(String, String)>,
+    /// Whether the leaderboard dirty mark went with it (single Redis); if not, the caller
+    /// marks before the first write ([`Store::lb_mark`]).
+    pub marked: bool,
 }
 
 pub(crate) fn classify(e: &redis::RedisError) -> StoreError {
@@ -86,12 +107,16 @@ pub(crate) fn classify(e: &redis::RedisError) -> StoreError {
     }
 }
 
+fn parse<T: redis::FromRedisValue>(r: redis::RedisResult<redis::Value>) -> Result<T, StoreError> {
+    r.and_then(|v| redis::from_redis_value(v).map_err(Into::into)).map_err(|e| classify(&e))
+}
+
 impl Store {
     /// Creates the handle without connecting: the gateway starts (not ready) while Redis
     /// is down and recovers by itself when it returns.
     pub fn open(target: &Target, timeout: Duration) -> Result<Self, redis::RedisError> {
         let conn = Conn::open(target, timeout)?;
-        Ok(Self { conn, timeout, activate: Script::new(ACTIVATE) })
+        Ok(Self { conn, timeout })
     }
 
     pub fn connection(&self) -> Conn {
@@ -133,12 +158,43 @@ impl Store {
         reply.get(1)?.parse().ok()
     }
 
-    /// Takes a new fencing epoch for the facility. `None` when it is not registered.
-    pub async fn activate(&self, facility: &str) -> Result<Option<(u64, String)>, StoreError> {
-        let mut c = self.conn.clone();
-        let mut inv = self.activate.key(keys::info(facility));
-        inv.key(keys::fence(facility));
-        self.call(async move { inv.invoke_async::<Option<(u64, String)>>(&mut c).await }).await
+    /// Takes a new fencing epoch for the facility and reads the tokens of `day` (the caller's
+    /// guess of its service day, before the registry record tells the timezone), in one
+    /// round trip: the script and the HGETALL go in one pipeline, so Redis runs the read
+    /// right after the epoch moved, when no older owner can write any more. `None` when the
+    /// facility is not registered.
+    pub async fn activate(&self, facility: &str, day: Date) -> Result<Option<Activation>, StoreError> {
+        let marked = !self.conn.is_cluster();
+        static SHA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Script::new(ACTIVATE).get_hash().into());
+        let sha = &*SHA;
+        let build = || {
+            let mut script = redis::cmd("EVALSHA");
+            script.arg(sha).arg(if marked { 3 } else { 2 }).arg(keys::info(facility)).arg(keys::fence(facility));
+            if marked {
+                script.arg(keys::LB_DIRTY);
+            }
+            script.arg(facility);
+            let mut read = redis::cmd("HGETALL");
+            read.arg(keys::day_tokens(facility, day));
+            // Both keys carry the facility's hash tag: one pipeline on a cluster too.
+            vec![(keys::info(facility), script), (keys::day_tokens(facility, day), read)]
+        };
+        let mut replies = self.batch_each(build()).await;
+        if matches!(replies.first(), Some(Err(e)) if e.code() == Some("NOSCRIPT")) {
+            // A refused script ran nothing, so sending both again is safe.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(ACTIVATE);
+            let mut c = self.connection();
+            self.call(async move { load.query_async::<redis::Value>(&mut c).await }).await?;
+            replies = self.batch_each(build()).await;
+        }
+        let mut replies = replies.into_iter();
+        let (Some(taken), Some(read)) = (replies.next(), replies.next()) else {
+            return Err(StoreError::Unavailable);
+        };
+        let taken: Option<(u64, String)> = parse(taken)?;
+        let day: Vec<(String, String)> = parse(read)?;
+        Ok(taken.map(|(epoch, info)| Activation { epoch, info, day, marked }))
     }
 
     /// All stored tokens of a facility's day, as (field, record).

@@ -20,6 +20,9 @@ pub const HTTP_DURATION: &str = "scangw_http_request_duration_seconds";
 pub const OVERLOADED: &str = "scangw_overloaded_total";
 /// `scangw_active_facility_actors`: facility actors alive on this node.
 pub const ACTIVE_ACTORS: &str = "scangw_active_facility_actors";
+/// `scangw_facility_activation_seconds`: a facility actor's activation, from its first
+/// request to a queue ready to serve (fencing epoch, day read from Redis, rebuild).
+pub const ACTIVATION: &str = "scangw_facility_activation_seconds";
 /// `scangw_passivations_total{reason}`: actors passivated, `idle` (the idle timeout) or
 /// `pressure` (the node was over `SCANGW_MAX_ACTIVE_FACILITIES`).
 pub const PASSIVATIONS: &str = "scangw_passivations_total";
@@ -109,6 +112,7 @@ pub const CATALOG: &[MetricDef] = &[
     def(OVERLOADED, C, "requests", &["reason"], "Requests shed with 503 OVERLOADED"),
     def(RATE_LIMITED, C, "requests", &["limit"], "Requests refused with 429"),
     def(ACTIVE_ACTORS, G, "actors", &[], "Facility actors alive on this node"),
+    def(ACTIVATION, H, "seconds", &[], "Facility actor activations: epoch, day read and rebuild"),
     def(PASSIVATIONS, C, "actors", &["reason"], "Idle facility actors passivated (idle timeout or memory pressure)"),
     def(LIVE_TOKENS, G, "tokens", &[], "Waiting and called tokens held in memory on this node"),
     def(MAILBOX_DEPTH, G, "commands", &[], "Commands waiting in facility mailboxes"),
@@ -192,6 +196,7 @@ fn describe() {
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route");
     describe_counter!(OVERLOADED, "Requests shed with 503 OVERLOADED, by reason");
     describe_gauge!(ACTIVE_ACTORS, "Facility actors alive on this node");
+    describe_histogram!(ACTIVATION, Unit::Seconds, "Facility actor activations: epoch, day read and rebuild");
     describe_counter!(PASSIVATIONS, "Idle facility actors passivated, by reason");
     describe_gauge!(LIVE_TOKENS, "Waiting and called tokens held in memory on this node");
     describe_histogram!(REDIS_BATCH_SIZE, Unit::Count, "Writes per group-commit round trip");
@@ -236,6 +241,7 @@ pub struct Metrics {
     pub overloaded_in_flight: Counter,
     pub overloaded_writer: Counter,
     pub active_actors: Gauge,
+    pub activation: Histogram,
     pub passivated_idle: Counter,
     pub passivated_pressure: Counter,
     pub live_tokens: Gauge,
@@ -265,6 +271,7 @@ impl Metrics {
             overloaded_in_flight: metrics::counter!(OVERLOADED, "reason" => "in_flight"),
             overloaded_writer: metrics::counter!(OVERLOADED, "reason" => "writer"),
             active_actors: metrics::gauge!(ACTIVE_ACTORS),
+            activation: metrics::histogram!(ACTIVATION),
             passivated_idle: metrics::counter!(PASSIVATIONS, "reason" => "idle"),
             passivated_pressure: metrics::counter!(PASSIVATIONS, "reason" => "pressure"),
             live_tokens: metrics::gauge!(LIVE_TOKENS),

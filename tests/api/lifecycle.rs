@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::Commands;
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -41,6 +42,53 @@ async fn idle_facility_is_passivated_and_rehydrates_on_next_use() {
     let third = app.scan_new(&scan_body(&f, "OPD1", 3)).await;
     assert_eq!(num(&third, "token_number"), 3, "numbering continues after passivation");
     assert_eq!(num(&third, "ahead"), 2);
+    app.stop().await;
+}
+
+fn dirty_mark(redis: &RedisServer, f: &str) -> Option<i64> {
+    redis.conn().hget("lb:{lb}:dirty", f).expect("HGET dirty")
+}
+
+#[actix_web::test]
+async fn activation_marks_the_facility_for_the_boards_and_restores_its_own_local_day() {
+    let redis = RedisServer::start();
+    let mut settings = scan_gateway::config::Settings::for_tests(&redis.url());
+    settings.idle_timeout_s = 1;
+    // 18:31 UTC on the 23rd: already the 24th in IST (the default timezone, which an
+    // activation guesses before it reads the facility's record), still the 23rd in UTC.
+    let mut app = TestApp::spawn_with(settings, TestApp::clock_at("2026-11-23T18:31:00Z")).await;
+    let f = fid(920);
+    let mut body = standard_facility(&f);
+    body["timezone"] = json!("UTC");
+    let (st, fac) = app.put_facility(&f, &body).await;
+    assert_eq!(st, 201, "{fac}");
+    for i in 0..3 {
+        let v = app.scan_new(&scan_body(&f, "OPD1", 1 + i)).await;
+        assert_eq!(num(&v, "token_number"), i as u64 + 1);
+        assert_eq!(s(&v, "service_date"), "2026-11-23");
+    }
+    // On a single Redis the activation marked the facility dirty with its own epoch, in
+    // the same script that took the epoch.
+    assert_eq!(fence_epoch(&redis, &f), 1);
+    assert_eq!(dirty_mark(&redis, &f), Some(1), "the first activation marks the facility for the boards");
+
+    let active = &app.active_facilities;
+    eventually(Duration::from_secs(10), "the idle facility actor is passivated", || {
+        let n = active();
+        async move { n == 0 }
+    })
+    .await;
+
+    // The next activation guesses the 24th, finds the record on UTC, and reads the 23rd.
+    let v = app.scan_new(&scan_body(&f, "OPD1", 4)).await;
+    assert_eq!(num(&v, "token_number"), 4, "numbering continues in the facility's own day: {v}");
+    assert_eq!(s(&v, "service_date"), "2026-11-23");
+    let (st, again) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    assert_eq!(st, 200, "the first patient's token was restored: {again}");
+    assert_eq!(again["repeat"], true);
+    assert_eq!(num(&again, "token_number"), 1);
+    assert_eq!(fence_epoch(&redis, &f), 2);
+    assert_eq!(dirty_mark(&redis, &f), Some(2), "a new activation raises the mark to its epoch");
     app.stop().await;
 }
 
