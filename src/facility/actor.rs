@@ -292,7 +292,8 @@ impl FacilityActor {
         // The day is needed before the registry record names the facility's timezone: guess
         // it in the default one (every facility of a national registry is on IST) and read
         // again only if the record says otherwise.
-        let guess = deps.clock.now().to_zoned(deps.default_tz.clone()).date();
+        let now = deps.clock.now();
+        let guess = now.to_zoned(deps.default_tz.clone()).date();
         let act = deps.store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
         let epoch = act.epoch;
         let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
@@ -300,7 +301,7 @@ impl FacilityActor {
             FacilityError::Store(StoreError::Unavailable)
         })?;
         let cfg = info.queue_config(deps.max_priority_streak, deps.default_service_s);
-        let day = deps.clock.now().to_zoned(cfg.tz.clone()).date();
+        let day = now.to_zoned(cfg.tz.clone()).date();
         // The leaderboard mark must land before the first write (a crash from here on leaves
         // the facility findable by every node's applier, see crate::leaderboard::applier).
         // On a single Redis the activation script made it; on a cluster it is one more

@@ -139,24 +139,18 @@ impl Store {
             return Ok(Vec::new());
         }
         let sha = redis::Script::new(src).get_hash().to_string();
-        let build = || {
-            calls
-                .iter()
-                .map(|(keys, args)| {
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(&sha).arg(keys.len()).arg(keys).arg(args);
-                    (keys[0].clone(), cmd)
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut replies = self.batch_each(build()).await;
-        if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(src);
-            let mut c = self.connection();
-            self.call_pub(async move { load.query_async::<Value>(&mut c).await }).await?;
-            replies = self.batch_each(build()).await;
-        }
+        let replies = self
+            .batch_loading(src, || {
+                calls
+                    .iter()
+                    .map(|(keys, args)| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(&sha).arg(keys.len()).arg(keys).arg(args);
+                        (keys[0].clone(), cmd)
+                    })
+                    .collect()
+            })
+            .await?;
         replies.into_iter().map(|r| r.map_err(|e| classify(&e))).collect()
     }
 

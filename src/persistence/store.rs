@@ -179,15 +179,7 @@ impl Store {
             // Both keys carry the facility's hash tag: one pipeline on a cluster too.
             vec![(keys::info(facility), script), (keys::day_tokens(facility, day), read)]
         };
-        let mut replies = self.batch_each(build()).await;
-        if matches!(replies.first(), Some(Err(e)) if e.code() == Some("NOSCRIPT")) {
-            // A refused script ran nothing, so sending both again is safe.
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(ACTIVATE);
-            let mut c = self.connection();
-            self.call(async move { load.query_async::<redis::Value>(&mut c).await }).await?;
-            replies = self.batch_each(build()).await;
-        }
+        let replies = self.batch_loading(ACTIVATE, build).await?;
         let mut replies = replies.into_iter();
         let (Some(taken), Some(read)) = (replies.next(), replies.next()) else {
             return Err(StoreError::Unavailable);
@@ -242,6 +234,27 @@ impl Store {
     pub async fn batch(&self, cmds: Vec<(String, redis::Cmd)>) -> Result<Vec<redis::Value>, StoreError> {
         let replies = self.conn.batch(cmds, self.timeout, 0).await;
         replies.into_iter().map(|r| r.map_err(|e| classify(&e))).collect()
+    }
+
+    /// [`Self::batch_each`] of commands that call the script `src` by its hash: a node that
+    /// does not know it (restart, failover, new master) gets it loaded (SCRIPT LOAD goes to
+    /// every master) and the batch is built and sent again. Only for batches whose second
+    /// sending is harmless: a call refused with NOSCRIPT ran nothing, and every other
+    /// command must be a read or idempotent.
+    pub(crate) async fn batch_loading(
+        &self,
+        src: &'static str,
+        build: impl Fn() -> Vec<(String, redis::Cmd)>,
+    ) -> Result<Vec<redis::RedisResult<redis::Value>>, StoreError> {
+        let replies = self.batch_each(build()).await;
+        if !replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
+            return Ok(replies);
+        }
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(src);
+        let mut c = self.connection();
+        self.call(async move { load.query_async::<redis::Value>(&mut c).await }).await?;
+        Ok(self.batch_each(build()).await)
     }
 
     /// [`Self::batch`] keeping each command's own result.

@@ -229,14 +229,37 @@ impl RedisServer {
         out
     }
 
-    /// Takes snapshots until two in a row agree (background writes have settled).
+    /// Whether the leaderboard applier has caught up: every facility's cumulative count
+    /// (`sg:{F}:lbn`, field `<day>|<kind>`) equals what its day's applied hash
+    /// (`lb:{lb}:<day>:ap`, field `<F>|<kind>`) says the boards hold.
+    fn boards_caught_up(&self) -> bool {
+        let mut c = self.conn();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("sg:{*}:lbn").query(&mut c).expect("KEYS lbn");
+        keys.iter().all(|key| {
+            let f = key.trim_start_matches("sg:{").trim_end_matches("}:lbn");
+            let counts: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut c).expect("HGETALL lbn");
+            counts.iter().all(|(field, n)| {
+                let (day, kind) = field.split_once('|').expect("lbn field is <day>|<kind>");
+                let applied: Option<String> = redis::cmd("HGET")
+                    .arg(format!("lb:{{lb}}:{day}:ap"))
+                    .arg(format!("{f}|{kind}"))
+                    .query(&mut c)
+                    .expect("HGET ap");
+                applied.as_deref() == Some(n.as_str())
+            })
+        })
+    }
+
+    /// Takes snapshots until the leaderboard applier has caught up and two snapshots in a
+    /// row agree (background writes have settled). The applier passes about once a second,
+    /// so two equal snapshots alone could fall between its passes.
     pub async fn settled_snapshot(&self) -> BTreeMap<String, String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut prev = self.snapshot();
         loop {
             actix_rt::time::sleep(Duration::from_millis(100)).await;
             let next = self.snapshot();
-            if next == prev {
+            if next == prev && self.boards_caught_up() {
                 return next;
             }
             assert!(Instant::now() < deadline, "redis content never settled");
