@@ -275,6 +275,35 @@ async fn write_batch(
         .collect()
 }
 
+/// How often a writer that woke for a write lets the other tasks of its arbiter run before
+/// it flushes. The write that woke it is often the first of several: the facility actors that
+/// the same wake-up readied hand theirs over only when they run, after the writer. Yielding
+/// gathers them into the same round trip. Warm at 3,000 scans/s (2,000 facilities, A/B
+/// twice): 1.53 -> 1.93 writes per flush, server CPU -9%, Redis CPU -9%, scan p99 4.8 ->
+/// 4.2 ms; 4, 8 or 16 yields gathered no more. A timed linger (0.5 ms, which tokio rounds
+/// up to its 1 ms tick) gathered more but added 1.6 ms to the median.
+const GATHER_YIELDS: usize = 2;
+
+/// Waits for at least one write, then takes whatever the arbiter's other ready tasks add
+/// after [`GATHER_YIELDS`] yields, up to `max`. Returns how many were taken: 0 only when
+/// every sender is gone.
+async fn gather<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize) -> usize {
+    let n = rx.recv_many(buf, max).await;
+    if n == 0 || buf.len() >= max {
+        return n;
+    }
+    for _ in 0..GATHER_YIELDS {
+        tokio::task::yield_now().await;
+    }
+    while buf.len() < max {
+        match rx.try_recv() {
+            Ok(op) => buf.push(op),
+            Err(_) => break,
+        }
+    }
+    buf.len()
+}
+
 /// Runs a writer until every sender is gone. Spawn one per facility arbiter.
 pub async fn run(
     mut rx: mpsc::Receiver<WriteOp>,
@@ -293,7 +322,7 @@ pub async fn run(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut buf, batch_max) => if n == 0 { return },
+            n = gather(&mut rx, &mut buf, batch_max) => if n == 0 { return },
             _ = keepalive.tick() => {
                 let ping = redis::cmd("PING");
                 let _ = tokio::time::timeout(timeout, ping.query_async::<Value>(&mut conn)).await;
@@ -335,6 +364,46 @@ mod tests {
             board: Some(owner("KA/Mysuru")),
             ..WriteOp::barrier("F1", day, 3, prev_seq, 60, done)
         }
+    }
+
+    /// The writer parks; a task that is itself parked (as a facility actor waits for its
+    /// mailbox) is readied by the same wake-up that hands the writer its first write. Its
+    /// write joins the same flush: `recv_many` alone would flush the first write by itself.
+    #[actix_rt::test]
+    async fn a_flush_gathers_the_writes_of_tasks_readied_in_the_same_wake_up() {
+        let (tx, mut rx) = mpsc::channel::<u32>(16);
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let writer = tokio::task::spawn_local(async move {
+            let mut buf = Vec::new();
+            let n = gather(&mut rx, &mut buf, 8).await;
+            (n, buf)
+        });
+        let late = tx.clone();
+        let actor = tokio::task::spawn_local(async move {
+            ready_rx.await.unwrap();
+            late.send(2).await.unwrap();
+        });
+        // Let the writer and the actor park first.
+        tokio::task::yield_now().await;
+        tx.send(1).await.unwrap();
+        ready_tx.send(()).unwrap();
+        assert_eq!(writer.await.unwrap(), (2, vec![1, 2]));
+        actor.await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_flush_takes_at_most_the_batch_limit_and_ends_when_the_senders_are_gone() {
+        let (tx, mut rx) = mpsc::channel::<u32>(16);
+        for i in 0..5 {
+            tx.send(i).await.unwrap();
+        }
+        let mut buf = Vec::new();
+        assert_eq!(gather(&mut rx, &mut buf, 3).await, 3);
+        assert_eq!(buf, vec![0, 1, 2]);
+        drop(tx);
+        let mut rest = Vec::new();
+        assert_eq!(gather(&mut rx, &mut rest, 3).await, 2);
+        assert_eq!(gather(&mut rx, &mut Vec::new(), 3).await, 0);
     }
 
     #[test]
