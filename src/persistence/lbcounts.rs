@@ -4,7 +4,7 @@
 use redis::Value;
 
 use super::keys;
-use super::store::classify;
+use super::store::{classify, decode};
 use super::{Store, StoreError};
 
 /// KEYS: dirty hash. ARGV: facility, epoch. Keeps the newest marking epoch: an older
@@ -121,10 +121,6 @@ pub struct ApplyItem {
     pub facility: String,
 }
 
-fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(v).map_err(|e| classify(&e.into()))
-}
-
 impl Store {
     /// Runs `src` once per call (keys, args) in one batch, split per slot on a cluster.
     /// A node that does not know the script (restart, failover, new master) gets it loaded
@@ -184,7 +180,7 @@ impl Store {
             ids.iter().map(|id| (vec![keys::fence(id), keys::lb_counts(id), keys::info(id)], Vec::new())).collect();
         let mut out = Vec::with_capacity(ids.len());
         for v in self.eval_batch(SNAPSHOT, &calls).await? {
-            let (epoch, released, info, counts): (String, String, String, Vec<(String, u64)>) = parse(v)?;
+            let (epoch, released, info, counts): (String, String, String, Vec<(String, u64)>) = decode(v)?;
             out.push(Snapshot {
                 epoch: epoch.parse().unwrap_or(0),
                 released: released.parse().unwrap_or(0),
@@ -230,7 +226,7 @@ impl Store {
             .collect();
         let mut out = Vec::with_capacity(items.len());
         for v in self.eval_batch(APPLY, &calls).await? {
-            out.extend(parse::<Vec<(u64, u64)>>(v)?);
+            out.extend(decode::<Vec<(u64, u64)>>(v)?);
         }
         Ok(out)
     }

@@ -107,8 +107,14 @@ pub(crate) fn classify(e: &redis::RedisError) -> StoreError {
     }
 }
 
+/// One reply as `T`; a reply of another shape counts as a failed call.
+pub(crate) fn decode<T: redis::FromRedisValue>(v: redis::Value) -> Result<T, StoreError> {
+    redis::from_redis_value(v).map_err(|e| classify(&e.into()))
+}
+
+/// [`decode`] of one command's own result (see [`Store::batch_each`]).
 fn parse<T: redis::FromRedisValue>(r: redis::RedisResult<redis::Value>) -> Result<T, StoreError> {
-    r.and_then(|v| redis::from_redis_value(v).map_err(Into::into)).map_err(|e| classify(&e))
+    r.map_err(|e| classify(&e)).and_then(decode)
 }
 
 impl Store {
@@ -221,7 +227,7 @@ impl Store {
                 cmds.push((keys::FACILITY_SET.to_string(), add));
             }
             for (i, r) in self.batch(cmds).await?.into_iter().enumerate() {
-                if i % 2 == 1 && redis::from_redis_value::<i64>(r).map_err(|e| classify(&e.into()))? == 1 {
+                if i % 2 == 1 && decode::<i64>(r)? == 1 {
                     created += 1;
                 }
             }
@@ -310,10 +316,6 @@ impl Store {
                 (keys::info(id), get)
             })
             .collect();
-        self.batch(cmds)
-            .await?
-            .into_iter()
-            .map(|v| redis::from_redis_value::<Option<String>>(v).map_err(|e| classify(&e.into())))
-            .collect()
+        self.batch(cmds).await?.into_iter().map(decode::<Option<String>>).collect()
     }
 }
