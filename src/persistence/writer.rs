@@ -284,13 +284,14 @@ async fn write_batch(
 /// up to its 1 ms tick) gathered more but added 1.6 ms to the median.
 const GATHER_YIELDS: usize = 2;
 
-/// Waits for at least one write, then takes whatever the arbiter's other ready tasks add
-/// after [`GATHER_YIELDS`] yields, up to `max`. Returns how many were taken: 0 only when
-/// every sender is gone.
-async fn gather<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize) -> usize {
-    let n = rx.recv_many(buf, max).await;
-    if n == 0 || buf.len() >= max {
-        return n;
+/// After the first writes of a batch are in `buf`, takes whatever the arbiter's other ready
+/// tasks add after [`GATHER_YIELDS`] yields, up to `max`. Not cancel-safe in the sense that
+/// matters here: dropped between its yields, it leaves writes in `buf` that nobody flushes
+/// until another write arrives. So it must run to completion, never as a `select!` branch
+/// (the first version did, and a keepalive tick that won the race left scans unanswered).
+async fn gather_more<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize) {
+    if buf.is_empty() || buf.len() >= max {
+        return;
     }
     for _ in 0..GATHER_YIELDS {
         tokio::task::yield_now().await;
@@ -301,7 +302,6 @@ async fn gather<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize) -> 
             Err(_) => break,
         }
     }
-    buf.len()
 }
 
 /// Runs a writer until every sender is gone. Spawn one per facility arbiter.
@@ -321,8 +321,9 @@ pub async fn run(
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Both branches are cancel-safe: `recv_many` takes nothing when the tick wins.
         tokio::select! {
-            n = gather(&mut rx, &mut buf, batch_max) => if n == 0 { return },
+            n = rx.recv_many(&mut buf, batch_max) => if n == 0 { return },
             _ = keepalive.tick() => {
                 let ping = redis::cmd("PING");
                 let _ = tokio::time::timeout(timeout, ping.query_async::<Value>(&mut conn)).await;
@@ -330,6 +331,7 @@ pub async fn run(
             }
         }
         keepalive.reset();
+        gather_more(&mut rx, &mut buf, batch_max).await;
         let ops = std::mem::take(&mut buf);
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
@@ -375,8 +377,9 @@ mod tests {
         let (ready_tx, ready_rx) = oneshot::channel::<()>();
         let writer = tokio::task::spawn_local(async move {
             let mut buf = Vec::new();
-            let n = gather(&mut rx, &mut buf, 8).await;
-            (n, buf)
+            rx.recv_many(&mut buf, 8).await;
+            gather_more(&mut rx, &mut buf, 8).await;
+            buf
         });
         let late = tx.clone();
         let actor = tokio::task::spawn_local(async move {
@@ -387,23 +390,22 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send(1).await.unwrap();
         ready_tx.send(()).unwrap();
-        assert_eq!(writer.await.unwrap(), (2, vec![1, 2]));
+        assert_eq!(writer.await.unwrap(), vec![1, 2]);
         actor.await.unwrap();
     }
 
     #[actix_rt::test]
-    async fn a_flush_takes_at_most_the_batch_limit_and_ends_when_the_senders_are_gone() {
+    async fn gathering_stops_at_the_batch_limit_and_takes_all_that_is_ready() {
         let (tx, mut rx) = mpsc::channel::<u32>(16);
         for i in 0..5 {
             tx.send(i).await.unwrap();
         }
-        let mut buf = Vec::new();
-        assert_eq!(gather(&mut rx, &mut buf, 3).await, 3);
+        let mut buf = vec![rx.recv().await.unwrap()];
+        gather_more(&mut rx, &mut buf, 3).await;
         assert_eq!(buf, vec![0, 1, 2]);
-        drop(tx);
-        let mut rest = Vec::new();
-        assert_eq!(gather(&mut rx, &mut rest, 3).await, 2);
-        assert_eq!(gather(&mut rx, &mut Vec::new(), 3).await, 0);
+        let mut rest = vec![rx.recv().await.unwrap()];
+        gather_more(&mut rx, &mut rest, 8).await;
+        assert_eq!(rest, vec![3, 4]);
     }
 
     #[test]
