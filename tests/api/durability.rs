@@ -291,7 +291,7 @@ async fn redis_memory_per_issued_token_is_at_most_200_bytes() {
             app.scan_new(&scan_body(f, c, 900_000 + k * 10 + j)).await;
         }
     }
-    let before = redis.used_memory();
+    let before = redis.stored_memory();
     const N: usize = 5000;
     for chunk in (0..N).collect::<Vec<_>>().chunks(250) {
         let replies = join_all(chunk.iter().map(|&i| {
@@ -305,9 +305,15 @@ async fn redis_memory_per_issued_token_is_at_most_200_bytes() {
             assert_eq!(st, 201, "{v}");
         }
     }
-    let after = redis.used_memory();
+    let after = redis.stored_memory();
     let per_token = (after - before) as f64 / N as f64;
-    println!("redis used_memory: before {before} B, after {after} B, {per_token:.1} bytes per token");
+    println!(
+        "redis memory without buffers in flight: before {before} B, after {after} B, {per_token:.1} bytes per token \
+         (used_memory {}, clients {}, AOF buffer {})",
+        redis.used_memory(),
+        redis.memory_field("mem_clients_normal"),
+        redis.memory_field("mem_aof_buffer")
+    );
     assert!(per_token <= 200.0, "Redis memory per token {per_token:.1} B exceeds the 200 B budget");
 }
 

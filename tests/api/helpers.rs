@@ -267,15 +267,31 @@ impl RedisServer {
         }
     }
 
-    /// `used_memory` from INFO memory, in bytes.
-    pub fn used_memory(&self) -> i64 {
+    /// A numeric field of INFO memory, in bytes.
+    pub fn memory_field(&self, field: &str) -> i64 {
         let info: String = redis::cmd("INFO").arg("memory").query(&mut self.conn()).expect("INFO memory");
+        let prefix = format!("{field}:");
         info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .expect("used_memory in INFO")
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{field} in INFO memory"))
             .trim()
             .parse()
-            .expect("used_memory is a number")
+            .unwrap_or_else(|_| panic!("{field} is a number"))
+    }
+
+    /// `used_memory` from INFO memory, in bytes.
+    pub fn used_memory(&self) -> i64 {
+        self.memory_field("used_memory")
+    }
+
+    /// What the stored data takes: `used_memory` without the clients' query and reply
+    /// buffers and the AOF buffer. Those hold commands and replies in flight; they come and
+    /// go with load (a pipeline not yet read back), not with what is stored.
+    pub fn stored_memory(&self) -> i64 {
+        self.used_memory()
+            - self.memory_field("mem_clients_normal")
+            - self.memory_field("mem_clients_slaves")
+            - self.memory_field("mem_aof_buffer")
     }
 
     /// INFO clients `blocked_clients` (clients held by CLIENT PAUSE count here).
