@@ -167,6 +167,9 @@ impl Applier {
                 Counted::Snapshot => unknown.push(id.clone()),
             }
         }
+        // Neighbours by district, so each round trip's facilities share rankings (see
+        // `lb_apply`): the deltas of one district's facilities then bump its rankings once.
+        known.sort_by(|a, b| (a.owner.state, &a.owner.district).cmp(&(b.owner.state, &b.owner.district)));
         let days = self.days();
         let mut total = Pass::default();
         for (n, chunk) in known.chunks(CHUNK).enumerate() {

@@ -433,3 +433,64 @@ async fn pages_stream_live_updates_and_metrics_export_the_leaderboard() {
     })
     .await;
 }
+
+/// Calls of `cmd` Redis has run so far (`INFO commandstats`).
+fn command_calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// One pass over facilities of two districts, listed alternately: the items of one district
+/// go into the same APPLY call, so each call bumps its district's rankings once, and every
+/// item still gets its own (before, after) in the order it was given.
+#[actix_web::test]
+async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_callers_order() {
+    use scan_gateway::leaderboard::board_keys;
+    use scan_gateway::persistence::conn::Target;
+    use scan_gateway::persistence::keys;
+    use scan_gateway::persistence::lbcounts::ApplyItem;
+    use scan_gateway::persistence::Store;
+
+    let redis = RedisServer::start();
+    let store = Store::open(&Target::parse(&redis.url(), false).unwrap(), Duration::from_secs(5)).unwrap();
+    let day = jiff::civil::date(2026, 11, 23);
+    // KA/Mysuru, KA/Mandya, KA/Mysuru, ... : 8 facilities, counts 1..=8.
+    let items: Vec<ApplyItem> = (0..8)
+        .map(|i| {
+            let district = if i % 2 == 0 { "KA/Mysuru" } else { "KA/Mandya" };
+            let facility = format!("IN29{i:08}");
+            let mut keys = vec![keys::lb_applied(day)];
+            keys.extend(board_keys(district, day, "opd"));
+            ApplyItem {
+                keys,
+                applied_field: keys::lb_applied_field(&facility, "opd"),
+                count: i as u64 + 1,
+                state: "KA".into(),
+                district: district.into(),
+                facility,
+            }
+        })
+        .collect();
+    let before = command_calls(&redis, "zincrby");
+    let results = store.lb_apply(&items, 86_400, 86_400).await.unwrap();
+    assert_eq!(results, (1..=8).map(|c| (0, c)).collect::<Vec<_>>(), "each item's own (before, after), in order");
+    // Two calls of four, one district each. Per call and period (day, all-time): the state
+    // once, the district once, and each facility in three rankings: 2 x (1 + 1 + 12) = 28.
+    // Listed alternately, each call would hold both districts: 2 x (1 + 2 + 12) = 30.
+    assert_eq!(command_calls(&redis, "zincrby") - before, 56);
+    let mut c = redis.conn();
+    let districts: Vec<(String, u64)> =
+        c.zrange_withscores(keys::leaderboard("all", "opd", keys::LbScope::Districts), 0, -1).unwrap();
+    assert_eq!(districts, vec![("KA/Mysuru".to_string(), 1 + 3 + 5 + 7), ("KA/Mandya".to_string(), 2 + 4 + 6 + 8)]);
+    let states: Vec<(String, u64)> =
+        c.zrange_withscores(keys::leaderboard(&day.to_string(), "opd", keys::LbScope::States), 0, -1).unwrap();
+    assert_eq!(states, vec![("KA".to_string(), 36)]);
+    // A second run adds nothing: the applied counts already match.
+    let again = store.lb_apply(&items, 86_400, 86_400).await.unwrap();
+    assert_eq!(again, (1..=8).map(|c| (c, c)).collect::<Vec<_>>());
+    assert_eq!(command_calls(&redis, "zincrby") - before, 56);
+}
