@@ -5,10 +5,10 @@
 //! `sg:{F}:lbn` `<day>|<kind>` (facility slot, same atomic step as the token). Every
 //! `SCANGW_LEADERBOARD_APPLY_MS` each node takes the counts its writers saw since the last
 //! pass: WRITE returns each cumulative count it raised, so an answered write's counts are
-//! applied without a read. A facility whose write had an unknown outcome, or had its
-//! activation's first write (an earlier owner may have counted other days or kinds), is
-//! snapshotted instead (one atomic read of all its counts); a refused write counts nothing,
-//! and a failed pass keeps everything for the next. Then one APPLY script per few
+//! applied without a read. An activation's first write returns every count of the facility
+//! instead (an earlier owner may have counted other days or kinds). A facility whose write
+//! had an unknown outcome is snapshotted (one atomic read of all its counts); a refused
+//! write counts nothing, and a failed pass keeps everything for the next. Then one APPLY script per few
 //! facilities on the `{lb}` slot, per (facility, day, kind), reads `applied` from
 //! `lb:{lb}:<day>:ap`, adds `C - applied` to every board when positive and sets
 //! `applied = C`. `C` only grows and `applied` only moves up to a `C` that existed, so
@@ -155,7 +155,7 @@ impl Applier {
 
     /// The regular pass over what this node's writers counted. Counts that answered writes
     /// returned are applied as they are, without a read; facilities with a write of unknown
-    /// outcome (or an activation's first write) are snapshotted first.
+    /// outcome are snapshotted first.
     async fn apply_touched(&self, touched: &[(String, Counted)], pace: Duration) -> Result<Pass, StoreError> {
         let mut known = Vec::new();
         let mut unknown = Vec::new();

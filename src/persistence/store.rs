@@ -53,7 +53,11 @@ return {epoch, info}
 /// An empty write only checks (a read barrier); with `release` it also records that this
 /// epoch's owner has stopped (`r`), which lets the applier forget the facility.
 /// Returns the cumulative count after each kind-count increment, so the applier can apply
-/// an answered write's counts without reading them back.
+/// an answered write's counts without reading them back. A write that follows no write of
+/// its activation (prev seq 0) returns every cumulative count of the facility instead, as
+/// (field, count) pairs: an owner before it (crashed, say) may have counted other days or
+/// kinds that no board has yet, and the fence makes this read exact (no older owner can
+/// write any more).
 pub const WRITE: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'e', 'w')
 if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
@@ -74,6 +78,7 @@ if nc > 0 or p <= #ARGV then
   redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
 end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1]) end
+if ARGV[2] == '0' then return redis.call('HGETALL', KEYS[4]) end
 return counted
 ";
 

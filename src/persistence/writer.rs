@@ -87,7 +87,7 @@ pub enum Counted {
     /// largest seen per field): the applier can apply them without reading anything.
     Known { owner: Arc<BoardOwner>, counts: Vec<(String, u64)> },
     /// The applier reads the facility's counts from Redis (a snapshot): a counting write's
-    /// outcome is unknown (timeout, connection lost), or it was an activation's first.
+    /// outcome is unknown (timeout, connection lost), or its answer was unreadable.
     Snapshot,
 }
 
@@ -202,37 +202,55 @@ fn is_noscript(r: &RedisResult<Value>) -> bool {
     matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))
 }
 
-/// What an applied WRITE returned: the cumulative leaderboard count after each of its
-/// `lb_count_fields` (`None` for a reply of another shape, which the applier then reads).
-type Applied = Option<Vec<u64>>;
+/// What an applied WRITE returned (see [`WRITE`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Applied {
+    /// The cumulative leaderboard count after each of the write's `lb_count_fields`.
+    Raised(Vec<u64>),
+    /// Every cumulative count of the facility (`<day>|<kind>` -> count): the answer to an
+    /// activation's first write.
+    All(Vec<(String, u64)>),
+    /// A reply of another shape: the applier reads the counts itself.
+    Unreadable,
+}
 
-fn applied(v: Value) -> Applied {
+/// Reads a WRITE reply, whose shape depends on whether the write followed another of its
+/// activation.
+fn applied(prev_seq: u64, v: Value) -> Applied {
+    if prev_seq == 0 {
+        return redis::from_redis_value(v).map_or(Applied::Unreadable, Applied::All);
+    }
     match v {
-        Value::Array(items) => {
-            items.into_iter().map(|i| if let Value::Int(n) = i { u64::try_from(n).ok() } else { None }).collect()
-        }
-        _ => None,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| if let Value::Int(n) = i { u64::try_from(n).ok() } else { None })
+            .collect::<Option<Vec<u64>>>()
+            .map_or(Applied::Unreadable, Applied::Raised),
+        _ => Applied::Unreadable,
     }
 }
 
 /// What one answered write counted, for the applier: the largest count per field.
 fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
-    if op.lb_count_fields.is_empty() {
-        return None;
-    }
+    let known = |counts: Vec<(String, u64)>, owner: &Arc<BoardOwner>| {
+        let mut out = Vec::with_capacity(counts.len());
+        for (field, c) in counts {
+            raise(&mut out, field, c);
+        }
+        Counted::Known { owner: owner.clone(), counts: out }
+    };
     match (r, &op.board) {
         // Refused writes changed nothing.
         (Err(StoreError::Fenced | StoreError::Gap), _) => None,
-        // The first write of an activation: an owner before it (crashed, say) may have
-        // counted other days or kinds that no board has yet, and a facility active here is
-        // left out of this node's sweeps, so the applier reads all its counts once.
-        (Ok(_), _) if op.prev_seq == 0 => Some(Counted::Snapshot),
-        (Ok(Some(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
-            let mut counts = Vec::new();
-            for (field, c) in op.lb_count_fields.iter().zip(values) {
-                raise(&mut counts, field.clone(), *c);
-            }
-            Some(Counted::Known { owner: owner.clone(), counts })
+        // The first write of an activation answered with every count of the facility: an
+        // owner before it (crashed, say) may have counted other days or kinds that no board
+        // has yet, and a facility active here is left out of this node's sweeps, so they
+        // are applied with this write's own. This holds for a first write that counts
+        // nothing too (a call-next after a restart, say).
+        (Ok(Applied::All(counts)), Some(owner)) if !counts.is_empty() => Some(known(counts.clone(), owner)),
+        _ if op.lb_count_fields.is_empty() => None,
+        (Ok(Applied::Raised(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
+            Some(known(op.lb_count_fields.iter().cloned().zip(values.iter().copied()).collect(), owner))
         }
         // Unknown outcome, or an answer without usable counts: the applier reads them.
         _ => Some(Counted::Snapshot),
@@ -268,8 +286,9 @@ async fn write_batch(
     }
     replies
         .into_iter()
-        .map(|r| match r {
-            Ok(v) => Ok(applied(v)),
+        .zip(ops)
+        .map(|(r, op)| match r {
+            Ok(v) => Ok(applied(op.prev_seq, v)),
             Err(e) => Err(classify(&e)),
         })
         .collect()
@@ -425,18 +444,39 @@ mod tests {
 
     #[test]
     fn an_answered_write_counts_its_returned_totals_and_anything_else_asks_for_a_snapshot() {
+        use Applied::{Raised, Unreadable};
         // Two tokens of one kind in one write: the later (larger) total is what counts.
         let two = op(4, &["d|opd", "d|opd", "d|lab"]);
-        assert_eq!(counted(&two, &Ok(Some(vec![11, 12, 3]))), Some(known("KA/Mysuru", &[("d|opd", 12), ("d|lab", 3)])));
+        assert_eq!(
+            counted(&two, &Ok(Raised(vec![11, 12, 3]))),
+            Some(known("KA/Mysuru", &[("d|opd", 12), ("d|lab", 3)]))
+        );
         // Refused writes changed nothing; writes that count nothing are not the applier's.
         assert_eq!(counted(&two, &Err(StoreError::Fenced)), None);
         assert_eq!(counted(&two, &Err(StoreError::Gap)), None);
-        assert_eq!(counted(&op(4, &[]), &Ok(Some(vec![]))), None);
-        // Unknown outcome, an answer of the wrong shape, or an activation's first write.
+        assert_eq!(counted(&op(4, &[]), &Ok(Raised(vec![]))), None);
+        // Unknown outcome, or an answer of the wrong shape.
         assert_eq!(counted(&two, &Err(StoreError::Unavailable)), Some(Counted::Snapshot));
-        assert_eq!(counted(&two, &Ok(Some(vec![11]))), Some(Counted::Snapshot));
-        assert_eq!(counted(&two, &Ok(None)), Some(Counted::Snapshot));
-        assert_eq!(counted(&op(0, &["d|opd"]), &Ok(Some(vec![1]))), Some(Counted::Snapshot));
+        assert_eq!(counted(&two, &Ok(Raised(vec![11]))), Some(Counted::Snapshot));
+        assert_eq!(counted(&two, &Ok(Unreadable)), Some(Counted::Snapshot));
+        assert_eq!(counted(&op(0, &["d|opd"]), &Ok(Unreadable)), Some(Counted::Snapshot));
+        assert_eq!(counted(&op(0, &["d|opd"]), &Err(StoreError::Unavailable)), Some(Counted::Snapshot));
+    }
+
+    /// An activation's first write is answered with every count of the facility, those of
+    /// other days and kinds (an earlier owner's) included: they are applied without a read,
+    /// whether or not the write itself counted anything.
+    #[test]
+    fn an_activations_first_write_counts_every_count_of_the_facility() {
+        let all = |c: &[(&str, u64)]| Ok(Applied::All(c.iter().map(|(f, n)| (f.to_string(), *n)).collect()));
+        let earlier = [("d|opd", 7), ("d|pharmacy", 2), ("c|lab", 4)];
+        let want = Some(known("KA/Mysuru", &earlier));
+        assert_eq!(counted(&op(0, &["d|opd"]), &all(&earlier)), want);
+        assert_eq!(counted(&op(0, &[]), &all(&earlier)), want, "a first write that counts nothing");
+        assert_eq!(counted(&op(0, &[]), &all(&[])), None, "nothing counted yet, by anyone");
+        // The release of an owner that never wrote carries no board: the sweep takes it.
+        let release = WriteOp { board: None, ..op(0, &[]) };
+        assert_eq!(counted(&release, &all(&earlier)), None);
     }
 
     #[test]
@@ -456,10 +496,18 @@ mod tests {
     }
 
     #[test]
-    fn the_write_script_returns_each_increment_total() {
-        assert_eq!(applied(Value::Array(vec![Value::Int(3), Value::Int(4)])), Some(vec![3, 4]));
-        assert_eq!(applied(Value::Array(vec![])), Some(vec![]));
-        assert_eq!(applied(Value::Int(1)), None);
-        assert_eq!(applied(Value::Array(vec![Value::Int(-1)])), None);
+    fn the_write_script_returns_each_increment_total_or_after_no_write_every_count() {
+        use Applied::{All, Raised, Unreadable};
+        assert_eq!(applied(4, Value::Array(vec![Value::Int(3), Value::Int(4)])), Raised(vec![3, 4]));
+        assert_eq!(applied(4, Value::Array(vec![])), Raised(vec![]));
+        assert_eq!(applied(4, Value::Int(1)), Unreadable);
+        assert_eq!(applied(4, Value::Array(vec![Value::Int(-1)])), Unreadable);
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let pairs = Value::Array(vec![bulk("d|opd"), bulk("12"), bulk("d|lab"), bulk("3")]);
+        assert_eq!(applied(0, pairs.clone()), All(vec![("d|opd".into(), 12), ("d|lab".into(), 3)]));
+        assert_eq!(applied(0, Value::Array(vec![])), All(vec![]));
+        assert_eq!(applied(4, pairs), Unreadable, "pairs answer only a first write");
+        assert_eq!(applied(0, Value::Array(vec![bulk("d|opd"), bulk("many")])), Unreadable);
+        assert_eq!(applied(0, Value::Array(vec![Value::Int(3)])), Unreadable);
     }
 }

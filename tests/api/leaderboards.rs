@@ -494,3 +494,61 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
     assert_eq!(again, (1..=8).map(|c| (c, c)).collect::<Vec<_>>());
     assert_eq!(command_calls(&redis, "zincrby") - before, 56);
 }
+
+/// Every EVALSHA in Redis's SLOWLOG (logging everything), as its key arguments.
+fn scripts_run(redis: &RedisServer) -> Vec<Vec<String>> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(&mut redis.conn()).unwrap();
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let redis::Value::Array(fields) = e else { return None };
+            let args: Vec<String> = redis::from_redis_value(fields.get(3)?.clone()).ok()?;
+            let (cmd, rest) = args.split_first()?;
+            let n: usize = rest.get(1)?.parse().ok()?;
+            cmd.eq_ignore_ascii_case("evalsha").then(|| rest.iter().skip(2).take(n).cloned().collect())
+        })
+        .collect()
+}
+
+/// An owner before this one counted pharmacy tokens that no board has yet (it stopped before
+/// its applier ran) and the facility is not in the dirty set, so no sweep will look: only the
+/// new owner can bring them to the boards, and a facility active here is left out of this
+/// node's sweeps. Its activation's first write answers with every count of the facility,
+/// so they are applied with the write's own, without a snapshot read of the facility.
+#[actix_web::test]
+async fn an_activation_applies_what_an_earlier_owner_counted_without_reading_it_again() {
+    use scan_gateway::persistence::keys;
+
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    register_all(&app).await;
+    let f = fid(701); // OPD1 and Pharmacy, UP/Lucknow
+    let day = jiff::civil::date(2026, 11, 23);
+    let mut c = redis.conn();
+    let _: () = c.hset(keys::lb_counts(&f), keys::lb_count_field(day, "pharmacy"), 3).unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0).exec(&mut c).unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000).exec(&mut c).unwrap();
+
+    let (st, v) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    assert_eq!(st, 201, "{v}");
+    let q = |extra: &str| format!("/v1/leaderboards/facilities?date={START_DATE}&limit=10{extra}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let pharmacy = rows(&board(&app, &q("&counter_kind=pharmacy")).await);
+        let opd = rows(&board(&app, &q("&counter_kind=opd")).await);
+        let all = rows(&board(&app, &q("")).await);
+        let want = |n: u64| BTreeMap::from([(f.clone(), n)]);
+        if pharmacy == want(3) && opd == want(1) && all == want(4) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the earlier owner's count never reached the boards: pharmacy {pharmacy:?}, opd {opd:?}, all {all:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot_keys = vec![keys::fence(&f), keys::lb_counts(&f), keys::info(&f)];
+    let scripts = scripts_run(&redis);
+    assert!(scripts.iter().any(|k| k.first() == Some(&keys::fence(&f))), "SLOWLOG saw the writes: {scripts:?}");
+    assert!(!scripts.contains(&snapshot_keys), "no snapshot read of {f}: {scripts:?}");
+}
