@@ -32,32 +32,41 @@ const APPLY_CHUNK: usize = 4;
 /// cumulative count, state member, district member, facility member.
 /// Adds `count - applied` when positive, so running it twice, late or concurrently with
 /// another node never counts a token twice. Returns per item {applied before, after}.
-/// Deltas are summed per (board, member) first: a pass over many facilities of one state
-/// bumps that state's rankings once, not once per facility (ZINCRBY on a big sorted set is
-/// the expensive part).
+/// The state and district rankings are shared by the call's items: their deltas are summed
+/// per (board, member) first, so a call over several facilities of one district bumps its
+/// rankings once (ZINCRBY is the expensive part). The facility boards are bumped directly:
+/// each item has its own member there, so summing them in Lua tables only cost time (on
+/// an idle Redis with boards of 40,000 facilities, three rounds: 4 items of 4 districts
+/// 455/448/454 µs per call against 474/472/474 with every board summed; of one district
+/// 308/303/297 against 318/309/307; the same ZINCRBY calls).
 const APPLY: &str = r"
 local out = {}
 local a = 3
-local acc = {}
+local sums = {}
 local order = {}
+local daily = {}
 for k = 1, #KEYS, 11 do
   local c = tonumber(ARGV[a + 1])
   local before = tonumber(redis.call('HGET', KEYS[k], ARGV[a]) or '0')
   local after = before
   if c > before then
     local d = c - before
-    local members = {ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 4], ARGV[a + 4]}
-    for i = 1, 10 do
-      local key = KEYS[k + i]
-      local t = acc[key]
-      if not t then
-        t = {}
-        acc[key] = t
-        order[#order + 1] = {key, i <= 5}
+    local f = ARGV[a + 4]
+    for p = k, k + 5, 5 do
+      for i = 1, 2 do
+        local key = KEYS[p + i]
+        local t = sums[key]
+        if not t then
+          t = {}
+          sums[key] = t
+          order[#order + 1] = key
+        end
+        local m = ARGV[a + 1 + i]
+        t[m] = (t[m] or 0) + d
       end
-      local m = members[(i - 1) % 5 + 1]
-      t[m] = (t[m] or 0) + d
+      for i = 3, 5 do redis.call('ZINCRBY', KEYS[p + i], d, f) end
     end
+    for i = k + 1, k + 5 do daily[KEYS[i]] = true end
     redis.call('HSET', KEYS[k], ARGV[a], c)
     redis.call('EXPIRE', KEYS[k], ARGV[2], 'NX')
     after = c
@@ -65,13 +74,11 @@ for k = 1, #KEYS, 11 do
   out[#out + 1] = {before, after}
   a = a + 5
 end
-for _, o in ipairs(order) do
-  for m, d in pairs(acc[o[1]]) do
-    redis.call('ZINCRBY', o[1], d, m)
-  end
-  -- Daily boards expire after the retention, counted from their first token.
-  if o[2] then redis.call('EXPIRE', o[1], ARGV[1], 'NX') end
+for _, key in ipairs(order) do
+  for m, d in pairs(sums[key]) do redis.call('ZINCRBY', key, d, m) end
 end
+-- Daily boards expire after the retention, counted from their first token.
+for key in pairs(daily) do redis.call('EXPIRE', key, ARGV[1], 'NX') end
 return out
 ";
 
@@ -125,10 +132,7 @@ pub struct ApplyItem {
 /// kind (`keys[1]`), state, then district. Stable, so one facility's items keep their order.
 fn coalescing_order(items: &[ApplyItem]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&items[a], &items[b]);
-        (&a.keys.get(1), &a.state, &a.district).cmp(&(&b.keys.get(1), &b.state, &b.district))
-    });
+    order.sort_by_key(|&i| (items[i].keys.get(1), &items[i].state, &items[i].district));
     order
 }
 
