@@ -230,15 +230,17 @@ fn applied(prev_seq: u64, v: Value) -> Applied {
     }
 }
 
+/// Counts an answer reported, as the largest count per field.
+fn known(owner: &Arc<BoardOwner>, counts: impl IntoIterator<Item = (String, u64)>) -> Counted {
+    let mut out = Vec::new();
+    for (field, c) in counts {
+        raise(&mut out, field, c);
+    }
+    Counted::Known { owner: owner.clone(), counts: out }
+}
+
 /// What one answered write counted, for the applier: the largest count per field.
 fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
-    let known = |counts: Vec<(String, u64)>, owner: &Arc<BoardOwner>| {
-        let mut out = Vec::with_capacity(counts.len());
-        for (field, c) in counts {
-            raise(&mut out, field, c);
-        }
-        Counted::Known { owner: owner.clone(), counts: out }
-    };
     match (r, &op.board) {
         // Refused writes changed nothing.
         (Err(StoreError::Fenced | StoreError::Gap), _) => None,
@@ -247,10 +249,10 @@ fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
         // has yet, and a facility active here is left out of this node's sweeps, so they
         // are applied with this write's own. This holds for a first write that counts
         // nothing too (a call-next after a restart, say).
-        (Ok(Applied::All(counts)), Some(owner)) if !counts.is_empty() => Some(known(counts.clone(), owner)),
+        (Ok(Applied::All(counts)), Some(owner)) if !counts.is_empty() => Some(known(owner, counts.iter().cloned())),
         _ if op.lb_count_fields.is_empty() => None,
         (Ok(Applied::Raised(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
-            Some(known(op.lb_count_fields.iter().cloned().zip(values.iter().copied()).collect(), owner))
+            Some(known(owner, op.lb_count_fields.iter().cloned().zip(values.iter().copied())))
         }
         // Unknown outcome, or an answer without usable counts: the applier reads them.
         _ => Some(Counted::Snapshot),
