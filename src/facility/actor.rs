@@ -534,12 +534,12 @@ impl FacilityActor {
                                 // Also the (2^-64) case of two keys with the same hash.
                                 return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
                             }
-                            Ok(ScanReply { view: TokenView::build(&id, day, &t, None), kind: ScanKind::Replay })
+                            Ok(ScanReply { view: TokenView::for_scan(&id, day, &t, None), kind: ScanKind::Replay })
                         });
                     }
                     result => {
                         let result = result.map(|out| {
-                            let mut view = TokenView::of(&r.queue, &id, &out.key).expect("scanned token exists");
+                            let mut view = TokenView::of_scan(&r.queue, &id, &out.key).expect("scanned token exists");
                             view.repeat = out.kind == ScanKind::Repeat;
                             ScanReply { view, kind: out.kind }
                         });

@@ -976,6 +976,7 @@ impl FacilityQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facility::view::{ApiTime, TokenView};
     use std::time::Duration;
 
     fn cfg() -> QueueConfig {
@@ -1026,6 +1027,56 @@ mod tests {
 
     fn issue(q: &mut FacilityQueue, counter: &str, patient: &str, p: Option<PriorityClass>) -> TokenKey {
         q.scan(input(counter, patient, p), t0()).unwrap().key
+    }
+
+    #[test]
+    fn a_scan_view_leaves_the_patient_out_and_shows_the_rest_as_the_staff_view_does() {
+        let mut q = queue();
+        issue(&mut q, "OPD1", "a", None);
+        let k = issue(&mut q, "OPD1", "b", None);
+        let staff = TokenView::of(&q, "IN01", &k).unwrap();
+        let scan = TokenView::of_scan(&q, "IN01", &k).unwrap();
+        assert_eq!(staff.patient.as_ref().map(|p| p.name.as_str()), Some("b"));
+        assert!(scan.patient.is_none());
+        let json = serde_json::to_value(&scan).unwrap();
+        assert!(json.get("patient").is_none() && !json.to_string().contains("b@abdm"), "{json}");
+        let mut staff = serde_json::to_value(&staff).unwrap();
+        staff.as_object_mut().unwrap().remove("patient");
+        assert_eq!(staff, json);
+        assert_eq!(json["ahead"], 1);
+    }
+
+    /// The view keeps times, dates and counter names unformatted until it is written; the
+    /// JSON must read exactly as the API documents it (RFC 3339 UTC, ISO date, names).
+    #[test]
+    fn a_view_writes_times_dates_and_counters_as_the_api_shows_them() {
+        let mut q = queue();
+        let k = q.scan(input("OPD1", "a", None), t0() + Duration::from_millis(1_250)).unwrap().key;
+        q.call_next("OPD1", later(60)).unwrap();
+        q.transfer(&k, "OPD2", later(90)).unwrap();
+        let json = serde_json::to_value(TokenView::of(&q, "IN01", &k).unwrap()).unwrap();
+        assert_eq!(json["service_date"], "2026-11-23");
+        assert_eq!(json["issued_at"], "2026-11-23T03:00:01.25Z");
+        assert_eq!(json["expires_at"], "2026-11-23T03:31:30Z", "a fresh window from the transfer");
+        assert_eq!(json["called_at"], "2026-11-23T03:01:00Z");
+        assert!(json.get("completed_at").is_none());
+        assert_eq!((json["counter_id"].as_str(), json["issued_counter_id"].as_str()), (Some("OPD2"), Some("OPD1")));
+        let history: Vec<(String, String)> = json["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["at"].as_str().unwrap().to_string(), h["counter_id"].as_str().unwrap().to_string()))
+            .collect();
+        let at = |s: &str, c: &str| (s.to_string(), c.to_string());
+        assert_eq!(
+            history,
+            [
+                at("2026-11-23T03:00:01.25Z", "OPD1"),
+                at("2026-11-23T03:01:00Z", "OPD1"),
+                at("2026-11-23T03:01:30Z", "OPD2")
+            ]
+        );
+        assert_eq!(serde_json::to_value(ApiTime(Millis::MAX)).unwrap(), "", "out of range: empty, as before");
     }
 
     #[test]

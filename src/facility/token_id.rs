@@ -24,8 +24,20 @@ pub struct TokenRef {
 impl TokenRef {
     /// The current format (`t2`): the facility in clear, the rest encoded.
     pub fn encode(&self) -> String {
-        let rest = format!("t2{SEP}{}{SEP}{}{SEP}{}", self.day, self.counter, self.number);
-        format!("{}{PREFIX_SEP}{}", self.facility, URL_SAFE_NO_PAD.encode(rest))
+        Self::encode_parts(&self.facility, self.day, &self.counter, self.number)
+    }
+
+    /// [`Self::encode`] from borrowed parts, in one allocation: every scan's answer carries
+    /// an id, so it is built without owned copies of the facility and counter.
+    pub fn encode_parts(facility: &str, day: Date, counter: &str, number: u32) -> String {
+        use std::fmt::Write;
+        let mut rest = String::with_capacity(24 + counter.len());
+        write!(rest, "t2{SEP}{day}{SEP}{counter}{SEP}{number}").expect("writing to a String cannot fail");
+        let mut id = String::with_capacity(facility.len() + 1 + rest.len().div_ceil(3) * 4);
+        id.push_str(facility);
+        id.push(PREFIX_SEP);
+        URL_SAFE_NO_PAD.encode_string(rest, &mut id);
+        id
     }
 
     /// `None` for anything that is not an id this gateway made. Ids of the first format
@@ -90,6 +102,18 @@ mod tests {
         assert_eq!(TokenRef::decode(&id), Some(r));
         let odd = TokenRef { facility: "a-_9".into(), counter: "OPD 1.a".into(), number: u32::MAX, ..sample() };
         assert_eq!(TokenRef::decode(&odd.encode()), Some(odd));
+    }
+
+    /// Ids already handed out must keep their exact form (patients poll with them).
+    #[test]
+    fn the_second_format_is_unchanged() {
+        let r = sample();
+        let expected =
+            format!("IN0410000183.{}", URL_SAFE_NO_PAD.encode(format!("t2{SEP}2026-11-23{SEP}Eye OPD{SEP}17")));
+        assert_eq!(r.encode(), expected);
+        assert_eq!(TokenRef::encode_parts(&r.facility, r.day, &r.counter, r.number), expected);
+        let long = TokenRef { counter: "C".repeat(64), number: 1_000_000_000, ..sample() };
+        assert_eq!(TokenRef::decode(&long.encode()), Some(long));
     }
 
     #[test]

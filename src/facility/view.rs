@@ -1,18 +1,50 @@
 //! What the API shows of a token and of a counter's queue.
+use std::fmt::Display;
+
 use jiff::civil::Date;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
-use super::queue::{CounterKind, Event, FacilityQueue, Millis, PriorityClass, Profile, Status, Token, TokenKey};
+use super::queue::{
+    CounterKind, CounterName, Event, FacilityQueue, Millis, PriorityClass, Profile, Status, Token, TokenKey,
+};
 use super::token_id::TokenRef;
+
+/// A time the API shows in RFC 3339 (UTC). It is kept as milliseconds and formatted while
+/// the response is written, so building a view allocates no string per time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiTime(pub Millis);
+
+impl ApiTime {
+    pub fn timestamp(self) -> Option<Timestamp> {
+        Timestamp::from_millisecond(self.0).ok()
+    }
+}
+
+impl Serialize for ApiTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.timestamp() {
+            Some(t) => s.collect_str(&t),
+            None => s.serialize_str(""),
+        }
+    }
+}
+
+/// Writes a value through its `Display` (dates, shared counter names) without a `String`.
+fn as_display<T: Display + ?Sized, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TransitionView {
     pub event: Event,
     pub status: Status,
-    pub at: String,
-    pub counter_id: String,
+    #[schema(value_type = String)]
+    pub at: ApiTime,
+    #[serde(serialize_with = "as_display")]
+    #[schema(value_type = String)]
+    pub counter_id: CounterName,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -22,75 +54,90 @@ pub struct TokenView {
     pub display: String,
     pub facility_id: String,
     /// The counter the token waits at now.
-    pub counter_id: String,
+    #[serde(serialize_with = "as_display")]
+    #[schema(value_type = String)]
+    pub counter_id: CounterName,
     /// The counter that issued the number (differs after a transfer).
-    pub issued_counter_id: String,
-    pub service_date: String,
+    #[serde(serialize_with = "as_display")]
+    #[schema(value_type = String)]
+    pub issued_counter_id: CounterName,
+    #[serde(serialize_with = "as_display")]
+    #[schema(value_type = String)]
+    pub service_date: Date,
     pub status: Status,
     pub priority: Option<PriorityClass>,
     pub ahead: u32,
     pub estimated_wait_s: u64,
     pub repeat: bool,
-    pub issued_at: String,
-    pub expires_at: String,
+    #[schema(value_type = String)]
+    pub issued_at: ApiTime,
+    #[schema(value_type = String)]
+    pub expires_at: ApiTime,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub called_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub called_at: Option<ApiTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub completed_at: Option<ApiTime>,
     pub history: Vec<TransitionView>,
     /// Shown only to staff of the token's facility.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient: Option<Profile>,
 }
 
-pub fn rfc3339(ms: Millis) -> String {
-    Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
-}
-
 impl TokenView {
     /// A view of a token; `queue` gives its position when it belongs to the live day.
     pub fn build(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>) -> Self {
+        Self::build_with(facility, day, t, queue, true)
+    }
+
+    /// The view a scan answers with: no patient profile. Neither the platform's API nor
+    /// the protocol's acknowledgement shows it, so it is not copied only to be dropped.
+    pub fn for_scan(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>) -> Self {
+        Self::build_with(facility, day, t, queue, false)
+    }
+
+    fn build_with(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>, patient: bool) -> Self {
         let pos =
             queue.map(|q| q.position(&t.key())).unwrap_or(super::queue::Position { ahead: 0, estimated_wait_s: 0 });
         TokenView {
-            token_id: TokenRef {
-                facility: facility.to_string(),
-                day,
-                counter: t.counter.to_string(),
-                number: t.number,
-            }
-            .encode(),
+            token_id: TokenRef::encode_parts(facility, day, &t.counter, t.number),
             token_number: t.number,
             display: t.display(),
             facility_id: facility.to_string(),
-            counter_id: t.at_counter.to_string(),
-            issued_counter_id: t.counter.to_string(),
-            service_date: day.to_string(),
+            counter_id: t.at_counter.clone(),
+            issued_counter_id: t.counter.clone(),
+            service_date: day,
             status: t.status,
             priority: t.priority,
             ahead: pos.ahead,
             estimated_wait_s: pos.estimated_wait_s,
             repeat: false,
-            issued_at: rfc3339(t.issued_at),
-            expires_at: rfc3339(t.expires_at),
-            called_at: t.last_at(Event::Called).map(rfc3339),
-            completed_at: t.last_at(Event::Completed).map(rfc3339),
+            issued_at: ApiTime(t.issued_at),
+            expires_at: ApiTime(t.expires_at),
+            called_at: t.last_at(Event::Called).map(ApiTime),
+            completed_at: t.last_at(Event::Completed).map(ApiTime),
             history: t
                 .history
                 .iter()
                 .map(|h| TransitionView {
                     event: h.event,
                     status: h.event.status(),
-                    at: rfc3339(h.at),
-                    counter_id: h.counter.to_string(),
+                    at: ApiTime(h.at),
+                    counter_id: h.counter.clone(),
                 })
                 .collect(),
-            patient: Some(t.profile.clone()),
+            patient: patient.then(|| t.profile.clone()),
         }
     }
 
     pub fn of(q: &FacilityQueue, facility: &str, key: &TokenKey) -> Option<Self> {
         q.get(key).map(|t| Self::build(facility, q.day(), t, Some(q)))
+    }
+
+    /// [`Self::for_scan`] of a token of the live queue.
+    pub fn of_scan(q: &FacilityQueue, facility: &str, key: &TokenKey) -> Option<Self> {
+        q.get(key).map(|t| Self::for_scan(facility, q.day(), t, Some(q)))
     }
 }
 

@@ -70,7 +70,7 @@ impl BoardView {
                 .counters
                 .into_iter()
                 .map(|mut c| {
-                    c.called.sort_by(|a, b| b.called_at.cmp(&a.called_at));
+                    c.called.sort_by_key(|t| std::cmp::Reverse(t.called_at));
                     c.waiting.sort_by_key(|t| t.ahead);
                     BoardCounter {
                         counter_id: c.counter_id,

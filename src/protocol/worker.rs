@@ -15,6 +15,7 @@ use super::hiecm::{Hiecm, HiecmConfig, Version};
 use super::shapes::{self, Failure, FailureCode, TokenAck};
 use crate::facility::actor::FacilityError;
 use crate::facility::queue::QueueError;
+use crate::facility::view::ApiTime;
 use crate::facility::Command;
 use crate::ingress::AppState;
 use crate::persistence::outbox::Entry;
@@ -215,10 +216,10 @@ async fn handle(ctx: &Ctx, e: Entry) {
     }
 }
 
-/// Seconds between two RFC 3339 timestamps of a token view (its validity).
-fn validity_s(issued: &str, expires: &str) -> u64 {
-    match (issued.parse::<jiff::Timestamp>(), expires.parse::<jiff::Timestamp>()) {
-        (Ok(a), Ok(b)) => (b.as_second() - a.as_second()).max(0) as u64,
+/// Whole seconds between two times of a token view (its validity), as the API shows them.
+fn validity_s(issued: ApiTime, expires: ApiTime) -> u64 {
+    match (issued.timestamp(), expires.timestamp()) {
+        (Some(a), Some(b)) => (b.as_second() - a.as_second()).max(0) as u64,
         _ => 0,
     }
 }
@@ -263,7 +264,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
                 abha_address: &abha,
                 context: &counter,
                 token_number: r.view.token_number,
-                expiry_s: validity_s(&r.view.issued_at, &r.view.expires_at),
+                expiry_s: validity_s(r.view.issued_at, r.view.expires_at),
             };
             Ok(body(ctx, version, rid, Ok(&ack)))
         }
