@@ -19,8 +19,9 @@ use super::queue::{CounterKind, FacilityQueue, Lookup, QueueError, ReplayCheck, 
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
+use crate::persistence::keys::{self, FacilityKeys};
 use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
-use crate::persistence::{keys, record, Store, StoreError};
+use crate::persistence::{record, Store, StoreError};
 use crate::registry::FacilityInfo;
 use crate::telemetry::metrics::{Metrics, ScanOutcome};
 
@@ -173,6 +174,22 @@ struct Ready {
     /// day carries the EXPIRE, not every write: writes are applied in sequence (the GAP
     /// check), so any later write that succeeds proves that one was applied too.
     expiry_set: Option<Date>,
+    /// The day's token hash key, kept while the day lasts (every write names it).
+    day_key: Option<(Date, Arc<str>)>,
+}
+
+impl Ready {
+    fn day_key(&mut self, keys: &FacilityKeys) -> Arc<str> {
+        let day = self.queue.day();
+        match &self.day_key {
+            Some((d, k)) if *d == day => k.clone(),
+            _ => {
+                let k: Arc<str> = keys.day(day).into();
+                self.day_key = Some((day, k.clone()));
+                k
+            }
+        }
+    }
 }
 
 enum Phase {
@@ -195,6 +212,7 @@ pub type ActorMap = DashMap<String, Slot>;
 
 pub struct FacilityActor {
     id: String,
+    keys: Arc<FacilityKeys>,
     gen: u64,
     deps: Arc<Deps>,
     actors: Arc<ActorMap>,
@@ -223,6 +241,7 @@ impl FacilityActor {
         writer: WriterTx,
     ) -> Self {
         Self {
+            keys: Arc::new(FacilityKeys::new(&id)),
             id,
             gen,
             deps,
@@ -342,7 +361,7 @@ impl FacilityActor {
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
         deps.metrics.activation.record(started.elapsed().as_secs_f64());
-        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None })
+        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None, day_key: None })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -390,7 +409,7 @@ impl FacilityActor {
             lb_count_fields,
             fields,
             board: Some(r.board.clone()),
-            ..WriteOp::barrier(&self.id, day, r.epoch, prev_seq, expire_in, done)
+            ..WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, prev_seq, expire_in, done)
         });
         self.report_live();
         ctx.spawn(
@@ -404,12 +423,10 @@ impl FacilityActor {
     /// this epoch's owner stopped: the leaderboard applier may then forget the facility once
     /// its counts are applied. Best effort: without it the facility just stays swept.
     fn release(&mut self) {
-        let Phase::Ready(r) = &self.phase else { return };
+        let Phase::Ready(r) = &mut self.phase else { return };
         let (done, _) = oneshot::channel();
-        let day = r.queue.day();
-        let _ = self
-            .writer
-            .try_send(WriteOp { release: true, ..WriteOp::barrier(&self.id, day, r.epoch, self.wseq, 0, done) });
+        let op = WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, self.wseq, 0, done);
+        let _ = self.writer.try_send(WriteOp { release: true, ..op });
     }
 
     /// Answers once every write submitted so far is durable. Errors wait too: "unknown

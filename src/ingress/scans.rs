@@ -3,6 +3,7 @@
 //! named in `X-Facility-Id`, so a load balancer can route by it without reading the body.
 use std::sync::atomic::Ordering;
 
+use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -27,7 +28,7 @@ impl Drop for InFlight<'_> {
 /// The facility a load balancer routes on, from `X-Facility-Id` (checked before the body
 /// is read; compared with the body's `facility_id` after).
 fn routing_header(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(v) = req.headers().get(FACILITY_HEADER) else { return Ok(None) };
+    let Some(v) = req.headers().get(FACILITY_HEADER_NAME) else { return Ok(None) };
     match v.to_str() {
         Ok(id) if valid_facility_id(id) => Ok(Some(id)),
         _ => Err(ApiError::InvalidHeader(FACILITY_HEADER, "must be a facility id")),
@@ -35,6 +36,10 @@ fn routing_header(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
 }
 
 pub const FACILITY_HEADER: &str = "X-Facility-Id";
+// Lookups by a `&str` name parse it into an owned header name first (an allocation per
+// lookup for names the `http` crate does not know); these are parsed once.
+const FACILITY_HEADER_NAME: HeaderName = HeaderName::from_static("x-facility-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 #[utoipa::path(post, path = "/v1/scans", tag = "scans",
     request_body = ScanRequest,
@@ -88,7 +93,7 @@ async fn scan(
     authenticate(&req, &state).await?.require_platform()?;
     let header_facility = routing_header(&req)?;
     let scan: ScanRequest = body::json(&req, payload, state.settings.max_body_bytes).await?;
-    let idem = match req.headers().get("Idempotency-Key") {
+    let idem = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::InvalidField(crate::registry::field_error(
                 "Idempotency-Key",

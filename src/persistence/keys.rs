@@ -33,6 +33,31 @@ pub const FACILITY_SET: &str = "sg:facilities";
 pub const OUTBOX: &str = "sg:{outbox}:shares";
 pub const OUTBOX_GROUP: &str = "onshare";
 
+/// The keys every fenced write of a facility names, built once per facility actor rather
+/// than formatted again for each write; the day's token hash is [`FacilityKeys::day`].
+#[derive(Debug)]
+pub struct FacilityKeys {
+    pub facility: String,
+    pub fence: String,
+    pub counts: String,
+    pub lb_counts: String,
+}
+
+impl FacilityKeys {
+    pub fn new(facility: &str) -> Self {
+        FacilityKeys {
+            facility: facility.to_string(),
+            fence: fence(facility),
+            counts: counts(facility),
+            lb_counts: lb_counts(facility),
+        }
+    }
+
+    pub fn day(&self, day: Date) -> String {
+        day_tokens(&self.facility, day)
+    }
+}
+
 pub fn info(facility: &str) -> String {
     format!("sg:{{{facility}}}:info")
 }
@@ -145,6 +170,16 @@ mod tests {
             assert!(k.starts_with("sg:{IN01}:"), "{k}");
         }
         assert_eq!(day_tokens("IN01", d), "sg:{IN01}:d:2026-11-23:t");
+    }
+
+    #[test]
+    fn cached_facility_keys_are_the_schema_keys() {
+        let d: Date = "2026-11-23".parse().unwrap();
+        let k = FacilityKeys::new("IN01");
+        assert_eq!(
+            [k.facility.as_str(), &k.fence, &k.counts, &k.lb_counts, &k.day(d)],
+            ["IN01", &fence("IN01"), &counts("IN01"), &lb_counts("IN01"), &day_tokens("IN01", d)]
+        );
     }
 
     #[test]

@@ -10,19 +10,18 @@ use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::Conn;
-use super::keys;
+use super::keys::FacilityKeys;
 use super::store::{classify, StoreError, WRITE};
 use crate::telemetry::metrics::Metrics;
 
 /// One fenced write of a facility owner.
 #[derive(Debug)]
 pub struct WriteOp {
-    pub facility: String,
-    pub fence_key: String,
-    pub day_key: String,
-    pub counts_key: String,
-    /// The facility's cumulative leaderboard counts (`<date>|<kind>`).
-    pub lb_counts_key: String,
+    /// The facility and its keys (`lb_counts`: its cumulative leaderboard counts,
+    /// `<date>|<kind>`), shared by all writes of its owner.
+    pub keys: Arc<FacilityKeys>,
+    /// The day's token hash.
+    pub day_key: Arc<str>,
     pub epoch: u64,
     /// The write sequence this write follows (the owner's previous write).
     pub prev_seq: u64,
@@ -51,12 +50,23 @@ impl WriteOp {
         expire_in: i64,
         done: oneshot::Sender<Result<(), StoreError>>,
     ) -> WriteOp {
+        let keys = Arc::new(FacilityKeys::new(facility));
+        let day_key = keys.day(day).into();
+        WriteOp::barrier_of(keys, day_key, epoch, prev_seq, expire_in, done)
+    }
+
+    /// [`WriteOp::barrier`] with keys the owner already holds.
+    pub fn barrier_of(
+        keys: Arc<FacilityKeys>,
+        day_key: Arc<str>,
+        epoch: u64,
+        prev_seq: u64,
+        expire_in: i64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    ) -> WriteOp {
         WriteOp {
-            facility: facility.to_string(),
-            fence_key: keys::fence(facility),
-            day_key: keys::day_tokens(facility, day),
-            counts_key: keys::counts(facility),
-            lb_counts_key: keys::lb_counts(facility),
+            keys,
+            day_key,
             epoch,
             prev_seq,
             expire_in,
@@ -170,13 +180,25 @@ impl Batch {
     fn commands(&self, ops: &[&WriteOp]) -> Vec<(String, redis::Cmd)> {
         ops.iter()
             .map(|op| {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(&self.sha)
+                // Sized up front: the command's buffers otherwise grow several times per write.
+                let k = &op.keys;
+                let args = 12 + op.count_fields.len() + op.lb_count_fields.len() + 2 * op.fields.len();
+                let bytes = 64
+                    + self.sha.len()
+                    + k.fence.len()
+                    + op.day_key.len()
+                    + k.counts.len()
+                    + k.lb_counts.len()
+                    + op.count_fields.iter().chain(&op.lb_count_fields).map(String::len).sum::<usize>()
+                    + op.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+                let mut cmd = redis::Cmd::with_capacity(args, bytes);
+                cmd.arg("EVALSHA")
+                    .arg(&self.sha)
                     .arg(4)
-                    .arg(&op.fence_key)
-                    .arg(&op.day_key)
-                    .arg(&op.counts_key)
-                    .arg(&op.lb_counts_key)
+                    .arg(&k.fence)
+                    .arg(&*op.day_key)
+                    .arg(&k.counts)
+                    .arg(&k.lb_counts)
                     .arg(op.epoch)
                     .arg(op.prev_seq)
                     .arg(op.expire_in)
@@ -192,7 +214,7 @@ impl Batch {
                 for (k, v) in &op.fields {
                     cmd.arg(k).arg(v);
                 }
-                (op.fence_key.clone(), cmd)
+                (k.fence.clone(), cmd)
             })
             .collect()
     }
@@ -357,7 +379,7 @@ pub async fn run(
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
         metrics.redis_batch(ops.len(), started.elapsed());
-        touched.add(ops.iter().zip(&results).filter_map(|(op, r)| Some((op.facility.clone(), counted(op, r)?))));
+        touched.add(ops.iter().zip(&results).filter_map(|(op, r)| Some((op.keys.facility.clone(), counted(op, r)?))));
         for (op, r) in ops.into_iter().zip(results) {
             if r == Err(StoreError::Fenced) {
                 metrics.fencing_conflict();
@@ -387,6 +409,43 @@ mod tests {
             board: Some(owner("KA/Mysuru")),
             ..WriteOp::barrier("F1", day, 3, prev_seq, 60, done)
         }
+    }
+
+    /// The WRITE call, argument by argument, as the script reads it (see `store::WRITE`);
+    /// the pre-sized command must pack to the same bytes.
+    #[test]
+    fn a_write_is_one_evalsha_with_its_keys_counts_and_fields_in_order() {
+        let mut w = op(7, &["2026-11-24|opd"]);
+        w.count_fields = vec!["2026-11-24|OPD 1".into()];
+        w.fields = vec![("OPD 1#5".into(), "rec5".into()), ("OPD 1#4".into(), "rec4".into())];
+        let batch = Batch { sha: "abc123".into(), wait_replicas: 0 };
+        let cmds = batch.commands(&[&w]);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].0, "sg:{F1}:fence", "routed by the fence key");
+        let mut expected = redis::cmd("EVALSHA");
+        expected
+            .arg("abc123")
+            .arg(4)
+            .arg("sg:{F1}:fence")
+            .arg("sg:{F1}:d:2026-11-24:t")
+            .arg("sg:{F1}:n")
+            .arg("sg:{F1}:lbn")
+            .arg(3)
+            .arg(7)
+            .arg(60)
+            .arg("0")
+            .arg(1)
+            .arg("2026-11-24|OPD 1")
+            .arg(1)
+            .arg("2026-11-24|opd")
+            .arg("OPD 1#5")
+            .arg("rec5")
+            .arg("OPD 1#4")
+            .arg("rec4");
+        assert_eq!(cmds[0].1.get_packed_command(), expected.get_packed_command());
+        let released = WriteOp { release: true, ..op(0, &[]) };
+        let packed = batch.commands(&[&released])[0].1.get_packed_command();
+        assert!(String::from_utf8_lossy(&packed).contains("$1\r\n1\r\n$1\r\n0\r\n$1\r\n0\r\n"), "release 1, no counts");
     }
 
     /// The writer parks; a task that is itself parked (as a facility actor waits for its
