@@ -101,11 +101,29 @@ impl Action {
 }
 
 pub enum Command {
-    Scan { input: ScanInput, reply: Reply<ScanReply> },
-    Get { token: TokenRef, reply: Reply<TokenView> },
-    CallNext { counter: String, reply: Reply<Option<TokenView>> },
-    Act { token: TokenRef, action: Action, reply: Reply<TokenView> },
-    Queue { counter: Option<String>, reply: Reply<QueueView> },
+    Scan {
+        input: ScanInput,
+        reply: Reply<ScanReply>,
+    },
+    /// `patient`: whether the asker may see the patient profile (staff of the facility).
+    Get {
+        token: TokenRef,
+        patient: bool,
+        reply: Reply<TokenView>,
+    },
+    CallNext {
+        counter: String,
+        reply: Reply<Option<TokenView>>,
+    },
+    Act {
+        token: TokenRef,
+        action: Action,
+        reply: Reply<TokenView>,
+    },
+    Queue {
+        counter: Option<String>,
+        reply: Reply<QueueView>,
+    },
     Reconfigure(Box<FacilityInfo>),
 }
 
@@ -551,12 +569,12 @@ impl FacilityActor {
                                 // Also the (2^-64) case of two keys with the same hash.
                                 return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
                             }
-                            Ok(ScanReply { view: TokenView::for_scan(&id, day, &t, None), kind: ScanKind::Replay })
+                            Ok(ScanReply { view: TokenView::build_public(&id, day, &t, None), kind: ScanKind::Replay })
                         });
                     }
                     result => {
                         let result = result.map(|out| {
-                            let mut view = TokenView::of_scan(&r.queue, &id, &out.key).expect("scanned token exists");
+                            let mut view = TokenView::of_public(&r.queue, &id, &out.key).expect("scanned token exists");
                             view.repeat = out.kind == ScanKind::Repeat;
                             ScanReply { view, kind: out.kind }
                         });
@@ -601,20 +619,21 @@ impl FacilityActor {
                     result.map(|()| TokenView::of(q, &id, &key).expect("token exists")).map_err(FacilityError::from);
                 self.finish(ctx, permit, reply, result, None);
             }
-            Command::Get { token, reply } => {
+            Command::Get { token, patient, reply } => {
+                let view = if patient { TokenView::build } else { TokenView::build_public };
                 if token.day == r.queue.day() {
                     let key = TokenKey { counter: token.counter.into(), number: token.number };
                     r.queue.expire_if_due(&key, now.as_millisecond());
                     match r.queue.lookup(&key) {
                         Lookup::Live(_) => {
-                            let result = TokenView::of(&r.queue, &id, &key).ok_or(QueueError::UnknownToken.into());
+                            let t = r.queue.get(&key);
+                            let result = t.map(|t| view(&id, r.queue.day(), t, Some(&r.queue)));
+                            let result = result.ok_or(QueueError::UnknownToken.into());
                             self.finish(ctx, permit, reply, result, None);
                         }
                         Lookup::Finished(_) => {
                             let day = token.day;
-                            self.finish_from_store(ctx, permit, reply, day, key, move |t| {
-                                Ok(TokenView::build(&id, day, &t, None))
-                            });
+                            self.finish_from_store(ctx, permit, reply, day, key, move |t| Ok(view(&id, day, &t, None)));
                         }
                         Lookup::Unknown => self.finish(ctx, permit, reply, Err(QueueError::UnknownToken.into()), None),
                     }
@@ -623,9 +642,8 @@ impl FacilityActor {
                     let store = self.deps.store.clone();
                     actix::spawn(async move {
                         let key = TokenKey { counter: token.counter.into(), number: token.number };
-                        let result = read_token(&store, &id, token.day, &key)
-                            .await
-                            .map(|t| TokenView::build(&id, token.day, &t, None));
+                        let result =
+                            read_token(&store, &id, token.day, &key).await.map(|t| view(&id, token.day, &t, None));
                         let _ = reply.send(result);
                     });
                 }

@@ -1035,7 +1035,7 @@ mod tests {
         issue(&mut q, "OPD1", "a", None);
         let k = issue(&mut q, "OPD1", "b", None);
         let staff = TokenView::of(&q, "IN01", &k).unwrap();
-        let scan = TokenView::of_scan(&q, "IN01", &k).unwrap();
+        let scan = TokenView::of_public(&q, "IN01", &k).unwrap();
         assert_eq!(staff.patient.as_ref().map(|p| p.name.as_str()), Some("b"));
         assert!(scan.patient.is_none());
         let json = serde_json::to_value(&scan).unwrap();

@@ -91,9 +91,10 @@ impl TokenView {
         Self::build_with(facility, day, t, queue, true)
     }
 
-    /// The view a scan answers with: no patient profile. Neither the platform's API nor
-    /// the protocol's acknowledgement shows it, so it is not copied only to be dropped.
-    pub fn for_scan(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>) -> Self {
+    /// The view without the patient profile, for everyone but the facility's staff (a
+    /// scan's answer, the protocol's acknowledgement, a patient's poll): the profile is not
+    /// copied only to be dropped.
+    pub fn build_public(facility: &str, day: Date, t: &Token, queue: Option<&FacilityQueue>) -> Self {
         Self::build_with(facility, day, t, queue, false)
     }
 
@@ -135,9 +136,9 @@ impl TokenView {
         q.get(key).map(|t| Self::build(facility, q.day(), t, Some(q)))
     }
 
-    /// [`Self::for_scan`] of a token of the live queue.
-    pub fn of_scan(q: &FacilityQueue, facility: &str, key: &TokenKey) -> Option<Self> {
-        q.get(key).map(|t| Self::for_scan(facility, q.day(), t, Some(q)))
+    /// [`Self::build_public`] of a token of the live queue.
+    pub fn of_public(q: &FacilityQueue, facility: &str, key: &TokenKey) -> Option<Self> {
+        q.get(key).map(|t| Self::build_public(facility, q.day(), t, Some(q)))
     }
 }
 

@@ -35,9 +35,11 @@ pub async fn get_token(
     let facility = token.facility.clone();
     let mut view = state
         .directory
-        .ask(&facility, |reply| Command::Get { token: token.clone(), reply })
+        .ask(&facility, |reply| Command::Get { token: token.clone(), patient: staff, reply })
         .await
         .map_err(not_found_as_token)?;
+    // The actor leaves the profile out for anyone but staff; clear it here too, so the
+    // answer never depends on that alone.
     if !staff {
         view.patient = None;
     }

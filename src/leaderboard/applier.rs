@@ -40,6 +40,7 @@
 //! counts older than the retention are never applied (their `applied` may be gone, so
 //! applying could count them twice) and are pruned, as are fully applied counts of days
 //! that ended two days ago.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,6 +246,8 @@ impl Applier {
         // Per item: (facility index, field, count, day).
         let mut owners: Vec<(usize, String, u64, Date)> = Vec::new();
         let mut prune: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+        // A district's facilities feed the same 10 boards per day and kind.
+        let mut boards: HashMap<(&str, Date, &str), Arc<[String]>> = HashMap::new();
         for (i, f) in facilities.iter().enumerate() {
             let mut stale = Vec::new();
             for (field, count) in &f.counts {
@@ -254,13 +257,16 @@ impl Applier {
                     stale.push((field.clone(), *count));
                     continue;
                 }
-                let mut k = vec![keys::lb_applied(day)];
-                k.extend(super::board_keys(&f.owner.district, day, kind));
+                let keys = boards.entry((&f.owner.district, day, kind)).or_insert_with(|| {
+                    let mut k = vec![keys::lb_applied(day)];
+                    k.extend(super::board_keys(&f.owner.district, day, kind));
+                    k.into()
+                });
                 items.push(ApplyItem {
-                    keys: k,
+                    keys: keys.clone(),
                     applied_field: keys::lb_applied_field(&f.id, kind),
                     count: *count,
-                    state: f.owner.state.to_string(),
+                    state: f.owner.state,
                     district: f.owner.district.clone(),
                     facility: f.id.clone(),
                 });

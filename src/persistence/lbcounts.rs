@@ -1,7 +1,9 @@
 //! The Redis side of leaderboard application: single-slot scripts that mark a facility
 //! dirty, snapshot its cumulative counts, add what the boards lack (idempotently), and
 //! forget or prune what is fully applied. The protocol is in [`crate::leaderboard::applier`].
-use redis::Value;
+use std::sync::Arc;
+
+use redis::{RedisWrite, ToRedisArgs, Value};
 
 use super::keys;
 use super::store::{classify, decode};
@@ -119,13 +121,32 @@ pub struct Snapshot {
 /// One (facility, day, kind) to bring up to `count`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyItem {
-    /// [`keys::lb_applied`] of the day, then the 10 board keys.
-    pub keys: Vec<String>,
+    /// [`keys::lb_applied`] of the day, then the 10 board keys: the same for every item of
+    /// a (district, day, kind), so the applier builds them once per pass and items share them.
+    pub keys: Arc<[String]>,
     pub applied_field: String,
     pub count: u64,
-    pub state: String,
+    pub state: &'static str,
     pub district: String,
     pub facility: String,
+}
+
+/// An argument of a script call, borrowed from what it is built of (numbers are written as
+/// Redis reads them): a pass's calls copy nothing before their commands do.
+enum Arg<'a> {
+    Str(&'a str),
+    Int(i64),
+    Count(u64),
+}
+
+impl ToRedisArgs for Arg<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        match self {
+            Arg::Str(s) => s.write_redis_args(out),
+            Arg::Int(n) => n.write_redis_args(out),
+            Arg::Count(n) => n.write_redis_args(out),
+        }
+    }
 }
 
 /// Indexes of `items` with those that share a ranking member next to each other: by day and
@@ -141,10 +162,10 @@ impl Store {
     /// A node that does not know the script (restart, failover, new master) gets it loaded
     /// (SCRIPT LOAD goes to every master) and the batch is sent again: these scripts are
     /// idempotent, so a second run of a call that did apply changes nothing.
-    pub async fn eval_batch(
+    pub async fn eval_batch<K: AsRef<str> + ToRedisArgs, A: ToRedisArgs>(
         &self,
         src: &'static str,
-        calls: &[(Vec<String>, Vec<String>)],
+        calls: &[(Vec<K>, Vec<A>)],
     ) -> Result<Vec<Value>, StoreError> {
         if calls.is_empty() {
             return Ok(Vec::new());
@@ -157,7 +178,7 @@ impl Store {
                     .map(|(keys, args)| {
                         let mut cmd = redis::cmd("EVALSHA");
                         cmd.arg(&sha).arg(keys.len()).arg(keys).arg(args);
-                        (keys[0].clone(), cmd)
+                        (keys[0].as_ref().to_string(), cmd)
                     })
                     .collect()
             })
@@ -167,7 +188,7 @@ impl Store {
 
     /// Marks a facility as possibly ahead of the boards, before its owner's first write.
     pub async fn lb_mark(&self, facility: &str, epoch: u64) -> Result<(), StoreError> {
-        self.eval_batch(MARK, &[(vec![keys::LB_DIRTY.into()], vec![facility.into(), epoch.to_string()])]).await?;
+        self.eval_batch(MARK, &[(vec![keys::LB_DIRTY], vec![facility.to_string(), epoch.to_string()])]).await?;
         Ok(())
     }
 
@@ -191,8 +212,10 @@ impl Store {
 
     /// Atomic snapshots of several facilities (one batch).
     pub async fn lb_snapshots(&self, ids: &[String]) -> Result<Vec<Snapshot>, StoreError> {
-        let calls: Vec<_> =
-            ids.iter().map(|id| (vec![keys::fence(id), keys::lb_counts(id), keys::info(id)], Vec::new())).collect();
+        let calls: Vec<_> = ids
+            .iter()
+            .map(|id| (vec![keys::fence(id), keys::lb_counts(id), keys::info(id)], Vec::<String>::new()))
+            .collect();
         let mut out = Vec::with_capacity(ids.len());
         for v in self.eval_batch(SNAPSHOT, &calls).await? {
             let (epoch, released, info, counts): (String, String, String, Vec<(String, u64)>) = decode(v)?;
@@ -226,19 +249,20 @@ impl Store {
         // deltas up and bumps the member once: the day and kind (keys[1], the kind's state
         // ranking), then the state, then the district.
         let order = coalescing_order(items);
-        let calls: Vec<(Vec<String>, Vec<String>)> = order
+        let calls: Vec<(Vec<&str>, Vec<Arg>)> = order
             .chunks(APPLY_CHUNK)
             .map(|chunk| {
                 let chunk: Vec<&ApplyItem> = chunk.iter().map(|&i| &items[i]).collect();
-                let keys: Vec<String> = chunk.iter().flat_map(|i| i.keys.iter().cloned()).collect();
-                let mut args = vec![board_ttl_s.to_string(), applied_ttl_s.to_string()];
+                let keys: Vec<&str> = chunk.iter().flat_map(|i| i.keys.iter().map(String::as_str)).collect();
+                let mut args = Vec::with_capacity(2 + 5 * chunk.len());
+                args.extend([Arg::Int(board_ttl_s), Arg::Int(applied_ttl_s)]);
                 for i in chunk {
                     args.extend([
-                        i.applied_field.clone(),
-                        i.count.to_string(),
-                        i.state.clone(),
-                        i.district.clone(),
-                        i.facility.clone(),
+                        Arg::Str(&i.applied_field),
+                        Arg::Count(i.count),
+                        Arg::Str(i.state),
+                        Arg::Str(&i.district),
+                        Arg::Str(&i.facility),
                     ]);
                 }
                 (keys, args)
@@ -264,8 +288,8 @@ impl Store {
         if done.is_empty() {
             return Ok(());
         }
-        let args = done.iter().flat_map(|(f, e)| [f.clone(), e.to_string()]).collect();
-        self.eval_batch(UNMARK, &[(vec![keys::LB_DIRTY.into()], args)]).await?;
+        let args: Vec<String> = done.iter().flat_map(|(f, e)| [f.clone(), e.to_string()]).collect();
+        self.eval_batch(UNMARK, &[(vec![keys::LB_DIRTY], args)]).await?;
         Ok(())
     }
 

@@ -360,7 +360,7 @@ impl ShareV3 {
         let facility_id = facility(meta.hip_id, "metaData.hipId")?;
         let counter_id = counter(meta.context, "metaData.context")?;
         let p = self.profile.and_then(|p| p.patient).ok_or_else(|| missing("profile.patient"))?;
-        let abha_address = at(V3_ADDRESS, validate::abha_address(&required(p.abha_address, V3_ADDRESS)?))?;
+        let abha_address = at(V3_ADDRESS, validate::abha_address(required(p.abha_address, V3_ADDRESS)?))?;
         let phone = match present(p.phone_number) {
             Some(v) => Some((V3_PHONE, v)),
             None => present(p.mobile).map(|v| (V3_MOBILE, v)),
@@ -386,7 +386,7 @@ impl ShareV1 {
         if !health_id.contains('@') {
             health_id.push_str("@abdm");
         }
-        let abha_address = at(V1_ADDRESS, validate::abha_address(&health_id))?;
+        let abha_address = at(V1_ADDRESS, validate::abha_address(health_id))?;
         let phone = p
             .identifiers
             .unwrap_or_default()
@@ -486,7 +486,7 @@ fn gender(v: Option<String>) -> Result<String, FieldError> {
         "other" => "O",
         _ => &v,
     };
-    at(GENDER, validate::gender(code))
+    at(GENDER, validate::gender(code.to_string()))
 }
 
 /// `yearOfBirth` when present, otherwise the year of `dob`; at least 1900 (the upper bound is
@@ -538,11 +538,11 @@ fn patient(
 ) -> Result<PatientIn, FieldError> {
     Ok(PatientIn {
         abha_address,
-        abha_number: present(number).map(|n| at(number_field, validate::abha_number(&n))).transpose()?,
-        name: at(NAME, validate::name(&required(name, NAME)?))?,
+        abha_number: present(number).map(|n| at(number_field, validate::abha_number(n))).transpose()?,
+        name: at(NAME, validate::name(required(name, NAME)?))?,
         gender: gender(gender_in)?,
         year_of_birth: birth_year(year, dob)?,
-        phone: phone.map(|(field, v)| at(field, validate::phone(&v))).transpose()?,
+        phone: phone.map(|(field, v)| at(field, validate::phone(v))).transpose()?,
     })
 }
 

@@ -466,10 +466,10 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
             let mut keys = vec![keys::lb_applied(day)];
             keys.extend(board_keys(district, day, "opd"));
             ApplyItem {
-                keys,
+                keys: keys.into(),
                 applied_field: keys::lb_applied_field(&facility, "opd"),
                 count: i as u64 + 1,
-                state: "KA".into(),
+                state: "KA",
                 district: district.into(),
                 facility,
             }
