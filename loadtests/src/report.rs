@@ -363,18 +363,20 @@ impl Summary {
                     settle_text(x)
                 );
             }
-            let _ = writeln!(
-                s,
-                "max sustainable rate {:.0}/s{}",
-                st.max_sustainable_rate,
-                if st.generator_bound {
-                    " (generator-bound: the server may do more)"
-                } else if st.host_saturated {
-                    " (host saturated above it: generator, Redis and server share its CPUs)"
-                } else {
-                    ""
-                }
-            );
+            let search = st.steps.iter().fold(Steal::default(), |a, x| a.merge(x.host_steal));
+            let why = if search.disturbed() {
+                format!(
+                    " (host steal in {:.0}% of the search's windows: it measured the host as much as the server)",
+                    search.notable_share() * 100.0
+                )
+            } else if st.generator_bound {
+                " (generator-bound: the server may do more)".into()
+            } else if st.host_saturated {
+                " (host saturated above it: generator, Redis and server share its CPUs)".into()
+            } else {
+                String::new()
+            };
+            let _ = writeln!(s, "max sustainable rate {:.0}/s{why}", st.max_sustainable_rate);
             if let Some(m) = &st.at_80_percent {
                 let _ = writeln!(
                     s,
@@ -658,6 +660,20 @@ mod tests {
         assert!(text.contains("still busy after 60.0 s"), "{text}");
         assert!(text.contains("cpu  97% (gen    -)"), "{text}");
         assert!(text.contains("(host saturated above it"), "{text}");
+
+        // A search whose steps lost their CPUs to the hypervisor says so instead of blaming
+        // the generator or the server.
+        let stolen = Step { host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 45.0 }, ..step(0.3, true) };
+        let steps = vec![stolen, step(0.3, true)];
+        let st = s.step.as_mut().unwrap();
+        st.steps = steps;
+        st.generator_bound = true;
+        st.host_saturated = false;
+        let text = s.text();
+        assert!(
+            text.contains("max sustainable rate 1000/s (host steal in 25% of the search's windows: it measured the host as much as the server)"),
+            "{text}"
+        );
     }
 
     #[test]
