@@ -13,7 +13,7 @@ pub const NOTABLE_PCT: f64 = 10.0;
 /// Share of a stretch's windows with notable steal from which it measured the host as much
 /// as the server. On a quiet day about 1% of windows have notable steal (the national days
 /// in the README: 348 to 505 of 50,000); a step search on a disturbed host had 12 to 59%,
-/// and even `echo` then failed its p99 target at 562 scans/s with the CPUs 80% idle.
+/// and even `echo` then failed its p99 target at 562 scans/s with the host's CPUs 91% idle.
 pub const DISTURBED_SHARE: f64 = 0.05;
 
 /// One window: when it ended, and the percentages of CPU time stolen and busy in it.
