@@ -224,31 +224,44 @@ pub fn lag_of(cfg: &StepConfig, s: &Step) -> Option<Lag> {
     })
 }
 
+/// Runs of one rate beyond `cfg.retries` that a step disturbed by host steal may take: the
+/// hypervisor's episodes come and go within minutes, and a step run again after one
+/// measures the server instead of the host. Bounded, so a host stolen for good still ends
+/// the search (and the table then judges no ratio of it).
+const DISTURBED_RERUNS: u32 = 3;
+
 /// One rate of the search: the step, and while it fails but kept up with its rate, up to
 /// `cfg.retries` more runs of it (a 100 ms steal episode of the host can fail an 8 s step on
 /// its own). A step that fell behind its rate is over capacity, not unlucky: no retry, so
-/// the server is not overloaded twice before the measurement at 80%. Returns whether any
-/// attempt passed and, if none did, why the last one's generator lagged, if it did.
+/// the server is not overloaded twice before the measurement at 80%. A failed step whose
+/// windows had notable steal ([`Steal::disturbed`]) measured the host, so it is run again
+/// whether it kept up or not, without spending a retry, up to [`DISTURBED_RERUNS`] times.
+/// Returns whether any attempt passed and, if none did, why the last one's generator
+/// lagged, if it did.
 async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, steps: &mut Vec<Step>) -> (bool, Option<Lag>)
 where
     F: FnMut(f64) -> Fut,
     Fut: std::future::Future<Output = Step>,
 {
-    let mut lag = None;
-    for _ in 0..=cfg.retries {
+    let (mut retries, mut reruns) = (0, 0);
+    loop {
         let s = probe(rate).await;
         let ok = s.passed;
-        lag = lag_of(cfg, &s);
+        let lag = lag_of(cfg, &s);
         let fell_behind = s.achieved_ok_per_s < KEPT_UP * rate;
+        let disturbed = s.host_steal.disturbed();
         steps.push(s);
         if ok {
             return (true, None);
         }
-        if fell_behind {
-            break;
+        if disturbed && reruns < DISTURBED_RERUNS {
+            reruns += 1;
+        } else if !fell_behind && retries < cfg.retries {
+            retries += 1;
+        } else {
+            return (false, lag);
         }
     }
-    (false, lag)
 }
 
 /// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
@@ -549,5 +562,58 @@ mod tests {
         // Without retries the same stall ends the search at 2k.
         let (_, max) = search_with_third_step_stalled(&StepConfig { retries: 0, ..cfg }).await;
         assert_eq!(max, 2e3);
+    }
+
+    /// A step whose windows the hypervisor stole measured the host: it is run again without
+    /// spending a retry, even when it fell behind, and only a few times.
+    #[tokio::test]
+    async fn a_step_disturbed_by_host_steal_is_run_again_a_bounded_number_of_times() {
+        let stolen = |s: Step| Step {
+            passed: false,
+            achieved_ok_per_s: s.rate * 0.5,
+            host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 50.0 },
+            ..s
+        };
+        // The first two runs of the 4k step are stolen (and fell behind); the third is quiet.
+        let cfg = test_config(0, 0);
+        let mut runs_at_4k = 0;
+        let (steps, max, _) = search(&cfg, |r| {
+            if r == 4e3 {
+                runs_at_4k += 1;
+            }
+            let n = runs_at_4k;
+            async move {
+                let s = fake_step(r, 11_000.0);
+                if r == 4e3 && n <= 2 {
+                    stolen(s)
+                } else {
+                    s
+                }
+            }
+        })
+        .await;
+        let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.passed)).collect();
+        assert_eq!(
+            seen,
+            [(1e3, true), (2e3, true), (4e3, false), (4e3, false), (4e3, true), (8e3, true), (16e3, false)]
+        );
+        assert_eq!(max, 8e3);
+
+        // A host stolen for good still ends the search: one run and DISTURBED_RERUNS more.
+        let (steps, max, _) = search(&cfg, |r| async move {
+            let s = fake_step(r, 11_000.0);
+            if r >= 2e3 {
+                stolen(s)
+            } else {
+                s
+            }
+        })
+        .await;
+        assert_eq!(steps.iter().filter(|s| s.rate == 2e3).count(), 1 + DISTURBED_RERUNS as usize);
+        assert_eq!(max, 1e3);
+
+        // A quiet step that fell behind is over capacity: not run again.
+        let (steps, _, _) = search(&test_config(0, 1), |r| async move { fake_step(r, 3_000.0) }).await;
+        assert_eq!(steps.iter().filter(|s| s.rate == 4e3).count(), 1, "4k fell behind (3k answered)");
     }
 }
