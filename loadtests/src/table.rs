@@ -6,6 +6,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::host::Steal;
+use crate::report::{max_bound, MaxBound};
 
 struct Row {
     name: String,
@@ -90,14 +91,11 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
     );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
-        let why = if r.steal_all.disturbed() {
-            format!(" (host steal: {:.0}% of windows)", r.steal_all.notable_share() * 100.0)
-        } else if r.bound {
-            " (generator-bound)".into()
-        } else if r.saturated {
-            " (host saturated above)".into()
-        } else {
-            String::new()
+        let why = match max_bound(&r.steal_all, r.bound, r.saturated) {
+            Some(MaxBound::HostSteal(share)) => format!(" (host steal: {:.0}% of windows)", share * 100.0),
+            Some(MaxBound::Generator) => " (generator-bound)".into(),
+            Some(MaxBound::HostSaturated) => " (host saturated above)".into(),
+            None => String::new(),
         };
         let _ = writeln!(
             s,
