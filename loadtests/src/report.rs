@@ -143,13 +143,31 @@ pub struct Step {
     /// (percent; None where not sampled).
     pub host_busy_pct: Option<f64>,
     pub generator_cpu_pct: Option<f64>,
+    /// The step failed under host steal while it kept up with its rate, and the search climbed
+    /// past it: it measured the hypervisor, not a limit of the server.
+    pub unjudged: bool,
+}
+
+/// The windows that decide where a search's max is: the measurement at 80% of it, and the
+/// last run of the lowest failed rate above it (what bounds it; none when the search ran out
+/// of rates). Steal anywhere else cannot have moved the max: a stolen step below it was
+/// passed by a higher rate, and a pass under steal is a pass. `steps` are (rate, steal) in
+/// the order they ran.
+pub fn deciding_steal(steps: &[(f64, Steal)], max: f64, at80: Option<Steal>) -> Steal {
+    let bound = steps
+        .iter()
+        .map(|(r, _)| *r)
+        .filter(|r| *r > max)
+        .fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.min(r))));
+    let bounding = bound.and_then(|b| steps.iter().rev().find(|(r, _)| *r == b)).map(|(_, s)| *s);
+    bounding.unwrap_or_default().merge(at80.unwrap_or_default())
 }
 
 /// Why a step search's maximum is where it is, when the run can tell; the text report and
 /// the bench table say it in their own words.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxBound {
-    /// Notable steal in this share of the windows of the search and the measurement at 80%
+    /// Notable steal in this share of the windows that decide the max ([`deciding_steal`])
     /// ([`Steal::disturbed`]): the host was measured as much as the server. It comes first,
     /// because a stolen vCPU is also what makes the generator lag.
     HostSteal(f64),
@@ -157,7 +175,7 @@ pub enum MaxBound {
     HostSaturated,
 }
 
-/// `steal`: over the search and the measurement at 80%.
+/// `steal`: over the windows that decide the max ([`deciding_steal`]).
 pub fn max_bound(steal: &Steal, generator_bound: bool, host_saturated: bool) -> Option<MaxBound> {
     if steal.disturbed() {
         Some(MaxBound::HostSteal(steal.notable_share()))
@@ -384,14 +402,19 @@ impl Summary {
                     x.error_ratio * 100.0,
                     x.host_steal.max_pct,
                     busy_text(x),
-                    if x.passed { "pass".into() } else { format!("FAIL ({})", x.why) },
+                    match (x.passed, x.unjudged) {
+                        (true, _) => "pass".into(),
+                        (false, true) => format!("STOLEN ({}), climbed on", x.why),
+                        (false, false) => format!("FAIL ({})", x.why),
+                    },
                     settle_text(x)
                 );
             }
-            let steal = st.steps.iter().fold(self.host_steal.unwrap_or_default(), |a, x| a.merge(x.host_steal));
+            let steps: Vec<(f64, Steal)> = st.steps.iter().map(|x| (x.rate, x.host_steal)).collect();
+            let steal = deciding_steal(&steps, st.max_sustainable_rate, self.host_steal);
             let why = match max_bound(&steal, st.generator_bound, st.host_saturated) {
                 Some(MaxBound::HostSteal(share)) => format!(
-                    " (host steal in {:.0}% of the windows of the search and the measurement: they measured the host as much as the server)",
+                    " (host steal in {:.0}% of the windows that decide it, the step that bounds it and the measurement at 80%: they measured the host as much as the server)",
                     share * 100.0
                 ),
                 Some(MaxBound::Generator) => " (generator-bound: the server may do more)".into(),
@@ -671,6 +694,7 @@ mod tests {
             settled,
             host_busy_pct: Some(97.4),
             generator_cpu_pct: None,
+            unjudged: false,
         };
         s.step = Some(StepSummary {
             p99_target_ms: 10.0,
@@ -689,15 +713,31 @@ mod tests {
 
         // A search whose steps lost their CPUs to the hypervisor says so instead of blaming
         // the generator or the server.
-        let stolen = Step { host_steal: Steal { windows: 80, notable_windows: 40, max_pct: 45.0 }, ..step(0.3, true) };
-        let steps = vec![stolen, step(0.3, true)];
+        // A stolen step below the max was passed by a higher rate: it decides nothing.
+        let stolen = Step {
+            host_steal: Steal { windows: 80, notable_windows: 40, max_pct: 45.0 },
+            rate: 500.0,
+            passed: false,
+            why: "p99 30.0 ms".into(),
+            unjudged: true,
+            ..step(0.3, true)
+        };
+        let st = s.step.as_mut().unwrap();
+        st.steps = vec![stolen.clone(), step(0.3, true)];
+        st.host_saturated = false;
+        let text = s.text();
+        assert!(text.contains("max sustainable rate 1000/s\n"), "{text}");
+        assert!(text.contains("STOLEN (p99 30.0 ms), climbed on"), "{text}");
+        // The step that bounds the max was stolen: the max may be higher.
+        let stolen = Step { rate: 1500.0, unjudged: false, ..stolen };
+        let steps = vec![step(0.3, true), stolen];
         let st = s.step.as_mut().unwrap();
         st.steps = steps;
         st.generator_bound = true;
         st.host_saturated = false;
         let text = s.text();
         assert!(
-            text.contains("max sustainable rate 1000/s (host steal in 18% of the windows of the search and the measurement: they measured the host as much as the server)"),
+            text.contains("max sustainable rate 1000/s (host steal in 18% of the windows that decide it, the step that bounds it and the measurement at 80%: they measured the host as much as the server)"),
             "{text}"
         );
     }

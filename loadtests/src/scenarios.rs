@@ -230,42 +230,63 @@ pub fn lag_of(cfg: &StepConfig, s: &Step) -> Option<Lag> {
 /// the search (and the table then judges no ratio of it).
 const DISTURBED_RERUNS: u32 = 3;
 
+/// How one rate of the search came out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Pass,
+    /// Every attempt failed; why the last one's generator lagged, if it did.
+    Fail(Option<Lag>),
+    /// Failed under host steal while it kept up with its rate: says nothing about the
+    /// server (the climb goes on past it).
+    Unjudged,
+}
+
 /// One rate of the search: the step, and while it fails but kept up with its rate, up to
 /// `cfg.retries` more runs of it (a 100 ms steal episode of the host can fail an 8 s step on
 /// its own). A step that fell behind its rate is over capacity, not unlucky: no retry, so
-/// the server is not overloaded twice before the measurement at 80%. A failed step whose
-/// windows had notable steal ([`Steal::disturbed`]) measured the host, so it is run again
-/// whether it kept up or not, without spending a retry, up to [`DISTURBED_RERUNS`] times.
-/// Returns whether any attempt passed and, if none did, why the last one's generator
-/// lagged, if it did.
-async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, steps: &mut Vec<Step>) -> (bool, Option<Lag>)
+/// the server is not overloaded twice before the measurement at 80%.
+///
+/// A failed step whose windows had notable steal ([`Steal::disturbed`]) measured the host.
+/// While `climbing`, one that kept up with its rate is [`Outcome::Unjudged`] at once: the
+/// climb goes on, and only a higher rate that passes or a failure that is the server's
+/// decides. A vCPU that halts between requests is what the hypervisor is slow to give back,
+/// so on a stolen host low rates fail while busier ones pass: on 3 December `echo` failed
+/// 562 scans/s under steal and passed 32,000 with none. Otherwise (bisecting, or it fell
+/// behind) it is run again without spending a retry, up to [`DISTURBED_RERUNS`] times.
+async fn attempt<F, Fut>(cfg: &StepConfig, probe: &mut F, rate: f64, climbing: bool, steps: &mut Vec<Step>) -> Outcome
 where
     F: FnMut(f64) -> Fut,
     Fut: std::future::Future<Output = Step>,
 {
     let (mut retries, mut reruns) = (0, 0);
     loop {
-        let s = probe(rate).await;
-        let ok = s.passed;
+        let mut s = probe(rate).await;
         let lag = lag_of(cfg, &s);
         let fell_behind = s.achieved_ok_per_s < KEPT_UP * rate;
         let disturbed = s.host_steal.disturbed();
-        steps.push(s);
-        if ok {
-            return (true, None);
+        if s.passed {
+            steps.push(s);
+            return Outcome::Pass;
         }
+        if disturbed && climbing && !fell_behind {
+            s.unjudged = true;
+            steps.push(s);
+            return Outcome::Unjudged;
+        }
+        steps.push(s);
         if disturbed && reruns < DISTURBED_RERUNS {
             reruns += 1;
         } else if !fell_behind && retries < cfg.retries {
             retries += 1;
         } else {
-            return (false, lag);
+            return Outcome::Fail(lag);
         }
     }
 }
 
 /// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
-/// (on every attempt), then `refine` bisections between the last pass and the first failure.
+/// (on every attempt, and not merely under host steal: see [`attempt`]), then `refine`
+/// bisections between the last pass and that failure.
 pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, Option<Lag>)
 where
     F: FnMut(f64) -> Fut,
@@ -276,15 +297,16 @@ where
     let mut lag = None;
     let mut rate = cfg.start_rate;
     while rate <= cfg.max_rate {
-        let (ok, why) = attempt(cfg, &mut probe, rate, &mut steps).await;
-        if ok {
-            pass = Some(rate);
-            rate *= cfg.factor;
-        } else {
-            fail = Some(rate);
-            lag = why;
-            break;
+        match attempt(cfg, &mut probe, rate, true, &mut steps).await {
+            Outcome::Pass => pass = Some(rate),
+            Outcome::Unjudged => {}
+            Outcome::Fail(why) => {
+                fail = Some(rate);
+                lag = why;
+                break;
+            }
         }
+        rate *= cfg.factor;
     }
     for _ in 0..cfg.refine {
         let (Some(lo), Some(hi)) = (pass.or(Some(0.0)), fail) else { break };
@@ -292,7 +314,7 @@ where
         if hi - lo < hi * 0.05 || mid <= 0.0 {
             break;
         }
-        if attempt(cfg, &mut probe, mid, &mut steps).await.0 {
+        if attempt(cfg, &mut probe, mid, false, &mut steps).await == Outcome::Pass {
             pass = Some(mid);
         } else {
             fail = Some(mid);
@@ -350,6 +372,7 @@ fn judge(cfg: &StepConfig, rate: f64, info: &RunInfo, r: &Recorder) -> Step {
                 / info.elapsed.as_secs_f64().max(1e-9)
                 / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
         }),
+        unjudged: false,
     }
 }
 
@@ -503,6 +526,7 @@ mod tests {
             settled: true,
             host_busy_pct: None,
             generator_cpu_pct: None,
+            unjudged: false,
         }
     }
 
@@ -615,5 +639,83 @@ mod tests {
         // A quiet step that fell behind is over capacity: not run again.
         let (steps, _, _) = search(&test_config(0, 1), |r| async move { fake_step(r, 3_000.0) }).await;
         assert_eq!(steps.iter().filter(|s| s.rate == 4e3).count(), 1, "4k fell behind (3k answered)");
+    }
+
+    /// On a stolen host the low rates fail while busier ones pass (a halted vCPU is what the
+    /// hypervisor is slow to give back): a stolen step that kept up is climbed past at once,
+    /// and the max is the highest rate that passed below the server's own failure.
+    #[tokio::test]
+    async fn the_climb_goes_past_steps_that_failed_under_host_steal() {
+        let stolen = |s: Step| Step {
+            passed: false,
+            why: "p99 30.0 ms".into(),
+            host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 45.0 },
+            ..s
+        };
+        let cfg = test_config(2, 1);
+        let (steps, max, _) = search(&cfg, |r| async move {
+            let s = fake_step(r, 11_000.0);
+            if r == 2e3 || r == 4e3 {
+                stolen(s)
+            } else {
+                s
+            }
+        })
+        .await;
+        let seen: Vec<(f64, bool, bool)> = steps.iter().map(|s| (s.rate, s.passed, s.unjudged)).collect();
+        assert_eq!(
+            seen,
+            [
+                (1e3, true, false),
+                (2e3, false, true),
+                (4e3, false, true),
+                (8e3, true, false),
+                (16e3, false, false),
+                (12e3, false, false),
+                (10e3, true, false)
+            ],
+            "no rerun or retry of a stolen step while climbing; 16k and 12k fell behind (11k answered)"
+        );
+        assert_eq!(max, 10e3);
+        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
+        assert!(!report::deciding_steal(&decided, max, None).disturbed(), "the stolen steps are below the max");
+
+        // Bisecting, a stolen step is run again (no climb to go on with) and bounds the max.
+        let mut runs_at_12k = 0;
+        let (steps, max, _) = search(&test_config(1, 0), |r| {
+            if r == 12e3 {
+                runs_at_12k += 1;
+            }
+            async move {
+                let s = fake_step(r, 13_000.0);
+                if r == 12e3 {
+                    stolen(s)
+                } else {
+                    s
+                }
+            }
+        })
+        .await;
+        assert_eq!(runs_at_12k, 1 + DISTURBED_RERUNS, "{:?}", steps.iter().map(|s| s.rate).collect::<Vec<_>>());
+        assert!(steps.iter().all(|s| !s.unjudged));
+        assert_eq!(max, 8e3);
+        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
+        assert!(report::deciding_steal(&decided, max, None).disturbed(), "a stolen step bounds this max");
+
+        // Stolen at every rate that kept up: the climb ends where the server fell behind, and
+        // the max rests on a stolen step, so it is not judged.
+        let (steps, max, _) = search(&test_config(0, 0), |r| async move {
+            let s = fake_step(r, 11_000.0);
+            if (2e3..=11e3).contains(&r) {
+                stolen(s)
+            } else {
+                s
+            }
+        })
+        .await;
+        assert_eq!(max, 1e3);
+        assert_eq!(steps.last().map(|s| s.rate), Some(16e3));
+        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
+        assert!(report::deciding_steal(&decided, max, None).disturbed());
     }
 }
