@@ -641,6 +641,12 @@ mod tests {
         assert_eq!(steps.iter().filter(|s| s.rate == 4e3).count(), 1, "4k fell behind (3k answered)");
     }
 
+    /// The steal that decides a search's max, without a measurement at 80%.
+    fn deciding(steps: &[Step], max: f64) -> Steal {
+        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
+        report::deciding_steal(&decided, max, None)
+    }
+
     /// On a stolen host the low rates fail while busier ones pass (a halted vCPU is what the
     /// hypervisor is slow to give back): a stolen step that kept up is climbed past at once,
     /// and the max is the highest rate that passed below the server's own failure.
@@ -677,8 +683,7 @@ mod tests {
             "no rerun or retry of a stolen step while climbing; 16k and 12k fell behind (11k answered)"
         );
         assert_eq!(max, 10e3);
-        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
-        assert!(!report::deciding_steal(&decided, max, None).disturbed(), "the stolen steps are below the max");
+        assert!(!deciding(&steps, max).disturbed(), "the stolen steps are below the max");
 
         // Bisecting, a stolen step is run again (no climb to go on with) and bounds the max.
         let mut runs_at_12k = 0;
@@ -699,8 +704,7 @@ mod tests {
         assert_eq!(runs_at_12k, 1 + DISTURBED_RERUNS, "{:?}", steps.iter().map(|s| s.rate).collect::<Vec<_>>());
         assert!(steps.iter().all(|s| !s.unjudged));
         assert_eq!(max, 8e3);
-        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
-        assert!(report::deciding_steal(&decided, max, None).disturbed(), "a stolen step bounds this max");
+        assert!(deciding(&steps, max).disturbed(), "a stolen step bounds this max");
 
         // Stolen at every rate that kept up: the climb ends where the server fell behind, and
         // the max rests on a stolen step, so it is not judged.
@@ -715,7 +719,6 @@ mod tests {
         .await;
         assert_eq!(max, 1e3);
         assert_eq!(steps.last().map(|s| s.rate), Some(16e3));
-        let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
-        assert!(report::deciding_steal(&decided, max, None).disturbed());
+        assert!(deciding(&steps, max).disturbed());
     }
 }
