@@ -155,7 +155,7 @@ impl Steal {
     /// Whether the stretch measured the host's steal as much as the server (see
     /// [`DISTURBED_SHARE`]).
     pub fn disturbed(&self) -> bool {
-        self.windows > 0 && self.notable_share() >= DISTURBED_SHARE
+        self.notable_share() >= DISTURBED_SHARE
     }
 }
 

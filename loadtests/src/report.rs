@@ -154,11 +154,7 @@ pub struct Step {
 /// passed by a higher rate, and a pass under steal is a pass. `steps` are (rate, steal) in
 /// the order they ran.
 pub fn deciding_steal(steps: &[(f64, Steal)], max: f64, at80: Option<Steal>) -> Steal {
-    let bound = steps
-        .iter()
-        .map(|(r, _)| *r)
-        .filter(|r| *r > max)
-        .fold(None, |b: Option<f64>, r| Some(b.map_or(r, |b| b.min(r))));
+    let bound = steps.iter().map(|(r, _)| *r).filter(|r| *r > max).min_by(f64::total_cmp);
     let bounding = bound.and_then(|b| steps.iter().rev().find(|(r, _)| *r == b)).map(|(_, s)| *s);
     bounding.unwrap_or_default().merge(at80.unwrap_or_default())
 }

@@ -38,6 +38,10 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
     let st = v.get("step").filter(|s| !s.is_null()).with_context(|| format!("{name}: not a step summary"))?;
     let m = &st["at_80_percent"];
     let f = |x: &Value| x.as_f64();
+    // Each step's rate and steal, read once for both steal columns.
+    let steps: Option<Vec<(f64, Steal)>> = st["steps"]
+        .as_array()
+        .map(|steps| steps.iter().map(|x| (x["rate"].as_f64().unwrap_or(0.0), steal(&x["host_steal"]))).collect());
     Ok(Row {
         name: name.to_string(),
         max: f(&st["max_sustainable_rate"]).unwrap_or(0.0),
@@ -51,16 +55,9 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
         redis_b: f(&v["resources"]["redis_bytes_per_token"]),
         redis_cpu_us: f(&v["resources"]["redis_cpu_us_per_scan"]),
         steal80: v["host_steal"]["notable_windows"].as_u64(),
-        steal_search: st["steps"]
-            .as_array()
-            .map(|steps| steps.iter().filter_map(|x| x["host_steal"]["notable_windows"].as_u64()).sum()),
+        steal_search: steps.as_ref().map(|steps| steps.iter().map(|(_, h)| h.notable_windows as u64).sum()),
         steal_deciding: deciding_steal(
-            &st["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| (x["rate"].as_f64().unwrap_or(0.0), steal(&x["host_steal"])))
-                .collect::<Vec<_>>(),
+            steps.as_deref().unwrap_or_default(),
             f(&st["max_sustainable_rate"]).unwrap_or(0.0),
             Some(steal(&v["host_steal"])),
         ),
