@@ -208,6 +208,9 @@ pub struct StepSummary {
     pub host_saturated: bool,
     /// The measurement at 80% of the max sustainable rate.
     pub at_80_percent: Option<Step>,
+    /// Earlier measurements at 80% that host steal disturbed, so they were taken again
+    /// (reported, not used).
+    pub at_80_stolen: Vec<Step>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -420,6 +423,16 @@ impl Summary {
                 None => String::new(),
             };
             let _ = writeln!(s, "max sustainable rate {:.0}/s{why}", st.max_sustainable_rate);
+            for m in &st.at_80_stolen {
+                let _ = writeln!(
+                    s,
+                    "at 80% ({:.0}/s), discarded: host steal in {:.0}% of its windows (worst {:.0}%), p99 {:.2} ms; measured again",
+                    m.rate,
+                    m.host_steal.notable_share() * 100.0,
+                    m.host_steal.max_pct,
+                    m.latency.p99_ms
+                );
+            }
             if let Some(m) = &st.at_80_percent {
                 let _ = writeln!(
                     s,
@@ -700,6 +713,7 @@ mod tests {
             generator_bound: false,
             host_saturated: true,
             at_80_percent: None,
+            at_80_stolen: Vec::new(),
         });
         let text = s.text();
         assert!(text.contains("pass") && text.contains("settled in 0.3 s"), "{text}");
@@ -736,6 +750,18 @@ mod tests {
             text.contains("max sustainable rate 1000/s (host steal in 18% of the windows that decide it, the step that bounds it and the measurement at 80%: they measured the host as much as the server)"),
             "{text}"
         );
+
+        // A measurement at 80% taken again for steal shows the discarded run and the one used.
+        let st = s.step.as_mut().unwrap();
+        let quiet80 = Step { rate: 800.0, ..step(0.3, true) };
+        st.at_80_stolen = vec![Step { rate: 800.0, ..st.steps[1].clone() }];
+        st.at_80_percent = Some(quiet80);
+        let text = s.text();
+        assert!(
+            text.contains("at 80% (800/s), discarded: host steal in 50% of its windows (worst 45%), p99"),
+            "{text}"
+        );
+        assert!(text.contains("at 80% (800/s): p50"), "{text}");
     }
 
     #[test]

@@ -270,23 +270,59 @@ where
         }
         if disturbed && climbing && !fell_behind {
             s.unjudged = true;
+            eprintln!("  {}", stolen_text(&s.host_steal, "climbing on"));
             steps.push(s);
             return Outcome::Unjudged;
         }
+        let steal = s.host_steal;
         steps.push(s);
         if disturbed && reruns < DISTURBED_RERUNS {
             reruns += 1;
+            eprintln!("  {}", stolen_text(&steal, &format!("running it again ({reruns}/{DISTURBED_RERUNS})")));
         } else if !fell_behind && retries < cfg.retries {
             retries += 1;
+            eprintln!("  kept up with its rate: retrying it ({retries}/{})", cfg.retries);
         } else {
             return Outcome::Fail(lag);
         }
     }
 }
 
+/// The live line under a step or measurement that host steal disturbed: what it was and
+/// what the search does next.
+fn stolen_text(steal: &Steal, next: &str) -> String {
+    format!(
+        "host steal in {:.0}% of its 100 ms windows (worst {:.0}%): it measured the host; {next}",
+        steal.notable_share() * 100.0,
+        steal.max_pct
+    )
+}
+
+/// Runs `measure` again while host steal disturbed its windows, up to [`DISTURBED_RERUNS`]
+/// more times: a measurement taken during one of the hypervisor's episodes says nothing
+/// about the server, and they come and go within minutes. Returns the last run and the
+/// stolen runs before it (reported, not used).
+async fn until_quiet<T, F, Fut>(mut measure: F, steal: impl Fn(&T) -> Steal) -> (T, Vec<T>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut stolen = Vec::new();
+    loop {
+        let run = measure().await;
+        let s = steal(&run);
+        if !s.disturbed() || stolen.len() >= DISTURBED_RERUNS as usize {
+            return (run, stolen);
+        }
+        eprintln!("  {}", stolen_text(&s, &format!("measuring again ({}/{DISTURBED_RERUNS})", stolen.len() + 1)));
+        stolen.push(run);
+    }
+}
+
 /// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
-/// (on every attempt, and not merely under host steal: see [`attempt`]), then `refine`
-/// bisections between the last pass and that failure.
+/// (on every attempt, and not merely under host steal: see [`attempt`]); then each step
+/// climbed past for steal above the last pass is measured again, in order, until one fails;
+/// then `refine` bisections between the last pass and the lowest failure.
 pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, Option<Lag>)
 where
     F: FnMut(f64) -> Fut,
@@ -307,6 +343,26 @@ where
             }
         }
         rate *= cfg.factor;
+    }
+    // A step climbed past for steal that lies above the last pass bounds the max if it stays
+    // unmeasured: the server's own limit may be there. Each is measured again, in order and
+    // not climbing (so steal reruns it, then it counts), before any bisection.
+    let stolen: Vec<f64> = steps
+        .iter()
+        .filter(|s| s.unjudged && pass.is_none_or(|p| s.rate > p) && fail.is_none_or(|f| s.rate < f))
+        .map(|s| s.rate)
+        .collect();
+    for r in stolen {
+        let outcome = attempt(cfg, &mut probe, r, false, &mut steps).await;
+        if outcome == Outcome::Pass {
+            pass = Some(r);
+            continue;
+        }
+        fail = Some(r);
+        if let Outcome::Fail(why) = outcome {
+            lag = why;
+        }
+        break;
     }
     for _ in 0..cfg.refine {
         let (Some(lo), Some(hi)) = (pass.or(Some(0.0)), fail) else { break };
@@ -416,15 +472,37 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         generator_cpu_s: None,
     };
     let mut resources = Resources::default();
+    let mut stolen80 = Vec::new();
     if max > 0.0 {
         let rate = (max * 0.8).round();
-        let tokens0 = new_tokens(engine);
-        let sampler = Sampler::start(watched, Duration::from_millis(500)).await;
-        let (info, r) = constant(engine, rate, cfg.measure, seed + 1).await;
-        let ok: u64 = r.ok.values().sum();
-        let new = if kind == "gateway" { new_tokens(engine) - tokens0 } else { ok };
-        resources = sampler.finish(new).await;
-        at80 = Some(judge(&cfg, rate, &info, &r));
+        let mut n = 0;
+        let (m, stolen) = until_quiet(
+            || {
+                n += 1;
+                let (engine, watched) = (engine.clone(), watched.clone());
+                let again = n > 1;
+                async move {
+                    if again {
+                        engine.fresh_connections();
+                        host::settle(SETTLE_DEADLINE).await;
+                    }
+                    let tokens0 = new_tokens(&engine);
+                    let sampler = Sampler::start(watched, Duration::from_millis(500)).await;
+                    let (info, r) = constant(&engine, rate, cfg.measure, seed + n).await;
+                    let ok: u64 = r.ok.values().sum();
+                    let new = if kind == "gateway" { new_tokens(&engine) - tokens0 } else { ok };
+                    let resources = sampler.finish(new).await;
+                    let step = judge(&cfg, rate, &info, &r);
+                    (step, info, r, resources)
+                }
+            },
+            |m| m.0.host_steal,
+        )
+        .await;
+        stolen80 = stolen.into_iter().map(|m| m.0).collect();
+        let (step, info, r, res) = m;
+        resources = res;
+        at80 = Some(step);
         summary_rec = r;
         info80 = info;
     }
@@ -439,6 +517,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         generator_bound: lag == Some(Lag::Generator),
         host_saturated: lag == Some(Lag::HostSaturated),
         at_80_percent: at80,
+        at_80_stolen: stolen80,
     });
     s.notes.push("the timeline and latency figures are those of the measurement at 80% of the max".into());
     s
@@ -641,6 +720,43 @@ mod tests {
         assert_eq!(steps.iter().filter(|s| s.rate == 4e3).count(), 1, "4k fell behind (3k answered)");
     }
 
+    /// A measurement at 80% taken during a steal episode is taken again, a bounded number of
+    /// times, and the stolen ones are kept for the report.
+    #[tokio::test]
+    async fn a_measurement_disturbed_by_host_steal_is_taken_again_a_bounded_number_of_times() {
+        let stolen = Steal { windows: 150, notable_windows: 30, max_pct: 40.0 };
+        let quiet = Steal { windows: 150, notable_windows: 1, max_pct: 12.0 };
+        // Stolen twice, then quiet: the third run is used.
+        let mut n = 0;
+        let (used, discarded) = until_quiet(
+            || {
+                n += 1;
+                let k = n;
+                async move { (k, if k <= 2 { stolen } else { quiet }) }
+            },
+            |m| m.1,
+        )
+        .await;
+        assert_eq!(used.0, 3);
+        assert_eq!(discarded.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
+        // Quiet at once: one run, nothing discarded.
+        let (used, discarded) = until_quiet(|| async { (1, quiet) }, |m| m.1).await;
+        assert_eq!((used.0, discarded.len()), (1, 0));
+        // Stolen for good: one run and DISTURBED_RERUNS more, the last one used.
+        let mut n = 0;
+        let (used, discarded) = until_quiet(
+            || {
+                n += 1;
+                let k = n;
+                async move { (k, stolen) }
+            },
+            |m| m.1,
+        )
+        .await;
+        assert_eq!(used.0, 1 + DISTURBED_RERUNS);
+        assert_eq!(discarded.len(), DISTURBED_RERUNS as usize);
+    }
+
     /// The steal that decides a search's max, without a measurement at 80%.
     fn deciding(steps: &[Step], max: f64) -> Steal {
         let decided: Vec<(f64, Steal)> = steps.iter().map(|s| (s.rate, s.host_steal)).collect();
@@ -718,7 +834,83 @@ mod tests {
         })
         .await;
         assert_eq!(max, 1e3);
-        assert_eq!(steps.last().map(|s| s.rate), Some(16e3));
+        let seen: Vec<f64> = steps.iter().map(|s| s.rate).collect();
+        assert_eq!(
+            seen,
+            [1e3, 2e3, 4e3, 8e3, 16e3, 2e3, 2e3, 2e3, 2e3],
+            "16k fell behind; then 2k, stolen again, is rerun DISTURBED_RERUNS times and bounds the max"
+        );
         assert!(deciding(&steps, max).disturbed());
+    }
+
+    /// A step climbed past for steal between the last pass and the server's failure is
+    /// measured again before the bisection, so the max is not left resting on it.
+    #[tokio::test]
+    async fn a_stolen_step_above_the_last_pass_is_measured_again() {
+        // 8k is stolen on its first run only; 16k fails at the server (p99, kept up); the
+        // server's capacity is 12k, so 8k passes when measured again.
+        let mut runs_at_8k = 0;
+        let (steps, max, _) = search(&test_config(1, 0), |r| {
+            if r == 8e3 {
+                runs_at_8k += 1;
+            }
+            let first = runs_at_8k == 1;
+            async move {
+                let s = fake_step(r, 12_000.0);
+                if r == 8e3 && first {
+                    Step {
+                        passed: false,
+                        why: "p99 30.0 ms".into(),
+                        host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 45.0 },
+                        ..s
+                    }
+                } else {
+                    s
+                }
+            }
+        })
+        .await;
+        let seen: Vec<(f64, bool, bool)> = steps.iter().map(|s| (s.rate, s.passed, s.unjudged)).collect();
+        assert_eq!(
+            seen,
+            [
+                (1e3, true, false),
+                (2e3, true, false),
+                (4e3, true, false),
+                (8e3, false, true),
+                (16e3, false, false),
+                (8e3, true, false),
+                (12e3, true, false)
+            ],
+            "8k measured again passes; the bisection then runs between 8k and 16k"
+        );
+        assert_eq!(max, 12e3);
+        assert!(!deciding(&steps, max).disturbed(), "the max rests on quiet runs");
+
+        // Measured again and failed at the server: it becomes the failure the bisection uses.
+        // Here the server keeps up to 12k but holds its p99 only up to 7k.
+        let mut runs_at_8k = 0;
+        let (steps, max, _) = search(&test_config(1, 0), |r| {
+            if r == 8e3 {
+                runs_at_8k += 1;
+            }
+            let first = runs_at_8k == 1;
+            async move {
+                let s = fake_step(r, 12_000.0);
+                let slow = Step { passed: false, why: "p99 30.0 ms".into(), ..s.clone() };
+                match r {
+                    r if r == 8e3 && first => {
+                        Step { host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 45.0 }, ..slow }
+                    }
+                    r if r > 7e3 && r <= 12e3 => slow,
+                    _ => s,
+                }
+            }
+        })
+        .await;
+        let seen: Vec<f64> = steps.iter().map(|s| s.rate).collect();
+        assert_eq!(seen, [1e3, 2e3, 4e3, 8e3, 16e3, 8e3, 6e3], "16k fell behind; 8k failed quietly");
+        assert_eq!(max, 6e3);
+        assert!(!deciding(&steps, max).disturbed());
     }
 }
