@@ -320,8 +320,8 @@ where
 }
 
 /// The pure search: `probe(rate)` runs one step. Rates grow by `factor` until a step fails
-/// (on every attempt, and not merely under host steal: see [`attempt`]); then each step
-/// climbed past for steal above the last pass is measured again, in order, until one fails;
+/// (on every attempt, and not merely under host steal: see [`attempt`]); then the steps
+/// climbed past for steal above the last pass are measured again, by bisection over them;
 /// then `refine` bisections between the last pass and the lowest failure.
 pub async fn search<F, Fut>(cfg: &StepConfig, mut probe: F) -> (Vec<Step>, f64, Option<Lag>)
 where
@@ -344,25 +344,31 @@ where
         }
         rate *= cfg.factor;
     }
-    // A step climbed past for steal that lies above the last pass bounds the max if it stays
-    // unmeasured: the server's own limit may be there. Each is measured again, in order and
-    // not climbing (so steal reruns it, then it counts), before any bisection.
-    let stolen: Vec<f64> = steps
+    // Steps climbed past for steal that lie above the last pass bound the max if they stay
+    // unmeasured: the server's own limit may be among them. They are measured again, not
+    // climbing (so steal reruns one, then it counts), by bisection over them: a host stolen
+    // at every rate of the climb costs a few measurements, not one per rate.
+    let mut stolen: Vec<f64> = steps
         .iter()
         .filter(|s| s.unjudged && pass.is_none_or(|p| s.rate > p) && fail.is_none_or(|f| s.rate < f))
         .map(|s| s.rate)
         .collect();
-    for r in stolen {
-        let outcome = attempt(cfg, &mut probe, r, false, &mut steps).await;
-        if outcome == Outcome::Pass {
-            pass = Some(r);
-            continue;
+    while !stolen.is_empty() {
+        let mid = stolen.len() / 2;
+        let r = stolen[mid];
+        match attempt(cfg, &mut probe, r, false, &mut steps).await {
+            Outcome::Pass => {
+                pass = Some(r);
+                stolen.drain(..=mid);
+            }
+            outcome => {
+                fail = Some(r);
+                if let Outcome::Fail(why) = outcome {
+                    lag = why;
+                }
+                stolen.truncate(mid);
+            }
         }
-        fail = Some(r);
-        if let Outcome::Fail(why) = outcome {
-            lag = why;
-        }
-        break;
     }
     for _ in 0..cfg.refine {
         let (Some(lo), Some(hi)) = (pass.or(Some(0.0)), fail) else { break };
@@ -837,8 +843,9 @@ mod tests {
         let seen: Vec<f64> = steps.iter().map(|s| s.rate).collect();
         assert_eq!(
             seen,
-            [1e3, 2e3, 4e3, 8e3, 16e3, 2e3, 2e3, 2e3, 2e3],
-            "16k fell behind; then 2k, stolen again, is rerun DISTURBED_RERUNS times and bounds the max"
+            [1e3, 2e3, 4e3, 8e3, 16e3, 4e3, 4e3, 4e3, 4e3, 2e3, 2e3, 2e3, 2e3],
+            "16k fell behind; the stolen 2k, 4k and 8k are bisected: 4k, then 2k, each stolen \
+             again 1 + DISTURBED_RERUNS times; 2k bounds the max"
         );
         assert!(deciding(&steps, max).disturbed());
     }
@@ -912,5 +919,28 @@ mod tests {
         assert_eq!(seen, [1e3, 2e3, 4e3, 8e3, 16e3, 8e3, 6e3], "16k fell behind; 8k failed quietly");
         assert_eq!(max, 6e3);
         assert!(!deciding(&steps, max).disturbed());
+
+        // Several climbed past: bisected over them, from the middle one up.
+        let mut first_runs = std::collections::HashSet::new();
+        let (steps, max, _) = search(&test_config(0, 0), |r| {
+            let first = first_runs.insert(r as u64);
+            async move {
+                let s = fake_step(r, 12_000.0);
+                if (2e3..=8e3).contains(&r) && first {
+                    Step {
+                        passed: false,
+                        why: "p99 30.0 ms".into(),
+                        host_steal: Steal { windows: 80, notable_windows: 20, max_pct: 45.0 },
+                        ..s
+                    }
+                } else {
+                    s
+                }
+            }
+        })
+        .await;
+        let seen: Vec<f64> = steps.iter().map(|s| s.rate).collect();
+        assert_eq!(seen, [1e3, 2e3, 4e3, 8e3, 16e3, 4e3, 8e3], "4k passes, then 8k; 2k is not needed");
+        assert_eq!(max, 8e3);
     }
 }
