@@ -288,6 +288,20 @@ where
     }
 }
 
+/// The live line of a step or of the measurement at 80%.
+fn live_line(st: &Step) -> String {
+    format!(
+        "{:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {} {}",
+        st.rate,
+        st.achieved_ok_per_s,
+        st.latency.p99_ms,
+        st.error_ratio * 100.0,
+        st.host_steal.max_pct,
+        report::busy_text(st),
+        if st.passed { "pass" } else { &st.why },
+    )
+}
+
 /// The live line under a step or measurement that host steal disturbed: what it was and
 /// what the search does next.
 fn stolen_text(steal: &Steal, next: &str) -> String {
@@ -453,17 +467,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
             // rewrite its AOF for seconds, and a step run into that measures the last one.
             let (waited, settled) = host::settle(SETTLE_DEADLINE).await;
             (st.settle_s, st.settled) = (waited.as_secs_f64(), settled);
-            eprintln!(
-                "  step {:>8.0}/s: ok/s {:>8.0} p99 {:>8.2} ms err {:.3}% steal max {:.0}% {} {} ({})",
-                rate,
-                st.achieved_ok_per_s,
-                st.latency.p99_ms,
-                st.error_ratio * 100.0,
-                st.host_steal.max_pct,
-                report::busy_text(&st),
-                if st.passed { "pass" } else { &st.why },
-                report::settle_text(&st)
-            );
+            eprintln!("  step {} ({})", live_line(&st), report::settle_text(&st));
             st
         }
     })
@@ -499,6 +503,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
                     let new = if kind == "gateway" { new_tokens(&engine) - tokens0 } else { ok };
                     let resources = sampler.finish(new).await;
                     let step = judge(&cfg, rate, &info, &r);
+                    eprintln!("  at 80% {}", live_line(&step));
                     (step, info, r, resources)
                 }
             },
