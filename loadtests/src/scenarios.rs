@@ -259,6 +259,9 @@ where
     Fut: std::future::Future<Output = Step>,
 {
     let (mut retries, mut reruns) = (0, 0);
+    // A run that failed on a quiet host: the server's verdict, which a later stolen retry
+    // of the same rate does not undo.
+    let mut failed_quietly = false;
     loop {
         let mut s = probe(rate).await;
         let lag = lag_of(cfg, &s);
@@ -268,13 +271,14 @@ where
             steps.push(s);
             return Outcome::Pass;
         }
-        if disturbed && climbing && !fell_behind {
+        if disturbed && climbing && !fell_behind && !failed_quietly {
             s.unjudged = true;
             eprintln!("  {}", stolen_text(&s.host_steal, "climbing on"));
             steps.push(s);
             return Outcome::Unjudged;
         }
         let steal = s.host_steal;
+        failed_quietly |= !disturbed;
         steps.push(s);
         if disturbed && reruns < DISTURBED_RERUNS {
             reruns += 1;
@@ -853,6 +857,46 @@ mod tests {
              again 1 + DISTURBED_RERUNS times; 2k bounds the max"
         );
         assert!(deciding(&steps, max).disturbed());
+    }
+
+    /// A step that failed on a quiet host and then had its retry stolen failed at the server:
+    /// the climb ends there instead of going on past it.
+    #[tokio::test]
+    async fn a_stolen_retry_does_not_undo_a_quiet_failure() {
+        let mut runs_at_8k = 0;
+        let (steps, max, _) = search(&test_config(0, 1), |r| {
+            if r == 8e3 {
+                runs_at_8k += 1;
+            }
+            let n = runs_at_8k;
+            async move {
+                let s = fake_step(r, 12_000.0);
+                if r != 8e3 {
+                    return s;
+                }
+                // The first run fails quietly; the retry and its reruns are stolen.
+                let steal =
+                    if n == 1 { Steal::default() } else { Steal { windows: 80, notable_windows: 20, max_pct: 45.0 } };
+                Step { passed: false, why: "p99 30.0 ms".into(), host_steal: steal, ..s }
+            }
+        })
+        .await;
+        let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.unjudged)).collect();
+        assert_eq!(
+            seen,
+            [
+                (1e3, false),
+                (2e3, false),
+                (4e3, false),
+                (8e3, false),
+                (8e3, false),
+                (8e3, false),
+                (8e3, false),
+                (8e3, false)
+            ],
+            "the quiet failure stands: the stolen retry is rerun for steal (3 times), never climbed past"
+        );
+        assert_eq!(max, 4e3);
     }
 
     /// A step climbed past for steal between the last pass and the server's failure is
