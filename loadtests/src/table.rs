@@ -134,10 +134,23 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
         for (other, target) in [("echo", 0.5), ("naive", 2.0)] {
             if let Some(o) = find(other).filter(|o| o.max > 0.0) {
                 let ratio = g.max / o.max;
-                let verdict = match not_judged(&[g, o]) {
-                    Some(why) => why,
-                    None if ratio >= target => "met".into(),
-                    None => "MISSED".into(),
+                // Steal only makes steps fail, so a max that steal decided is a lower bound
+                // of the server's own: a ratio over such a max can only be lower than shown,
+                // and one of such a max over a judged one only higher. Where that settles
+                // the target either way, the verdict stands.
+                let verdict = match (not_judged(&[g]), not_judged(&[o])) {
+                    (None, None) if ratio >= target => "met".into(),
+                    (None, None) => "MISSED".into(),
+                    (None, Some(_)) if ratio < target => format!(
+                        "MISSED ({other}'s max is not judged, but host steal only lowers a max: \
+                         the ratio can only be lower)"
+                    ),
+                    (Some(_), None) if ratio >= target => format!(
+                        "met ({}'s max is not judged, but host steal only lowers a max: the ratio \
+                         can only be higher)",
+                        g.name
+                    ),
+                    (Some(why), _) | (None, Some(why)) => why,
                 };
                 let _ = writeln!(s, "\n{}/{other} = {ratio:.2} (target >= {target}): {verdict}", g.name);
             }
@@ -237,6 +250,37 @@ mod tests {
         assert!(!t.contains("gateway/echo = 1.00 (target >= 0.5): met"), "{t}");
     }
 
+    /// A max that steal decided is a lower bound of the server's own (steal only fails
+    /// steps): a ratio that misses its target with such a max below the line, or meets it
+    /// with one above, is judged; the other way round it is not.
+    #[test]
+    fn a_stolen_max_still_decides_a_ratio_its_bound_settles() {
+        let stolen = |max: f64| {
+            let mut v = summary(max);
+            v["step"]["steps"] = json!([{"rate": max * 1.5, "host_steal": {"windows": 400, "notable_windows": 80}}]);
+            v
+        };
+        // Run 20261203T214518Z: the warm gateway judged at 9,611/s, echo stolen at 34,464/s.
+        let t = render(&[("gateway-warm".into(), summary(9_611.0)), ("echo".into(), stolen(34_464.0))]).unwrap();
+        assert!(
+            t.contains("gateway-warm/echo = 0.28 (target >= 0.5): MISSED (echo's max is not judged, but host steal only lowers a max: the ratio can only be lower)"),
+            "{t}"
+        );
+        // A stolen gateway max over a judged reference that already meets the target.
+        let t = render(&[("gateway".into(), stolen(6_000.0)), ("echo".into(), summary(10_000.0))]).unwrap();
+        assert!(
+            t.contains("gateway/echo = 0.60 (target >= 0.5): met (gateway's max is not judged, but host steal only lowers a max: the ratio can only be higher)"),
+            "{t}"
+        );
+        // The other way round the bound settles nothing.
+        let t = render(&[("gateway".into(), summary(6_000.0)), ("echo".into(), stolen(10_000.0))]).unwrap();
+        assert!(t.contains("gateway/echo = 0.60 (target >= 0.5): not judged: host steal in 20% of the 100 ms windows that decide echo's max"), "{t}");
+        let t = render(&[("gateway".into(), stolen(3_000.0)), ("echo".into(), summary(10_000.0))]).unwrap();
+        assert!(t.contains("gateway/echo = 0.30 (target >= 0.5): not judged: host steal in 20% of the 100 ms windows that decide gateway's max"), "{t}");
+        let t = render(&[("gateway".into(), stolen(3_000.0)), ("echo".into(), stolen(10_000.0))]).unwrap();
+        assert!(t.contains("gateway/echo = 0.30 (target >= 0.5): not judged"), "{t}");
+    }
+
     /// On a stolen host the low rates fail and busier ones pass: steal in steps below the max
     /// cannot have moved it, so only the step that bounds it and the measurement at 80% count.
     #[test]
@@ -261,13 +305,14 @@ mod tests {
         // The last run of the bounding rate was stolen: the max may be higher.
         let bound = json!([{"rate": 8000.0, "host_steal": quiet}, {"rate": 12000.0, "host_steal": quiet},
             {"rate": 12000.0, "host_steal": stolen}, {"rate": 16000.0, "host_steal": quiet}]);
-        let t = render(&[("gateway".into(), with(bound, quiet.clone())), ("echo".into(), summary(10_000.0))]).unwrap();
+        // (Against an echo it misses: a stolen max meeting the target would be judged met.)
+        let t = render(&[("gateway".into(), with(bound, quiet.clone())), ("echo".into(), summary(20_000.0))]).unwrap();
         assert!(t.contains("| gateway | 8000 (host steal: 25% of windows) |"), "40 of 160: {t}");
-        assert!(t.contains("gateway/echo = 0.80 (target >= 0.5): not judged"), "{t}");
+        assert!(t.contains("gateway/echo = 0.40 (target >= 0.5): not judged"), "{t}");
 
         // So was the measurement at 80%.
-        let t = render(&[("gateway".into(), with(below, stolen)), ("echo".into(), summary(10_000.0))]).unwrap();
-        assert!(t.contains("gateway/echo = 0.80 (target >= 0.5): not judged"), "{t}");
+        let t = render(&[("gateway".into(), with(below, stolen)), ("echo".into(), summary(20_000.0))]).unwrap();
+        assert!(t.contains("gateway/echo = 0.40 (target >= 0.5): not judged"), "{t}");
     }
 
     #[test]
