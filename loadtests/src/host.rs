@@ -111,11 +111,16 @@ pub fn settled(busy: &[f64], quiet: usize, below: f64) -> bool {
 /// until `deadline` passes. Returns how long it waited and whether it settled; without
 /// sampling (no `/proc/stat`) it returns at once, unsettled.
 pub async fn settle(deadline: Duration) -> (Duration, bool) {
-    let from = Instant::now();
     let Some(w) = WINDOWS.get() else { return (Duration::ZERO, false) };
+    settle_on(deadline, |from| w.lock().unwrap().iter().filter(|x| x.end > from).map(|x| x.busy_pct).collect()).await
+}
+
+/// The loop of [`settle`], over `busy_since(from)`: the busy shares (oldest first) of the
+/// windows that ended after `from`. Apart so that a test can feed it windows.
+async fn settle_on(deadline: Duration, busy_since: impl Fn(Instant) -> Vec<f64>) -> (Duration, bool) {
+    let from = Instant::now();
     loop {
-        let busy: Vec<f64> = w.lock().unwrap().iter().filter(|x| x.end > from).map(|x| x.busy_pct).collect();
-        if settled(&busy, QUIET_WINDOWS, QUIET_BUSY_PCT) {
+        if settled(&busy_since(from), QUIET_WINDOWS, QUIET_BUSY_PCT) {
             return (from.elapsed(), true);
         }
         if from.elapsed() >= deadline {
@@ -215,9 +220,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settling_waits_for_busy_cpus_and_gives_up_at_its_deadline() {
+    async fn settling_on_this_machine_waits_for_busy_cpus_and_gives_up_at_its_deadline() {
         assert!(start());
-        // Both cores spin for 1.5 s: the machine cannot settle in a 300 ms deadline.
+        // Both cores spin until the end: the machine cannot settle in a 300 ms deadline. (That
+        // it settles once idle is not asserted here: other test processes may keep it busy.)
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let spinners: Vec<_> = (0..2)
             .map(|_| {
@@ -234,9 +240,24 @@ mod tests {
         assert!(waited >= Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         spinners.into_iter().for_each(|t| t.join().unwrap());
-        // Idle again, it settles within its deadline (other test processes may be busy: a
-        // generous one).
-        let (_, ok) = settle(Duration::from_secs(60)).await;
-        assert!(ok, "never settled with the spinners stopped");
+    }
+
+    #[tokio::test]
+    async fn settling_needs_quiet_windows_after_it_starts_and_waits_for_them() {
+        // One window a poll: four busy ones (a backlog draining), then quiet ones.
+        let polls = std::cell::Cell::new(0usize);
+        let draining = |_from: Instant| {
+            polls.set(polls.get() + 1);
+            (0..polls.get()).map(|i| if i < 4 { 80.0 } else { 2.0 }).collect::<Vec<f64>>()
+        };
+        // The deadline is far: only a loop that never settles could reach it.
+        let (waited, ok) = settle_on(Duration::from_secs(60), draining).await;
+        assert!(ok, "quiet windows followed the busy ones");
+        assert_eq!(polls.get(), 4 + QUIET_WINDOWS, "settled on the first poll with {QUIET_WINDOWS} quiet windows");
+        assert!(waited < Duration::from_secs(60));
+        // A machine that stays busy: it gives up at its deadline, unsettled.
+        let (waited, ok) = settle_on(Duration::from_millis(200), |_| vec![80.0; 10]).await;
+        assert!(!ok);
+        assert!(waited >= Duration::from_millis(200));
     }
 }
