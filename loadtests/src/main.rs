@@ -12,6 +12,8 @@ mod resources;
 mod scenarios;
 mod switch;
 mod table;
+#[cfg(test)]
+mod test_redis;
 mod verify;
 
 use std::path::PathBuf;

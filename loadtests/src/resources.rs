@@ -45,6 +45,10 @@ pub struct RedisReading {
     pub rdb_saves: u64,
     /// An AOF rewrite or an RDB save is running now.
     pub saving: bool,
+    /// Redis keeps an AOF (`aof_enabled`).
+    pub aof: bool,
+    /// An AOF rewrite is running or scheduled (it waits for a running RDB save).
+    pub aof_rewriting: bool,
 }
 
 /// Reads a [`RedisReading`] from the text of `INFO memory cpu stats persistence`; fields
@@ -61,6 +65,8 @@ pub fn parse_info(info: &str) -> RedisReading {
         aof_rewrites: int("aof_rewrites"),
         rdb_saves: int("rdb_saves"),
         saving: int("aof_rewrite_in_progress") == 1 || int("rdb_bgsave_in_progress") == 1,
+        aof: int("aof_enabled") == 1,
+        aof_rewriting: int("aof_rewrite_in_progress") == 1 || int("aof_rewrite_scheduled") == 1,
     }
 }
 
@@ -68,6 +74,34 @@ pub async fn redis_reading(con: &mut MultiplexedConnection) -> redis::RedisResul
     let info: String =
         redis::cmd("INFO").arg("memory").arg("cpu").arg("stats").arg("persistence").query_async(con).await?;
     Ok(parse_info(&info))
+}
+
+/// Compacts Redis's AOF now (BGREWRITEAOF) and waits until no rewrite runs or waits to run,
+/// up to `deadline`. A measurement run after it does not meet the rewrite that the writes
+/// before it (a whole step search) would otherwise start at a moment of chance. `None` when
+/// Redis keeps no AOF; else how long it took and whether it finished by the deadline.
+pub async fn compact_aof(
+    con: &mut MultiplexedConnection,
+    deadline: std::time::Duration,
+) -> redis::RedisResult<Option<(std::time::Duration, bool)>> {
+    let from = std::time::Instant::now();
+    let r = redis_reading(con).await?;
+    if !r.aof {
+        return Ok(None);
+    }
+    // A rewrite already running compacts the AOF too: wait for it instead.
+    if !r.aof_rewriting {
+        let _: redis::Value = redis::cmd("BGREWRITEAOF").query_async(con).await?;
+    }
+    loop {
+        if !redis_reading(con).await?.aof_rewriting {
+            return Ok(Some((from.elapsed(), true)));
+        }
+        if from.elapsed() >= deadline {
+            return Ok(Some((from.elapsed(), false)));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]
@@ -79,19 +113,64 @@ mod tests {
         let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# CPU\r\n\
                     used_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9.0\r\n# Stats\r\n\
                     total_forks:3\r\nlatest_fork_usec:812\r\n# Persistence\r\nrdb_bgsave_in_progress:0\r\n\
-                    rdb_saves:1\r\naof_rewrite_in_progress:1\r\naof_rewrites:2\r\n\
-                    aof_rewrites_consecutive_failures:0\r\n";
+                    rdb_saves:1\r\naof_enabled:1\r\naof_rewrite_in_progress:1\r\n\
+                    aof_rewrite_scheduled:0\r\naof_rewrites:2\r\naof_rewrites_consecutive_failures:0\r\n";
         let r = parse_info(info);
         assert_eq!(
             r,
-            RedisReading { used_memory: 1048576, cpu_s: 3.75, forks: 3, aof_rewrites: 2, rdb_saves: 1, saving: true },
+            RedisReading {
+                used_memory: 1048576,
+                cpu_s: 3.75,
+                forks: 3,
+                aof_rewrites: 2,
+                rdb_saves: 1,
+                saving: true,
+                aof: true,
+                aof_rewriting: true
+            },
             "children's CPU is the fork's, not Redis's"
         );
-        let idle = parse_info(&info.replace("aof_rewrite_in_progress:1", "aof_rewrite_in_progress:0"));
-        assert!(!idle.saving);
+        let idle_text = info.replace("aof_rewrite_in_progress:1", "aof_rewrite_in_progress:0");
+        let idle = parse_info(&idle_text);
+        assert!(!idle.saving && !idle.aof_rewriting);
+        let scheduled = parse_info(&idle_text.replace("aof_rewrite_scheduled:0", "aof_rewrite_scheduled:1"));
+        assert!(scheduled.aof_rewriting && !scheduled.saving, "a scheduled rewrite has not forked yet");
+        assert!(!parse_info(&info.replace("aof_enabled:1", "aof_enabled:0")).aof);
         let bgsave = parse_info(&info.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1"));
         assert!(bgsave.saving && bgsave.aof_rewrites == 2);
         assert_eq!(parse_info(""), RedisReading::default(), "an older Redis without the fields");
+    }
+
+    #[tokio::test]
+    async fn compacting_rewrites_the_aof_once_and_returns_when_the_rewrite_is_done() {
+        use std::time::{Duration, Instant};
+        let redis = crate::test_redis::Redis::start_with(&["--save", "", "--appendonly", "yes"]);
+        let mut con = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for i in 0..2_000 {
+            let _: i64 = redis::cmd("INCR").arg(format!("k{}", i % 20)).query_async(&mut con).await.unwrap();
+        }
+        // Whatever Redis rewrites on its own at start is over before the count is taken.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis_reading(&mut con).await.unwrap().aof_rewriting {
+            assert!(Instant::now() < deadline, "a start-up rewrite never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = redis_reading(&mut con).await.unwrap();
+        let (_, done) = compact_aof(&mut con, Duration::from_secs(60)).await.unwrap().expect("Redis keeps an AOF");
+        assert!(done);
+        // Redis notices its child's exit only on its next cron tick (100 ms): a call that
+        // returned right after BGREWRITEAOF would still see the rewrite running here.
+        let after = redis_reading(&mut con).await.unwrap();
+        assert_eq!(after.aof_rewrites, before.aof_rewrites + 1, "one rewrite");
+        assert!(!after.aof_rewriting && !after.saving);
+        let v: i64 = redis::cmd("GET").arg("k7").query_async(&mut con).await.unwrap();
+        assert_eq!(v, 100);
+
+        // Without an AOF there is nothing to compact, and nothing forks.
+        let plain = crate::test_redis::Redis::start();
+        let mut con = redis::Client::open(plain.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        assert_eq!(compact_aof(&mut con, Duration::from_secs(60)).await.unwrap(), None);
+        assert_eq!(redis_reading(&mut con).await.unwrap().forks, 0);
     }
 
     #[test]

@@ -388,6 +388,7 @@ pub async fn verify_stored(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_redis::Redis;
 
     fn setup() -> (Registry, Observed) {
         let r = Registry::synthetic(40, 1);
@@ -463,41 +464,10 @@ mod tests {
         assert_eq!(obs.seen.last().unwrap().facility, 2);
     }
 
-    /// A private redis-server on a free port, stopped on drop.
-    struct Redis(std::process::Child, std::path::PathBuf, u16);
-
-    impl Redis {
-        fn start() -> Redis {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let dir = std::env::temp_dir().join(format!("scan-load-verify-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-                .current_dir(&dir)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Redis(child, dir, port)
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-
     /// A private Redis holding what the gateway would have written for setup()'s tokens.
     async fn stored_setup_day() -> (Redis, String, MultiplexedConnection, Registry, Observed) {
         let redis = Redis::start();
-        let url = format!("redis://127.0.0.1:{}/", redis.2);
+        let url = redis.url();
         let (r, obs) = setup();
         let mut con = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         store_setup_day(&mut con, &r, obs.days[0]).await;
