@@ -36,7 +36,7 @@ const COMPACT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Compacts the AOF of the Redis at `url` (see [`resources::compact_aof`]) before a
 /// measurement, and says what it did; `None` without a Redis or an AOF. The step search
-/// writes up to a million scans (about 1 KB of AOF each) into its Redis, so whether the
+/// writes up to 1.6 million scans (about 1 KB of AOF each) into its Redis, so whether the
 /// rewrite they start falls into the 15 s measurement at 80% is chance, not the rate
 /// measured; a deployment rewrites outside its peak (see deploy/redis/redis.conf).
 async fn compact_aof(url: &Option<String>) -> Option<String> {
