@@ -38,7 +38,7 @@ const COMPACT_DEADLINE: Duration = Duration::from_secs(120);
 /// measurement, and says what it did; `None` without a Redis or an AOF. The step search
 /// writes up to 1.6 million scans (about 1 KB of AOF each) into its Redis, so whether the
 /// rewrite they start falls into the 15 s measurement at 80% is chance, not the rate
-/// measured; a deployment rewrites outside its peak (see deploy/redis/redis.conf).
+/// measured (the README's Redis section says how a deployment keeps rewrites off its peak).
 async fn compact_aof(url: &Option<String>) -> Option<String> {
     let url = url.as_ref()?;
     let compacted = match redis::Client::open(url.as_str()) {
