@@ -41,14 +41,11 @@ const COMPACT_DEADLINE: Duration = Duration::from_secs(120);
 /// measured (the README's Redis section says how a deployment keeps rewrites off its peak).
 async fn compact_aof(url: &Option<String>) -> Option<String> {
     let url = url.as_ref()?;
-    let compacted = match redis::Client::open(url.as_str()) {
-        Ok(c) => match c.get_multiplexed_async_connection().await {
-            Ok(mut con) => resources::compact_aof(&mut con, COMPACT_DEADLINE).await,
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+    let compacted = async {
+        let mut con = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+        resources::compact_aof(&mut con, COMPACT_DEADLINE).await
     };
-    match compacted {
+    match compacted.await {
         Ok(None) => None,
         Ok(Some((took, true))) => {
             Some(format!("started on a compacted AOF (BGREWRITEAOF before it took {:.1} s)", took.as_secs_f64()))
