@@ -37,6 +37,14 @@ pub fn busy_text(x: &Step) -> String {
     format!("cpu {:>4} (gen {:>4})", pct(x.host_busy_pct), pct(x.generator_cpu_pct))
 }
 
+/// " Redis forked 1x": a step's background saves of Redis, empty when there were none.
+pub fn step_forks_text(x: &Step) -> String {
+    match x.redis_forks {
+        Some(f) if f.forks > 0 => format!(" Redis forked {}x", f.forks),
+        _ => String::new(),
+    }
+}
+
 /// How the machine went quiet after a step: "settled in 0.3 s", or that it had not.
 pub fn settle_text(x: &Step) -> String {
     if x.settled {
@@ -139,6 +147,8 @@ pub struct Step {
     /// and whether it did before the deadline; the next step starts only then.
     pub settle_s: f64,
     pub settled: bool,
+    /// Redis's background saves while the step ran (None where Redis was not read).
+    pub redis_forks: Option<RedisForks>,
     /// Mean busy share of all the host's CPUs during the step, and the generator's own share
     /// (percent; None where not sampled).
     pub host_busy_pct: Option<f64>,
@@ -394,13 +404,14 @@ impl Summary {
             for x in &st.steps {
                 let _ = writeln!(
                     s,
-                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {}  {:<24} {}",
+                    "  {:>8.0}/s -> {:>8.0} ok/s  p99 {:>8.2} ms  err {:.3}%  steal max {:>4.0}%  {}{}  {:<24} {}",
                     x.rate,
                     x.achieved_ok_per_s,
                     x.latency.p99_ms,
                     x.error_ratio * 100.0,
                     x.host_steal.max_pct,
                     busy_text(x),
+                    step_forks_text(x),
                     match (x.passed, x.unjudged) {
                         (true, _) => "pass".into(),
                         (false, true) => format!("STOLEN ({}), climbed on", x.why),
@@ -701,6 +712,7 @@ mod tests {
             why: String::new(),
             settle_s,
             settled,
+            redis_forks: Some(RedisForks::default()),
             host_busy_pct: Some(97.4),
             generator_cpu_pct: None,
             unjudged: false,
@@ -708,7 +720,10 @@ mod tests {
         s.step = Some(StepSummary {
             p99_target_ms: 10.0,
             max_error_ratio: 0.001,
-            steps: vec![step(0.3, true), step(60.0, false)],
+            steps: vec![
+                step(0.3, true),
+                Step { redis_forks: Some(RedisForks { forks: 1, aof_rewrites: 1, rdb_saves: 0 }), ..step(60.0, false) },
+            ],
             max_sustainable_rate: 1000.0,
             generator_bound: false,
             host_saturated: true,
@@ -718,6 +733,8 @@ mod tests {
         let text = s.text();
         assert!(text.contains("pass") && text.contains("settled in 0.3 s"), "{text}");
         assert!(text.contains("still busy after 60.0 s"), "{text}");
+        // The step Redis forked during says so; the one without a fork says nothing of it.
+        assert_eq!(text.matches("Redis forked 1x").count(), 1, "{text}");
         assert!(text.contains("cpu  97% (gen    -)"), "{text}");
         assert!(text.contains("(host saturated above it"), "{text}");
 

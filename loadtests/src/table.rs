@@ -30,6 +30,10 @@ struct Row {
     steal_deciding: Steal,
     /// Redis background saves (forks) during the 80% measurement.
     forks80: Option<u64>,
+    /// Rates of the search's failed steps during which Redis forked (each was run again, up
+    /// to a bound), and whether the last run of the rate that bounds the max forked too.
+    forked_steps: Vec<f64>,
+    bound_forked: bool,
     bound: bool,
     saturated: bool,
 }
@@ -42,9 +46,19 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
     let steps: Option<Vec<(f64, Steal)>> = st["steps"]
         .as_array()
         .map(|steps| steps.iter().map(|x| (x["rate"].as_f64().unwrap_or(0.0), steal(&x["host_steal"]))).collect());
+    let max = f(&st["max_sustainable_rate"]).unwrap_or(0.0);
+    let forked = |x: &Value| x["redis_forks"]["forks"].as_u64().unwrap_or(0) > 0;
+    let all: &[Value] = st["steps"].as_array().map_or(&[], Vec::as_slice);
+    let bounding = all.iter().filter_map(|x| f(&x["rate"])).filter(|r| *r > max).min_by(f64::total_cmp);
     Ok(Row {
         name: name.to_string(),
-        max: f(&st["max_sustainable_rate"]).unwrap_or(0.0),
+        max,
+        forked_steps: all
+            .iter()
+            .filter(|x| forked(x) && !x["passed"].as_bool().unwrap_or(false))
+            .filter_map(|x| f(&x["rate"]))
+            .collect(),
+        bound_forked: bounding.and_then(|b| all.iter().rev().find(|x| f(&x["rate"]) == Some(b))).is_some_and(forked),
         rate80: f(&m["rate"]),
         p50: f(&m["latency"]["p50_ms"]),
         p99: f(&m["latency"]["p99_ms"]),
@@ -125,6 +139,23 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
              its p99 includes those seconds",
             r.name,
             r.forks80.unwrap_or(0)
+        );
+    }
+    // Where an AOF rewrite falls in a search depends on how much it wrote before, not on the
+    // rate: a failed step Redis forked during was run again, and the table says which.
+    for r in rows.iter().filter(|r| !r.forked_steps.is_empty()) {
+        let rates: Vec<String> = r.forked_steps.iter().map(|x| format!("{x:.0}")).collect();
+        let _ = writeln!(
+            s,
+            "\n{}: Redis forked during {} failed step(s) of the search (at {} scans/s), each run again{}",
+            r.name,
+            rates.len(),
+            rates.join(", "),
+            if r.bound_forked {
+                "; the rate that bounds its max forked on its last run too, so the max includes an AOF rewrite"
+            } else {
+                ""
+            }
         );
     }
     let find = |n: &str| rows.iter().find(|r| r.name == n);
@@ -220,6 +251,35 @@ mod tests {
         let t = render(&[("gateway".into(), v)]).unwrap();
         assert!(t.contains("| gateway | 1000 | 800 |"), "10 of 500 deciding windows is a quiet host: {t}");
         assert!(t.contains("| 50.0 | 100 | - | - | - | 3 / 11 |"), "{t}");
+    }
+
+    /// A failed step that Redis forked during is named under the table, and a max whose
+    /// bounding step forked on its last run too says the max includes a rewrite.
+    #[test]
+    fn steps_redis_forked_during_are_named() {
+        let fork = json!({"forks": 1, "aof_rewrites": 1, "rdb_saves": 0});
+        let mut v = summary(11_000.0);
+        v["step"]["steps"] = json!([
+            {"rate": 8000.0, "passed": true, "redis_forks": fork},
+            {"rate": 16000.0, "passed": false, "redis_forks": fork},
+            {"rate": 16000.0, "passed": false, "redis_forks": {"forks": 0}},
+            {"rate": 12000.0, "passed": false},
+            {"rate": 11000.0, "passed": true}
+        ]);
+        let t = render(&[("naive".into(), v.clone())]).unwrap();
+        assert!(
+            t.contains(
+                "naive: Redis forked during 1 failed step(s) of the search (at 16000 scans/s), each run again\n"
+            ),
+            "{t}"
+        );
+        // The bounding rate (12k) forked on its last run.
+        v["step"]["steps"][3]["redis_forks"] = fork;
+        let t = render(&[("naive".into(), v.clone())]).unwrap();
+        assert!(t.contains("(at 16000, 12000 scans/s), each run again; the rate that bounds its max forked"), "{t}");
+        // No fork in a failed step: no line.
+        let t = render(&[("naive".into(), summary(11_000.0))]).unwrap();
+        assert!(!t.contains("Redis forked during"), "{t}");
     }
 
     /// A run whose searches lost their CPUs to the hypervisor says so and judges nothing: on
