@@ -268,7 +268,7 @@ const DISTURBED_RERUNS: u32 = 3;
 /// two-thirds busy. A rewrite is not due again until the AOF has doubled, so one rerun
 /// normally measures the server; bounded, so a Redis that forks all the time still ends
 /// the search. What rewrites cost is measured where they belong: the peak-morning replay.
-const FORKED_RERUNS: u32 = 2;
+pub(crate) const FORKED_RERUNS: u32 = 2;
 
 /// How one rate of the search came out.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -147,10 +147,11 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
         let rates: Vec<String> = r.forked_steps.iter().map(|x| format!("{x:.0}")).collect();
         let _ = writeln!(
             s,
-            "\n{}: Redis forked during {} failed step(s) of the search (at {} scans/s), each run again{}",
+            "\n{}: Redis forked during {} failed step(s) of the search (at {} scans/s; such a step is run again, up to {} times){}",
             r.name,
             rates.len(),
             rates.join(", "),
+            crate::scenarios::FORKED_RERUNS,
             if r.bound_forked {
                 "; the rate that bounds its max forked on its last run too, so the max includes an AOF rewrite"
             } else {
@@ -269,14 +270,14 @@ mod tests {
         let t = render(&[("naive".into(), v.clone())]).unwrap();
         assert!(
             t.contains(
-                "naive: Redis forked during 1 failed step(s) of the search (at 16000 scans/s), each run again\n"
+                "naive: Redis forked during 1 failed step(s) of the search (at 16000 scans/s; such a step is run again, up to 2 times)\n"
             ),
             "{t}"
         );
         // The bounding rate (12k) forked on its last run.
         v["step"]["steps"][3]["redis_forks"] = fork;
         let t = render(&[("naive".into(), v.clone())]).unwrap();
-        assert!(t.contains("(at 16000, 12000 scans/s), each run again; the rate that bounds its max forked"), "{t}");
+        assert!(t.contains("(at 16000, 12000 scans/s; such a step is run again, up to 2 times); the rate that bounds its max forked"), "{t}");
         // No fork in a failed step: no line.
         let t = render(&[("naive".into(), summary(11_000.0))]).unwrap();
         assert!(!t.contains("Redis forked during"), "{t}");
