@@ -164,9 +164,15 @@ pub struct Step {
 /// passed by a higher rate, and a pass under steal is a pass. `steps` are (rate, steal) in
 /// the order they ran.
 pub fn deciding_steal(steps: &[(f64, Steal)], max: f64, at80: Option<Steal>) -> Steal {
-    let bound = steps.iter().map(|(r, _)| *r).filter(|r| *r > max).min_by(f64::total_cmp);
-    let bounding = bound.and_then(|b| steps.iter().rev().find(|(r, _)| *r == b)).map(|(_, s)| *s);
+    let bounding = bounding_run(steps, |(r, _)| *r, max).map(|(_, s)| *s);
     bounding.unwrap_or_default().merge(at80.unwrap_or_default())
+}
+
+/// The last run of the lowest rate above `max` among `steps` (in the order they ran): the
+/// step that bounds a search's max, or none when the search ran out of rates.
+pub fn bounding_run<T>(steps: &[T], rate: impl Fn(&T) -> f64, max: f64) -> Option<&T> {
+    let bound = steps.iter().map(&rate).filter(|r| *r > max).min_by(f64::total_cmp)?;
+    steps.iter().rev().find(|s| rate(s) == bound)
 }
 
 /// Why a step search's maximum is where it is, when the run can tell; the text report and

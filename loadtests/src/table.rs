@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::host::Steal;
-use crate::report::{deciding_steal, max_bound, MaxBound};
+use crate::report::{bounding_run, deciding_steal, max_bound, MaxBound};
 
 struct Row {
     name: String,
@@ -49,7 +49,6 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
     let max = f(&st["max_sustainable_rate"]).unwrap_or(0.0);
     let forked = |x: &Value| x["redis_forks"]["forks"].as_u64().unwrap_or(0) > 0;
     let all: &[Value] = st["steps"].as_array().map_or(&[], Vec::as_slice);
-    let bounding = all.iter().filter_map(|x| f(&x["rate"])).filter(|r| *r > max).min_by(f64::total_cmp);
     Ok(Row {
         name: name.to_string(),
         max,
@@ -58,7 +57,7 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
             .filter(|x| forked(x) && !x["passed"].as_bool().unwrap_or(false))
             .filter_map(|x| f(&x["rate"]))
             .collect(),
-        bound_forked: bounding.and_then(|b| all.iter().rev().find(|x| f(&x["rate"]) == Some(b))).is_some_and(forked),
+        bound_forked: bounding_run(all, |x| x["rate"].as_f64().unwrap_or(0.0), max).is_some_and(forked),
         rate80: f(&m["rate"]),
         p50: f(&m["latency"]["p50_ms"]),
         p99: f(&m["latency"]["p99_ms"]),
