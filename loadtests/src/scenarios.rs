@@ -691,6 +691,25 @@ mod tests {
         }
     }
 
+    /// A search on a server of 11k capacity whose `n`th run of rate `r` (counted per rate,
+    /// from 1) goes through `disturb` where `hit(r, n)`.
+    async fn search_disturbed(
+        cfg: &StepConfig,
+        hit: impl Fn(f64, u32) -> bool,
+        disturb: impl Fn(Step) -> Step,
+    ) -> (Vec<Step>, f64) {
+        let mut runs = std::collections::HashMap::<u64, u32>::new();
+        let (steps, max, _) = search(cfg, |r| {
+            let n = runs.entry(r.to_bits()).or_default();
+            *n += 1;
+            let s = fake_step(r, 11_000.0);
+            let s = if hit(r, *n) { disturb(s) } else { s };
+            async move { s }
+        })
+        .await;
+        (steps, max)
+    }
+
     #[test]
     fn each_second_gets_its_worst_steal_window() {
         let point =
@@ -761,22 +780,7 @@ mod tests {
         };
         // The first two runs of the 4k step are stolen (and fell behind); the third is quiet.
         let cfg = test_config(0, 0);
-        let mut runs_at_4k = 0;
-        let (steps, max, _) = search(&cfg, |r| {
-            if r == 4e3 {
-                runs_at_4k += 1;
-            }
-            let n = runs_at_4k;
-            async move {
-                let s = fake_step(r, 11_000.0);
-                if r == 4e3 && n <= 2 {
-                    stolen(s)
-                } else {
-                    s
-                }
-            }
-        })
-        .await;
+        let (steps, max) = search_disturbed(&cfg, |r, n| r == 4e3 && n <= 2, stolen).await;
         let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.passed)).collect();
         assert_eq!(
             seen,
@@ -785,15 +789,7 @@ mod tests {
         assert_eq!(max, 8e3);
 
         // A host stolen for good still ends the search: one run and DISTURBED_RERUNS more.
-        let (steps, max, _) = search(&cfg, |r| async move {
-            let s = fake_step(r, 11_000.0);
-            if r >= 2e3 {
-                stolen(s)
-            } else {
-                s
-            }
-        })
-        .await;
+        let (steps, max) = search_disturbed(&cfg, |r, _| r >= 2e3, stolen).await;
         assert_eq!(steps.iter().filter(|s| s.rate == 2e3).count(), 1 + DISTURBED_RERUNS as usize);
         assert_eq!(max, 1e3);
 
@@ -817,42 +813,18 @@ mod tests {
         };
         // A rewrite falls into the first run of the 8k step; no retries are configured.
         let cfg = test_config(0, 0);
-        let mut runs_at_8k = 0;
-        let (steps, max, _) = search(&cfg, |r| {
-            if r == 8e3 {
-                runs_at_8k += 1;
-            }
-            let n = runs_at_8k;
-            async move {
-                let s = fake_step(r, 11_000.0);
-                if r == 8e3 && n == 1 {
-                    forked(s)
-                } else {
-                    s
-                }
-            }
-        })
-        .await;
+        let (steps, max) = search_disturbed(&cfg, |r, n| r == 8e3 && n == 1, forked).await;
         let seen: Vec<(f64, bool)> = steps.iter().map(|s| (s.rate, s.passed)).collect();
         assert_eq!(seen, [(1e3, true), (2e3, true), (4e3, true), (8e3, false), (8e3, true), (16e3, false)]);
         assert_eq!(max, 8e3);
 
         // Redis forking at every run: one run and FORKED_RERUNS more, then it counts.
-        let (steps, max, _) = search(&cfg, |r| async move {
-            let s = fake_step(r, 11_000.0);
-            if r >= 4e3 {
-                forked(s)
-            } else {
-                s
-            }
-        })
-        .await;
+        let (steps, max) = search_disturbed(&cfg, |r, _| r >= 4e3, forked).await;
         assert_eq!(steps.iter().filter(|s| s.rate == 4e3).count(), 1 + FORKED_RERUNS as usize);
         assert_eq!(max, 2e3);
 
         // A pass with a fork in it is a pass: nothing is run again.
-        let (steps, max, _) =
-            search(&cfg, |r| async move { Step { redis_forks: rewrite, ..fake_step(r, 11_000.0) } }).await;
+        let (steps, max) = search_disturbed(&cfg, |_, _| true, |s| Step { redis_forks: rewrite, ..s }).await;
         assert_eq!(steps.iter().filter(|s| s.rate == 8e3).count(), 1);
         assert_eq!(steps.iter().filter(|s| s.rate == 16e3).count(), 1 + FORKED_RERUNS as usize, "16k fails with forks");
         assert_eq!(max, 8e3);
