@@ -184,20 +184,21 @@ pub enum MaxBound {
     /// because a stolen vCPU is also what makes the generator lag.
     HostSteal(f64),
     Generator,
+    HostContended,
     HostSaturated,
 }
 
-/// `steal`: over the windows that decide the max ([`deciding_steal`]).
-pub fn max_bound(steal: &Steal, generator_bound: bool, host_saturated: bool) -> Option<MaxBound> {
+/// `steal`: over the windows that decide the max ([`deciding_steal`]); `lag`: why the
+/// generator fell behind at the first failing rate.
+pub fn max_bound(steal: &Steal, lag: Option<Lag>) -> Option<MaxBound> {
     if steal.disturbed() {
-        Some(MaxBound::HostSteal(steal.notable_share()))
-    } else if generator_bound {
-        Some(MaxBound::Generator)
-    } else if host_saturated {
-        Some(MaxBound::HostSaturated)
-    } else {
-        None
+        return Some(MaxBound::HostSteal(steal.notable_share()));
     }
+    lag.map(|l| match l {
+        Lag::Generator => MaxBound::Generator,
+        Lag::HostContended => MaxBound::HostContended,
+        Lag::HostSaturated => MaxBound::HostSaturated,
+    })
 }
 
 /// Why the generator fell behind its schedule at the first failing rate.
@@ -206,6 +207,10 @@ pub fn max_bound(steal: &Steal, generator_bound: bool, host_saturated: bool) -> 
 pub enum Lag {
     /// The host's CPUs had room: the generator itself could not send faster.
     Generator,
+    /// The CPUs were mostly busy, and mostly not with the generator: server and Redis kept
+    /// both cores nearly full and the generator waited for one. Not the generator's own
+    /// capacity, and not a full host either; the server on a host of its own may do more.
+    HostContended,
     /// Every CPU was busy: generator, Redis and server together saturated the host, so the
     /// server on a machine of its own may do more, but by how much this run cannot say.
     HostSaturated,
@@ -221,12 +226,33 @@ pub struct StepSummary {
     /// True when the search stopped because the generator, not the server, fell behind.
     /// The first failing rate's send lag was large (see [`Lag`]).
     pub generator_bound: bool,
+    /// The generator fell behind on a host mostly busy with server and Redis ([`Lag`]).
+    pub host_contended: bool,
     pub host_saturated: bool,
     /// The measurement at 80% of the max sustainable rate.
     pub at_80_percent: Option<Step>,
     /// Earlier measurements at 80% that host steal disturbed, so they were taken again
     /// (reported, not used).
     pub at_80_stolen: Vec<Step>,
+}
+
+impl StepSummary {
+    /// Why the generator fell behind at the first failing rate, from the summary's flags.
+    pub fn lag(&self) -> Option<Lag> {
+        Lag::from_flags(self.generator_bound, self.host_contended, self.host_saturated)
+    }
+}
+
+impl Lag {
+    /// The lag a summary's three flags name (at most one is set; none when none is).
+    pub fn from_flags(generator: bool, contended: bool, saturated: bool) -> Option<Lag> {
+        match (generator, contended, saturated) {
+            (true, _, _) => Some(Lag::Generator),
+            (_, true, _) => Some(Lag::HostContended),
+            (_, _, true) => Some(Lag::HostSaturated),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -428,12 +454,15 @@ impl Summary {
             }
             let steps: Vec<(f64, Steal)> = st.steps.iter().map(|x| (x.rate, x.host_steal)).collect();
             let steal = deciding_steal(&steps, st.max_sustainable_rate, self.host_steal);
-            let why = match max_bound(&steal, st.generator_bound, st.host_saturated) {
+            let why = match max_bound(&steal, st.lag()) {
                 Some(MaxBound::HostSteal(share)) => format!(
                     " (host steal in {:.0}% of the windows that decide it, the step that bounds it and the measurement at 80%: they measured the host as much as the server)",
                     share * 100.0
                 ),
                 Some(MaxBound::Generator) => " (generator-bound: the server may do more)".into(),
+                Some(MaxBound::HostContended) => {
+                    " (host contended above it: server and Redis kept the cores busy and the generator waited for one; the server may do more)".into()
+                }
                 Some(MaxBound::HostSaturated) => {
                     " (host saturated above it: generator, Redis and server share its CPUs)".into()
                 }
@@ -732,6 +761,7 @@ mod tests {
             ],
             max_sustainable_rate: 1000.0,
             generator_bound: false,
+            host_contended: false,
             host_saturated: true,
             at_80_percent: None,
             at_80_stolen: Vec::new(),
@@ -743,6 +773,13 @@ mod tests {
         assert_eq!(text.matches("Redis forked 1x").count(), 1, "{text}");
         assert!(text.contains("cpu  97% (gen    -)"), "{text}");
         assert!(text.contains("(host saturated above it"), "{text}");
+        let st = s.step.as_mut().unwrap();
+        (st.host_saturated, st.host_contended) = (false, true);
+        let text = s.text();
+        assert!(text.contains("(host contended above it: server and Redis kept the cores busy"), "{text}");
+        assert!(!text.contains("saturated"), "{text}");
+        let st = s.step.as_mut().unwrap();
+        (st.host_saturated, st.host_contended) = (true, false);
 
         // A search whose steps lost their CPUs to the hypervisor says so instead of blaming
         // the generator or the server.

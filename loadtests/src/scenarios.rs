@@ -243,14 +243,27 @@ const KEPT_UP: f64 = 0.97;
 /// host rather than being the bottleneck itself.
 const SATURATED_BUSY_PCT: f64 = 90.0;
 
+/// Below saturation, a host at least this busy (percent) whose busy time was mostly not the
+/// generator's ([`CONTENDED_GENERATOR_SHARE`]) counts as contended: on 4 December the warm
+/// gateway's failing step ran 87 to 92% busy with the generator at 23 to 27% of the host,
+/// so the generator lagged waiting for a core that server and Redis held, not for want of
+/// its own capacity.
+const CONTENDED_BUSY_PCT: f64 = 75.0;
+
+/// The most of the host's busy time the generator may take for a lag to count as contention
+/// rather than the generator's own limit.
+const CONTENDED_GENERATOR_SHARE: f64 = 1.0 / 3.0;
+
 /// Why a failed step's generator fell behind, if it did: its send lag p99 over half the p99
-/// target, with the host's CPUs saturated or not (unknown counts as the generator).
+/// target, with the host's CPUs saturated, contended by the server and Redis, or with room
+/// (unknown counts as the generator).
 pub fn lag_of(cfg: &StepConfig, s: &Step) -> Option<Lag> {
     if s.passed || s.send_lag_p99_ms <= cfg.p99_target_ms / 2.0 {
         return None;
     }
-    Some(match s.host_busy_pct {
-        Some(b) if b >= SATURATED_BUSY_PCT => Lag::HostSaturated,
+    Some(match (s.host_busy_pct, s.generator_cpu_pct) {
+        (Some(b), _) if b >= SATURATED_BUSY_PCT => Lag::HostSaturated,
+        (Some(b), Some(g)) if b >= CONTENDED_BUSY_PCT && g <= CONTENDED_GENERATOR_SHARE * b => Lag::HostContended,
         _ => Lag::Generator,
     })
 }
@@ -593,6 +606,7 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
         steps,
         max_sustainable_rate: max,
         generator_bound: lag == Some(Lag::Generator),
+        host_contended: lag == Some(Lag::HostContended),
         host_saturated: lag == Some(Lag::HostSaturated),
         at_80_percent: at80,
         at_80_stolen: stolen80,
@@ -747,6 +761,15 @@ mod tests {
         assert_eq!(lag_of(&cfg, &failed(40.0, Some(99.0))), Some(Lag::HostSaturated));
         assert_eq!(lag_of(&cfg, &failed(40.0, Some(60.0))), Some(Lag::Generator), "CPUs had room");
         assert_eq!(lag_of(&cfg, &failed(40.0, None)), Some(Lag::Generator), "not sampled");
+        // Busy but below saturation: whose the busy time was tells contention from the
+        // generator's own limit (the warm row of 4 December: 87% busy, generator 25%).
+        let busy = |b: f64, g: Option<f64>| Step { generator_cpu_pct: g, ..failed(40.0, Some(b)) };
+        assert_eq!(lag_of(&cfg, &busy(87.0, Some(25.0))), Some(Lag::HostContended));
+        assert_eq!(lag_of(&cfg, &busy(87.0, Some(28.0))), Some(Lag::HostContended), "under a third of 87%");
+        assert_eq!(lag_of(&cfg, &busy(87.0, Some(30.0))), Some(Lag::Generator), "over a third: its own limit");
+        assert_eq!(lag_of(&cfg, &busy(74.0, Some(10.0))), Some(Lag::Generator), "CPUs had room");
+        assert_eq!(lag_of(&cfg, &busy(87.0, None)), Some(Lag::Generator), "generator not sampled");
+        assert_eq!(lag_of(&cfg, &busy(95.0, Some(10.0))), Some(Lag::HostSaturated), "saturation first");
         let passed = Step { send_lag_p99_ms: 40.0, ..fake_step(1_000.0, 11_000.0) };
         assert_eq!(lag_of(&cfg, &passed), None, "a passing step has no failure to explain");
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::host::Steal;
-use crate::report::{bounding_run, deciding_steal, max_bound, MaxBound};
+use crate::report::{bounding_run, deciding_steal, max_bound, Lag, MaxBound};
 
 struct Row {
     name: String,
@@ -34,8 +34,8 @@ struct Row {
     /// to a bound), and whether the last run of the rate that bounds the max forked too.
     forked_steps: Vec<f64>,
     bound_forked: bool,
-    bound: bool,
-    saturated: bool,
+    /// Why the generator fell behind at the first failing rate ([`Lag`]).
+    lag: Option<Lag>,
 }
 
 fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
@@ -75,8 +75,11 @@ fn row(name: &str, v: &Value) -> anyhow::Result<Row> {
             Some(steal(&v["host_steal"])),
         ),
         forks80: v["resources"]["redis_forks"]["forks"].as_u64(),
-        bound: st["generator_bound"].as_bool().unwrap_or(false),
-        saturated: st["host_saturated"].as_bool().unwrap_or(false),
+        lag: Lag::from_flags(
+            st["generator_bound"].as_bool().unwrap_or(false),
+            st["host_contended"].as_bool().unwrap_or(false),
+            st["host_saturated"].as_bool().unwrap_or(false),
+        ),
     })
 }
 
@@ -104,9 +107,10 @@ pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
     );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
-        let why = match max_bound(&r.steal_deciding, r.bound, r.saturated) {
+        let why = match max_bound(&r.steal_deciding, r.lag) {
             Some(MaxBound::HostSteal(share)) => format!(" (host steal: {:.0}% of windows)", share * 100.0),
             Some(MaxBound::Generator) => " (generator-bound)".into(),
+            Some(MaxBound::HostContended) => " (host contended above)".into(),
             Some(MaxBound::HostSaturated) => " (host saturated above)".into(),
             None => String::new(),
         };
@@ -427,10 +431,18 @@ mod tests {
         bound["step"]["generator_bound"] = json!(true);
         let mut saturated = summary(6_000.0);
         saturated["step"]["host_saturated"] = json!(true);
-        let t = render(&[("echo".into(), bound), ("naive".into(), saturated), ("gateway".into(), summary(3_000.0))])
-            .unwrap();
+        let mut contended = summary(4_000.0);
+        contended["step"]["host_contended"] = json!(true);
+        let t = render(&[
+            ("echo".into(), bound),
+            ("naive".into(), saturated),
+            ("gateway".into(), summary(3_000.0)),
+            ("gateway-warm".into(), contended),
+        ])
+        .unwrap();
         assert!(t.contains("| echo | 9000 (generator-bound) |"), "{t}");
         assert!(t.contains("| naive | 6000 (host saturated above) |"), "{t}");
+        assert!(t.contains("| gateway-warm | 4000 (host contended above) |"), "{t}");
         assert!(t.contains("| gateway | 3000 |"), "{t}");
         assert!(
             t.contains("echo/naive = 1.50: the most gateway/naive can reach on this machine (below the target of 2: a server that only parses the scan misses it in this run)"),
