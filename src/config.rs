@@ -118,6 +118,9 @@ pub struct Settings {
     pub onshare_claim_idle_ms: u64,
     /// Callbacks in flight per gateway process.
     pub onshare_concurrency: usize,
+    /// Most shares the outbox holds (all nodes); beyond it a share is refused with 503
+    /// `OUTBOX_FULL` rather than stored, so a long switch outage cannot fill Redis.
+    pub onshare_outbox_max: u64,
 }
 
 impl Default for Settings {
@@ -179,6 +182,7 @@ impl Default for Settings {
             onshare_backoff_max_ms: 30_000,
             onshare_claim_idle_ms: 60_000,
             onshare_concurrency: 256,
+            onshare_outbox_max: 100_000,
         }
     }
 }
@@ -299,6 +303,7 @@ impl Settings {
             onshare_backoff_max_ms,
             onshare_claim_idle_ms,
             onshare_concurrency,
+            onshare_outbox_max,
             jwks_unknown_kid_refetch_s
         );
         if let Some(v) = get("redis_cluster") {
@@ -439,6 +444,9 @@ impl Settings {
         if self.onshare_claim_idle_ms < 1000 || self.onshare_concurrency == 0 {
             return Err(bad("SCANGW_ONSHARE_CLAIM_IDLE_MS", "must be at least 1000 (and concurrency above 0)"));
         }
+        if self.onshare_outbox_max == 0 {
+            return Err(bad("SCANGW_ONSHARE_OUTBOX_MAX", "must be greater than 0"));
+        }
         if self.jwks_unknown_kid_refetch_s == 0 {
             return Err(bad("SCANGW_JWKS_UNKNOWN_KID_REFETCH_S", "must be greater than 0 (it bounds JWKS fetches)"));
         }
@@ -543,8 +551,8 @@ mod tests {
     }
 
     #[test]
-    fn the_jwks_refetch_interval_must_be_positive() {
-        for key in ["SCANGW_JWKS_UNKNOWN_KID_REFETCH_S"] {
+    fn the_outbox_bound_and_the_jwks_refetch_interval_must_be_positive() {
+        for key in ["SCANGW_ONSHARE_OUTBOX_MAX", "SCANGW_JWKS_UNKNOWN_KID_REFETCH_S"] {
             let mut e = good();
             e.extend_from_slice(&[
                 ("SCANGW_HIECM_BASE_URL", "http://switch.test"),

@@ -63,7 +63,10 @@ async fn accept(
     let body = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
     let at = state.directory.deps().clock.now().as_millisecond().to_string();
     let fields = [(F_VERSION, version.as_str()), (F_REQUEST_ID, request_id), (F_HIP, hip), (F_BODY, body), (F_AT, &at)];
-    state.store.outbox_add(&fields).await?;
+    if state.store.outbox_add(&fields, state.settings.onshare_outbox_max).await?.is_none() {
+        tracing::warn!(limit = state.settings.onshare_outbox_max, "outbox full: a share was refused with OUTBOX_FULL");
+        return Err(ApiError::OutboxFull);
+    }
     Ok(HttpResponse::Accepted().json(json!({ "requestId": request_id, "status": "ACCEPTED" })))
 }
 
