@@ -416,6 +416,27 @@ mod tests {
     }
 
     #[test]
+    fn every_give_up_reason_is_exported_from_zero_and_counts_as_gave_up() {
+        let handle = install();
+        let m = Metrics::new();
+        let text = handle.render();
+        for reason in GIVE_UP_REASONS {
+            let series = format!("{ONSHARE_GIVEN_UP}{{reason=\"{reason}\"}} ");
+            assert!(text.lines().any(|l| l.starts_with(&series)), "{series} pre-registered");
+        }
+        let value = |text: &str, series: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(series)).map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        let bad = format!("{ONSHARE_GIVEN_UP}{{reason=\"bad_entry\"}} ");
+        let gave_up = format!("{ONSHARE}{{outcome=\"gave_up\"}} ");
+        let (b0, g0) = (value(&text, &bad), value(&text, &gave_up));
+        m.onshare_given_up(GiveUp::BadEntry);
+        let text = handle.render();
+        assert_eq!(value(&text, &bad), b0 + 1.0);
+        assert!(value(&text, &gave_up) >= g0 + 1.0);
+    }
+
+    #[test]
     fn histograms_are_folded_by_an_upkeep_thread_not_only_by_scrapes() {
         install();
         // A new thread names itself once it runs: poll for the name, with a deadline.
