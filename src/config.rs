@@ -97,6 +97,14 @@ pub struct Settings {
     pub jwks_url: String,
     /// Expected `iss` of the switch's JWTs (empty = not checked).
     pub jwt_issuer: String,
+    /// Required entry of `aud` in the switch's JWTs (empty = not checked).
+    pub jwt_audience: String,
+    /// The switch's own OAuth client: its JWTs must name it in `clientId` / `client_id` /
+    /// `azp` (empty = not checked, and any participant's token of the issuer passes).
+    pub switch_jwt_client_id: String,
+    /// A token with a `kid` not in the keys refetches the JWKS URL, at most once per this
+    /// many seconds (one fetch however many such requests arrive at once).
+    pub jwks_unknown_kid_refetch_s: u64,
     /// Allowed clock skew for `exp` / `nbf`.
     pub jwt_leeway_s: u64,
     /// `on` (default) or `off`: turning verification off must be explicit and is logged.
@@ -110,6 +118,9 @@ pub struct Settings {
     pub onshare_claim_idle_ms: u64,
     /// Callbacks in flight per gateway process.
     pub onshare_concurrency: usize,
+    /// Most shares the outbox holds (all nodes); beyond it a share is refused with 503
+    /// `OUTBOX_FULL` rather than stored, so a long switch outage cannot fill Redis.
+    pub onshare_outbox_max: u64,
 }
 
 impl Default for Settings {
@@ -161,6 +172,9 @@ impl Default for Settings {
             jwks_file: String::new(),
             jwks_url: String::new(),
             jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            switch_jwt_client_id: String::new(),
+            jwks_unknown_kid_refetch_s: 5,
             jwt_leeway_s: 60,
             jwt_verification: "on".into(),
             onshare_deadline_s: 1800,
@@ -168,6 +182,7 @@ impl Default for Settings {
             onshare_backoff_max_ms: 30_000,
             onshare_claim_idle_ms: 60_000,
             onshare_concurrency: 256,
+            onshare_outbox_max: 100_000,
         }
     }
 }
@@ -249,6 +264,8 @@ impl Settings {
             jwks_file,
             jwks_url,
             jwt_issuer,
+            jwt_audience,
+            switch_jwt_client_id,
             jwt_verification
         );
         number!(
@@ -285,7 +302,9 @@ impl Settings {
             onshare_backoff_ms,
             onshare_backoff_max_ms,
             onshare_claim_idle_ms,
-            onshare_concurrency
+            onshare_concurrency,
+            onshare_outbox_max,
+            jwks_unknown_kid_refetch_s
         );
         if let Some(v) = get("redis_cluster") {
             s.redis_cluster = match v.trim() {
@@ -425,6 +444,12 @@ impl Settings {
         if self.onshare_claim_idle_ms < 1000 || self.onshare_concurrency == 0 {
             return Err(bad("SCANGW_ONSHARE_CLAIM_IDLE_MS", "must be at least 1000 (and concurrency above 0)"));
         }
+        if self.onshare_outbox_max == 0 {
+            return Err(bad("SCANGW_ONSHARE_OUTBOX_MAX", "must be greater than 0"));
+        }
+        if self.jwks_unknown_kid_refetch_s == 0 {
+            return Err(bad("SCANGW_JWKS_UNKNOWN_KID_REFETCH_S", "must be greater than 0 (it bounds JWKS fetches)"));
+        }
         Ok(())
     }
 
@@ -523,6 +548,23 @@ mod tests {
         assert!(t.cluster);
         assert_eq!(t.urls.len(), 2);
         assert!(with(&[("SCANGW_REDIS_CLUSTER", "true")]).cluster);
+    }
+
+    #[test]
+    fn the_outbox_bound_and_the_jwks_refetch_interval_must_be_positive() {
+        for key in ["SCANGW_ONSHARE_OUTBOX_MAX", "SCANGW_JWKS_UNKNOWN_KID_REFETCH_S"] {
+            let mut e = good();
+            e.extend_from_slice(&[
+                ("SCANGW_HIECM_BASE_URL", "http://switch.test"),
+                ("SCANGW_HIECM_CLIENT_ID", "gateway-client"),
+                ("SCANGW_HIECM_CLIENT_SECRET", "gateway-secret-0123456789"),
+                ("SCANGW_JWKS_FILE", "/etc/scan-gateway/jwks.json"),
+            ]);
+            assert!(Settings::from_sources(None, &env(&e)).is_ok());
+            e.push((key, "0"));
+            let err = Settings::from_sources(None, &env(&e)).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

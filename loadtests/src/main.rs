@@ -179,7 +179,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 7200)]
     token_validity_s: u64,
     /// Play the national switch on this address (the gateway's SCANGW_HIECM_BASE_URL, with
-    /// SCANGW_JWKS_FILE=tests/fixtures/protocol/jwt/jwks.json and SCANGW_JWT_ISSUER=scan-load-switch):
+    /// SCANGW_JWKS_FILE=tests/fixtures/protocol/jwt/jwks.json, SCANGW_JWT_ISSUER=scan-load-switch and
+    /// optionally SCANGW_JWT_AUDIENCE=account, SCANGW_SWITCH_JWT_CLIENT_ID=scan-load-switch-client):
     /// a `--share` part of the scans then arrive as v3 shares, their tokens by on-share.
     #[arg(long)]
     switch_listen: Option<String>,

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 const KEY: &str = include_str!("../../tests/fixtures/protocol/jwt/test-only-key1.pem");
 pub const KID: &str = "test-key-1";
 pub const ISSUER: &str = "scan-load-switch";
+/// The switch's own OAuth client, as its tokens name it (the gateway checks it).
+pub const CLIENT_ID: &str = "scan-load-switch-client";
 pub const SESSION_PATH: &str = "/api/hiecm/gateway/v3/sessions";
 pub const ON_SHARE_PATH: &str = "/api/hiecm/patient-share/v3/on-share";
 
@@ -39,7 +41,8 @@ pub struct Switch {
 /// A bearer JWT as the switch signs it, valid for `valid_s` seconds.
 pub fn bearer(valid_s: i64) -> String {
     let now = jiff::Timestamp::now().as_second();
-    let claims = json!({"iss": ISSUER, "sub": "hiecm", "iat": now, "exp": now + valid_s});
+    let claims = json!({"iss": ISSUER, "sub": "hiecm", "aud": "account", "azp": CLIENT_ID, "clientId": CLIENT_ID,
+                        "iat": now, "exp": now + valid_s});
     scan_gateway::protocol::jwt::sign_rs256_for_tests(KEY, KID, &claims)
 }
 
@@ -127,7 +130,13 @@ mod tests {
     fn the_bearer_verifies_against_the_checked_in_jwks() {
         use scan_gateway::protocol::jwt::{JwtConfig, Verifier};
         let jwks = include_str!("../../tests/fixtures/protocol/jwt/jwks.json");
-        let cfg = JwtConfig { issuer: Some(ISSUER.into()), leeway_s: 5, ..JwtConfig::default() };
+        let cfg = JwtConfig {
+            issuer: Some(ISSUER.into()),
+            audience: Some("account".into()),
+            client_id: Some(CLIENT_ID.into()),
+            leeway_s: 5,
+            ..JwtConfig::default()
+        };
         let v = Verifier::from_jwks_json(jwks, &cfg).unwrap();
         let now = jiff::Timestamp::now().as_second();
         let claims = v.verify(Some(&format!("Bearer {}", bearer(60))), now);

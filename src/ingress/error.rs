@@ -68,6 +68,10 @@ pub enum ApiError {
     Overloaded,
     #[error("the facility changed owner; retry")]
     OwnerChanged,
+    /// The on-share outbox is at `SCANGW_ONSHARE_OUTBOX_MAX` (the switch's callbacks are not
+    /// landing): the share was not stored and gets no callback; the switch may resend it.
+    #[error("too many shares are waiting for their on-share; resend later")]
+    OutboxFull,
     #[error("rate limit exceeded; retry after the time in Retry-After")]
     RateLimited(Limited),
 }
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::StoreUnavailable => "STORE_UNAVAILABLE",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::OwnerChanged => "OWNER_CHANGED",
+            ApiError::OutboxFull => "OUTBOX_FULL",
             ApiError::RateLimited(l) => l.kind.code(),
         }
     }
@@ -146,7 +151,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged => {
+            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged | ApiError::OutboxFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -24,12 +24,12 @@ pub fn valid_request_id(v: &str) -> bool {
 }
 
 /// Checks the switch's credential (before anything else is read) and the per-client limit.
-fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let p = state.protocol.as_ref().ok_or(ApiError::NotFound)?;
     state.limits.global().map_err(super::auth::limited)?;
     let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let now = state.directory.deps().clock.now().as_second();
-    if let Err(e) = p.verifier.verify(auth, now) {
+    let now = state.directory.deps().clock.now();
+    if let Err(e) = p.verify(auth, now).await {
         state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
         return Err(ApiError::InvalidToken(e.code()));
     }
@@ -63,7 +63,10 @@ async fn accept(
     let body = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
     let at = state.directory.deps().clock.now().as_millisecond().to_string();
     let fields = [(F_VERSION, version.as_str()), (F_REQUEST_ID, request_id), (F_HIP, hip), (F_BODY, body), (F_AT, &at)];
-    state.store.outbox_add(&fields).await?;
+    if state.store.outbox_add(&fields, state.settings.onshare_outbox_max).await?.is_none() {
+        tracing::warn!(limit = state.settings.onshare_outbox_max, "outbox full: a share was refused with OUTBOX_FULL");
+        return Err(ApiError::OutboxFull);
+    }
     Ok(HttpResponse::Accepted().json(json!({ "requestId": request_id, "status": "ACCEPTED" })))
 }
 
@@ -81,7 +84,7 @@ pub async fn share_v3(
 }
 
 async fn share_v3_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
-    authenticate(req, state)?;
+    authenticate(req, state).await?;
     let rid = header(req, "REQUEST-ID")?;
     if !valid_request_id(rid) {
         return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
@@ -114,7 +117,7 @@ pub async fn share_v1(
 }
 
 async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
-    authenticate(req, state)?;
+    authenticate(req, state).await?;
     let hip = header(req, "X-HIP-ID")?;
     if !valid_facility_id(hip) {
         return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));

@@ -1,7 +1,8 @@
 //! The on-share outbox: a Redis stream of accepted protocol shares read through one
 //! consumer group, so each entry is worked on by one gateway process at a time, survives a
 //! restart (its pending entry is claimed by another consumer once idle) and is deleted
-//! when its callback is delivered or given up.
+//! when its callback is delivered or given up. It is bounded: at its limit a new share is
+//! refused (never an older one trimmed: each entry was acknowledged 202 to the switch).
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -47,6 +48,14 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 ";
 
+/// KEYS: stream. ARGV: limit, then field, value, ... Appends unless the stream already holds
+/// `limit` entries (given-up and delivered entries are deleted, so XLEN counts live ones);
+/// nil when full. One script, so concurrent shares on many nodes cannot overshoot the bound.
+const ADD_BOUNDED: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+";
+
 impl Store {
     /// Creates the consumer group (from the stream's start, so nothing accepted before the
     /// first gateway started is skipped). Idempotent.
@@ -60,10 +69,19 @@ impl Store {
         }
     }
 
-    /// Appends an accepted share; durable (AOF) before the share is answered 202.
-    pub async fn outbox_add(&self, fields: &[(&str, &str)]) -> Result<String, StoreError> {
+    /// Appends an accepted share; durable (AOF) before the share is answered 202. `None`
+    /// when the outbox already holds `limit` entries: nothing was written.
+    pub async fn outbox_add(&self, fields: &[(&str, &str)], limit: u64) -> Result<Option<String>, StoreError> {
         let mut c = self.connection();
-        let fut = async move { c.xadd::<_, _, _, _, String>(OUTBOX, "*", fields).await };
+        let script = redis::Script::new(ADD_BOUNDED);
+        let fut = async move {
+            let mut inv = script.key(OUTBOX);
+            inv.arg(limit);
+            for (k, v) in fields {
+                inv.arg(*k).arg(*v);
+            }
+            inv.invoke_async::<Option<String>>(&mut c).await
+        };
         self.call_pub(fut).await
     }
 

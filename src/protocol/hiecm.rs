@@ -38,7 +38,8 @@ impl Version {
     }
 }
 
-/// Why a callback attempt did not land; all of them are retried until the deadline.
+/// Why a callback attempt did not land. Retried until the deadline unless
+/// [`SendError::is_permanent`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     #[error("the switch could not be reached or timed out")]
@@ -47,6 +48,16 @@ pub enum SendError {
     Session(u16),
     #[error("the switch answered {0}")]
     Status(u16),
+}
+
+impl SendError {
+    /// The switch read the callback and refused it for good (a 4xx): sending the same body
+    /// again cannot land it. Not permanent: 5xx, no answer or a timeout, a refused session
+    /// (the credentials may be fixed before the deadline), 401 (the session bearer is renewed
+    /// on the next attempt), 408 and 429 (the switch asks to come back later).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Status(s) if (400..500).contains(s) && !matches!(s, 401 | 408 | 429))
+    }
 }
 
 /// A random (version 4) UUID, as the protocol's `REQUEST-ID`.
@@ -163,6 +174,18 @@ mod tests {
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
         assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn only_a_4xx_other_than_401_408_429_is_permanent() {
+        for s in [400, 403, 404, 409, 413, 422] {
+            assert!(SendError::Status(s).is_permanent(), "{s}");
+        }
+        for s in [401, 408, 429, 500, 502, 503, 504] {
+            assert!(!SendError::Status(s).is_permanent(), "{s}");
+        }
+        assert!(!SendError::Unreachable.is_permanent());
+        assert!(!SendError::Session(400).is_permanent());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Verification of the national switch's bearer JWTs: RS256 only, keys from a JWKS (file, or a
 //! body the caller fetched from the JWKS URL), issuer/audience checks, and exp/nbf/iat against
-//! the injected clock with a configured leeway. Owns the JWKS parsing and the key rotation.
+//! the injected clock with a configured leeway, and the switch's own client id (so another
+//! participant's token of the same issuer is refused). Owns the JWKS parsing and key rotation.
 use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,6 +31,9 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// When set, `aud` (a string or an array) must contain it.
     pub audience: Option<String>,
+    /// When set, the token must name this client in `clientId`, `client_id` or `azp` (at least
+    /// one of them, and every one present must equal it). See [`CLIENT_ID_CLAIMS`].
+    pub client_id: Option<String>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_s: u64,
     /// Accept every request without looking at it (local development only).
@@ -54,6 +59,8 @@ pub enum JwtError {
     WrongIssuer,
     #[error("the token has the wrong audience")]
     WrongAudience,
+    #[error("the token was not issued to the switch's client")]
+    WrongClient,
     #[error("the token's signing algorithm is not allowed")]
     AlgorithmNotAllowed,
     #[error("signing keys unavailable: {0}")]
@@ -71,6 +78,7 @@ impl JwtError {
             JwtError::NotYetValid => "TOKEN_NOT_YET_VALID",
             JwtError::WrongIssuer => "TOKEN_WRONG_ISSUER",
             JwtError::WrongAudience => "TOKEN_WRONG_AUDIENCE",
+            JwtError::WrongClient => "TOKEN_WRONG_CLIENT",
             JwtError::AlgorithmNotAllowed => "TOKEN_ALGORITHM_NOT_ALLOWED",
             JwtError::Jwks(_) => "JWKS_UNAVAILABLE",
         }
@@ -91,6 +99,18 @@ pub struct Claims {
     pub extra: Map<String, Value>,
 }
 
+/// The claims that name the OAuth client a token was issued to. Why these: the switch's
+/// identity provider is a Keycloak realm shared by every participant, and all of its access
+/// tokens carry `aud: "account"`, so neither `iss` nor `aud` tells the switch's own callback
+/// token from the session token of any HIP or HIU (this gateway's included). What differs is
+/// the client: the reference gateway (ProjectEKA/gateway, `CentralRegistryTokenVerifier`)
+/// requires a `clientId` claim and identifies every caller by it; BahmniIndiaDistro/hip-service
+/// (`Startup.IsTokenValid`) accepts a switch call only with a `clientId` claim and the realm
+/// role `gateway`; ohcnetwork/care_abdm (`ABDMAuthentication`) checks only `aud == "account"`,
+/// the very hole this closes. Keycloak writes the client as `azp` in every access token,
+/// `clientId` through the service-account mapper and `client_id` in newer releases.
+pub const CLIENT_ID_CLAIMS: [&str; 3] = ["clientId", "client_id", "azp"];
+
 struct Key {
     kid: Option<String>,
     key: DecodingKey,
@@ -100,11 +120,15 @@ struct Key {
 /// set can be swapped while requests are being verified.
 pub struct Verifier {
     keys: RwLock<Arc<Vec<Key>>>,
+    /// Bumped by every key replacement: a caller that saw an unknown `kid` can tell whether
+    /// the keys changed since (then it verifies again instead of fetching once more).
+    generation: AtomicU64,
     /// The crate's checks: signature and RS256 only. Time, issuer and audience are checked by
     /// `check_claims` against the injected clock.
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    client_id: Option<String>,
     leeway_s: i64,
     disabled: bool,
 }
@@ -115,6 +139,7 @@ impl fmt::Debug for Verifier {
             .field("keys", &self.key_count())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("client_id", &self.client_id)
             .field("leeway_s", &self.leeway_s)
             .field("disabled", &self.disabled)
             .finish()
@@ -131,9 +156,11 @@ impl Verifier {
         validation.leeway = 0;
         Verifier {
             keys: RwLock::new(Arc::new(Vec::new())),
+            generation: AtomicU64::new(0),
             validation,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
+            client_id: cfg.client_id.clone(),
             leeway_s: i64::try_from(cfg.leeway_s).unwrap_or(i64::MAX),
             disabled: cfg.disabled,
         }
@@ -170,7 +197,13 @@ impl Verifier {
     pub fn replace_keys(&self, jwks_json: &str) -> Result<(), JwtError> {
         let keys = parse_jwks(jwks_json)?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// How many times the key set was replaced; read it before [`Verifier::verify`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// How many keys are loaded.
@@ -242,6 +275,21 @@ impl Verifier {
         if let Some(want) = &self.audience {
             if !c.aud.iter().any(|a| a == want) {
                 return Err(JwtError::WrongAudience);
+            }
+        }
+        if let Some(want) = &self.client_id {
+            // Every client claim present must name the switch (a token may not pass on `azp`
+            // while its `clientId` names someone else), and at least one must be there.
+            let mut named = false;
+            for name in CLIENT_ID_CLAIMS {
+                match c.extra.get(name) {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(v)) if v == want => named = true,
+                    Some(_) => return Err(JwtError::WrongClient),
+                }
+            }
+            if !named {
+                return Err(JwtError::WrongClient);
             }
         }
         Ok(())
@@ -518,6 +566,36 @@ mod tests {
     }
 
     #[test]
+    fn the_client_id_is_checked_when_configured() {
+        let switch = "gateway";
+        let v = Verifier::from_jwks_json(
+            JWKS,
+            &JwtConfig { audience: Some("account".into()), client_id: Some(switch.into()), ..cfg() },
+        )
+        .unwrap();
+        let base = with(claims(), "aud", json!("account"));
+        let sign = |c: &Value| sign_rs256_for_tests(KEY1, "test-key-1", c);
+        // The switch's own token passes by any of the client claims.
+        for name in CLIENT_ID_CLAIMS {
+            assert!(check(&v, &sign(&with(base.clone(), name, json!(switch)))).is_ok(), "{name}");
+        }
+        let both = with(with(base.clone(), "clientId", json!(switch)), "azp", json!(switch));
+        assert!(check(&v, &sign(&both)).is_ok());
+        // Same issuer, key and audience, another client: refused.
+        for name in CLIENT_ID_CLAIMS {
+            let other = sign(&with(base.clone(), name, json!("some-hip-client")));
+            assert_eq!(check(&v, &other), Err(JwtError::WrongClient), "{name}");
+        }
+        // Right on one claim, wrong on another; none at all; not a string.
+        let mixed = with(with(base.clone(), "clientId", json!(switch)), "azp", json!("some-hip-client"));
+        assert_eq!(check(&v, &sign(&mixed)), Err(JwtError::WrongClient));
+        assert_eq!(check(&v, &sign(&base)), Err(JwtError::WrongClient));
+        assert_eq!(check(&v, &sign(&with(base.clone(), "clientId", json!([switch])))), Err(JwtError::WrongClient));
+        // Without a configured client id, any client passes.
+        assert!(check(&verifier(), &sign(&with(base, "clientId", json!("some-hip-client")))).is_ok());
+    }
+
+    #[test]
     fn exp_is_required_and_claims_must_have_their_types() {
         let v = verifier();
         let no_exp = sign_rs256_for_tests(KEY1, "test-key-1", &without(claims(), "exp"));
@@ -625,7 +703,9 @@ mod tests {
         assert!(check(&v, &t1).is_ok());
         assert_eq!(check(&v, &t2), Err(JwtError::UnknownKey));
 
+        let g = v.generation();
         v.replace_keys(JWKS_ROTATED).unwrap();
+        assert_eq!(v.generation(), g + 1, "a replacement is visible to callers that saw an unknown kid");
         assert!(check(&v, &t2).is_ok());
         assert_eq!(check(&v, &t1), Err(JwtError::UnknownKey));
         // Key 1's token relabelled to key 2's kid does not verify either.
@@ -635,6 +715,7 @@ mod tests {
         assert!(matches!(v.replace_keys("{not json"), Err(JwtError::Jwks(_))));
         assert!(matches!(v.replace_keys(r#"{"keys":[]}"#), Err(JwtError::Jwks(_))));
         assert!(check(&v, &t2).is_ok(), "a failed refresh keeps the keys");
+        assert_eq!(v.generation(), g + 1, "a refused key set is no replacement");
     }
 
     #[test]
@@ -694,6 +775,7 @@ mod tests {
             JwtError::NotYetValid,
             JwtError::WrongIssuer,
             JwtError::WrongAudience,
+            JwtError::WrongClient,
             JwtError::AlgorithmNotAllowed,
             JwtError::Jwks("x".into()),
         ];

@@ -1,7 +1,8 @@
 //! The on-share worker: reads accepted shares from the outbox (consumer group), issues each
 //! token through the same facility actor path as `POST /v1/scans` (idempotent by the
-//! share's request id), and delivers the on-share callback with exponential backoff and
-//! jitter until the deadline. Entries of a stopped process are taken over once idle.
+//! share's request id) unless its deadline already passed, and delivers the on-share callback
+//! with exponential backoff and jitter until the deadline (a permanent 4xx of the switch ends
+//! it at once). Entries of a stopped process are taken over once idle.
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::hiecm::{Hiecm, HiecmConfig, Version};
+use super::hiecm::{Hiecm, HiecmConfig, SendError, Version};
 use super::shapes::{self, Failure, FailureCode, TokenAck};
 use crate::facility::actor::FacilityError;
 use crate::facility::queue::QueueError;
@@ -19,7 +20,7 @@ use crate::facility::view::ApiTime;
 use crate::facility::Command;
 use crate::ingress::AppState;
 use crate::persistence::outbox::Entry;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{GiveUp, Metrics, GIVE_UP_REASONS};
 
 /// Outbox entry fields.
 pub const F_VERSION: &str = "v";
@@ -30,7 +31,7 @@ pub const F_BODY: &str = "body";
 pub const F_AT: &str = "at";
 
 /// The answer for a share could not be decided yet (the store or the facility is busy).
-struct Transient(FailureCode);
+struct Transient;
 
 /// Delay before retry `attempt` (1-based): exponential, capped, with full jitter.
 pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
@@ -143,13 +144,13 @@ fn now_ms(ctx: &Ctx) -> i64 {
     ctx.state.directory.deps().clock.now().as_millisecond()
 }
 
-/// Works one entry to the end: an answer, then its delivery (or the deadline).
+/// Works one entry to the end: an answer, then its delivery; or it is given up (its
+/// deadline passed, or the switch refused the callback for good).
 async fn handle(ctx: &Ctx, e: Entry) {
     let s = &ctx.state.settings;
     let (base, max) = (Duration::from_millis(s.onshare_backoff_ms), Duration::from_millis(s.onshare_backoff_max_ms));
     let Some(version) = Version::parse(e.get(F_VERSION)) else {
-        tracing::warn!(id = %e.id, "outbox entry of unknown version dropped");
-        let _ = ctx.state.store.outbox_done(&e.id).await;
+        give_up(ctx, &e.id, "", GiveUp::BadEntry, 0, None).await;
         return;
     };
     let rid = e.get(F_REQUEST_ID).to_string();
@@ -160,12 +161,17 @@ async fn handle(ctx: &Ctx, e: Entry) {
         if ctx.stopping() {
             return; // Still pending: another process (or this one restarted) takes it over.
         }
+        // Before every attempt to issue, never after: a share whose deadline passed while it
+        // waited (behind busy slots, or pending under a node that stopped) could not have its
+        // callback sent any more, and a token nobody hears of would still take a number in
+        // the patient's queue and count on the leaderboards.
+        if now_ms(ctx) >= deadline {
+            give_up(ctx, &e.id, &rid, GiveUp::ExpiredBeforeToken, attempt, None).await;
+            return;
+        }
         match answer(ctx, version, &rid, e.get(F_HIP), e.get(F_BODY)).await {
             Ok(v) => break v,
-            Err(Transient(code)) if now_ms(ctx) >= deadline => {
-                break body(ctx, version, &rid, Err(&Failure::new(code)))
-            }
-            Err(Transient(_)) => {
+            Err(Transient) => {
                 attempt += 1;
                 tokio::time::sleep(backoff(attempt, base, max)).await;
             }
@@ -177,9 +183,7 @@ async fn handle(ctx: &Ctx, e: Entry) {
             return;
         }
         if now_ms(ctx) >= deadline {
-            tracing::warn!(request_id = %rid, attempts = attempt, "on-share given up at its deadline");
-            ctx.metrics.onshare_gave_up.increment(1);
-            let _ = ctx.state.store.outbox_done(&e.id).await;
+            give_up(ctx, &e.id, &rid, GiveUp::ExpiredUndelivered, attempt, None).await;
             return;
         }
         match ctx.state.store.outbox_touch(&ctx.consumer, &e.id).await {
@@ -199,11 +203,14 @@ async fn handle(ctx: &Ctx, e: Entry) {
                 ctx.metrics.onshare_delay.record(((now.as_millisecond() - at).max(0) as f64) / 1000.0);
                 // Delivered: drop the entry (it holds patient data). If this fails the entry is
                 // delivered again after a takeover: the callback is idempotent by requestId.
-                for _ in 0..3 {
-                    if ctx.state.store.outbox_done(&e.id).await.is_ok() {
-                        break;
-                    }
-                }
+                done(ctx, &e.id).await;
+                return;
+            }
+            // The switch read the body and refused it (400, 403, 404, 422, ...): the same body
+            // sent again is refused again, so retrying would only load the switch until the
+            // deadline. Only 5xx, timeouts and connection errors are retried.
+            Err(SendError::Status(status)) if SendError::Status(status).is_permanent() => {
+                give_up(ctx, &e.id, &rid, GiveUp::SwitchRejected, attempt + 1, Some(status)).await;
                 return;
             }
             Err(err) => {
@@ -214,6 +221,30 @@ async fn handle(ctx: &Ctx, e: Entry) {
             }
         }
     }
+}
+
+/// Acknowledges and deletes an entry, with a few tries (it holds the patient profile).
+async fn done(ctx: &Ctx, id: &str) {
+    for _ in 0..3 {
+        if ctx.state.store.outbox_done(id).await.is_ok() {
+            break;
+        }
+    }
+}
+
+/// Drops an entry without a delivered on-share: one log line (the switch's request id and
+/// the stream id, never patient data), the give-up metric by reason, and the entry deleted.
+async fn give_up(ctx: &Ctx, id: &str, rid: &str, why: GiveUp, attempts: u32, status: Option<u16>) {
+    let what = match why {
+        GiveUp::ExpiredBeforeToken => "share given up: its deadline passed before a token was issued (no token)",
+        GiveUp::ExpiredUndelivered => "share given up: no on-share landed before its deadline",
+        GiveUp::SwitchRejected => "share given up: the switch refused its on-share with a permanent 4xx",
+        GiveUp::BadEntry => "outbox entry of unknown version dropped",
+    };
+    let reason = GIVE_UP_REASONS[why as usize];
+    tracing::warn!(request_id = %rid, entry = %id, reason, attempts, status, "{what}");
+    ctx.metrics.onshare_given_up(why);
+    done(ctx, id).await;
 }
 
 /// Whole seconds between two times of a token view (its validity), as the API shows them.
@@ -254,7 +285,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         return fail(Failure::new(FailureCode::RateLimited));
     }
     if !state.redis_up.load(Ordering::Relaxed) {
-        return Err(Transient(FailureCode::StoreUnavailable));
+        return Err(Transient);
     }
     let abha = input.profile.abha_address.clone();
     let counter = input.counter.clone();
@@ -271,8 +302,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         Err(FacilityError::UnknownFacility) => fail(Failure::new(FailureCode::UnknownFacility)),
         Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
         Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
-        Err(FacilityError::Overloaded) => Err(Transient(FailureCode::Overloaded)),
-        Err(FacilityError::Store(_)) => Err(Transient(FailureCode::StoreUnavailable)),
+        Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),
     }
 }
 

@@ -59,6 +59,9 @@ pub const LB_TOP_DISTRICT: &str = "scangw_leaderboard_top_district_tokens";
 pub const SHARES: &str = "scangw_shares_total";
 /// `scangw_onshare_callbacks_total{outcome}`: on-share attempts: delivered, retried, gave_up.
 pub const ONSHARE: &str = "scangw_onshare_callbacks_total";
+/// `scangw_onshare_given_up_total{reason}`: shares given up without a delivered on-share, by
+/// [`GIVE_UP_REASONS`] (each also counts as `scangw_onshare_callbacks_total{outcome="gave_up"}`).
+pub const ONSHARE_GIVEN_UP: &str = "scangw_onshare_given_up_total";
 /// `scangw_onshare_delay_seconds`: share accepted to its on-share delivered (retries included).
 pub const ONSHARE_DELAY: &str = "scangw_onshare_delay_seconds";
 /// `scangw_outbox_entries`: shares in the outbox not yet answered (all nodes).
@@ -134,6 +137,7 @@ pub const CATALOG: &[MetricDef] = &[
     def(LB_TOP_DISTRICT, G, "tokens", &["rank", "district", "state"], "Today's top districts by tokens"),
     def(SHARES, C, "requests", &["version", "outcome"], "Protocol share calls, accepted or rejected"),
     def(ONSHARE, C, "callbacks", &["outcome"], "On-share attempts: delivered, retried, gave_up"),
+    def(ONSHARE_GIVEN_UP, C, "shares", &["reason"], "Shares given up without a delivered on-share, by reason"),
     def(ONSHARE_DELAY, H, "seconds", &[], "Share accepted to on-share delivered"),
     def(OUTBOX_ENTRIES, G, "entries", &[], "Shares waiting for their on-share"),
     def(LB_APPLY_LAG, G, "seconds", &[], "Age of the leaderboard applier's last complete pass"),
@@ -150,6 +154,22 @@ pub enum ScanOutcome {
     Replay,
     Rejected,
 }
+
+/// Why a share was given up, for [`ONSHARE_GIVEN_UP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Its deadline passed before a token was issued (it waited behind busy slots, or was
+    /// taken over late from a stopped node): no token, no leaderboard count.
+    ExpiredBeforeToken = 0,
+    /// Its token (or FAILURE) was decided, but no callback landed before the deadline.
+    ExpiredUndelivered = 1,
+    /// The switch refused the callback with a permanent 4xx: resending cannot help.
+    SwitchRejected = 2,
+    /// The outbox entry itself is unusable (unknown protocol version).
+    BadEntry = 3,
+}
+
+pub const GIVE_UP_REASONS: [&str; 4] = ["expired_before_token", "expired_undelivered", "switch_rejected", "bad_entry"];
 
 const OUTCOMES: [&str; 4] = ["new", "repeat", "replay", "rejected"];
 const KINDS: [&str; 5] = ["opd", "pharmacy", "lab", "other", "unknown"];
@@ -210,6 +230,7 @@ fn describe() {
     describe_gauge!(SSE_CLIENTS, "Open server-sent-event streams");
     describe_counter!(SHARES, "Protocol share calls, accepted or rejected");
     describe_counter!(ONSHARE, "On-share attempts: delivered, retried, gave_up");
+    describe_counter!(ONSHARE_GIVEN_UP, "Shares given up without a delivered on-share, by reason");
     describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
     describe_gauge!(OUTBOX_ENTRIES, "Shares waiting for their on-share");
     describe_gauge!(LB_APPLY_LAG, "Age of the leaderboard applier's last complete pass");
@@ -254,7 +275,8 @@ pub struct Metrics {
     pub sse_clients: Gauge,
     pub onshare_delivered: Counter,
     pub onshare_retried: Counter,
-    pub onshare_gave_up: Counter,
+    onshare_gave_up: Counter,
+    onshare_given_up: [Counter; 4],
     pub onshare_delay: Histogram,
     pub outbox_entries: Gauge,
     pub leaderboard_apply_lag: Gauge,
@@ -285,6 +307,7 @@ impl Metrics {
             onshare_delivered: metrics::counter!(ONSHARE, "outcome" => "delivered"),
             onshare_retried: metrics::counter!(ONSHARE, "outcome" => "retried"),
             onshare_gave_up: metrics::counter!(ONSHARE, "outcome" => "gave_up"),
+            onshare_given_up: GIVE_UP_REASONS.map(|r| metrics::counter!(ONSHARE_GIVEN_UP, "reason" => r)),
             onshare_delay: metrics::histogram!(ONSHARE_DELAY),
             outbox_entries: metrics::gauge!(OUTBOX_ENTRIES),
             leaderboard_apply_lag: metrics::gauge!(LB_APPLY_LAG),
@@ -298,6 +321,12 @@ impl Metrics {
         let k = kind.map_or(KINDS.len() - 1, |k| k as usize);
         let i = (s * KINDS.len() + k) * OUTCOMES.len() + outcome as usize;
         self.scans[i].increment(1);
+    }
+
+    /// A share given up: counted under its reason and as an on-share outcome.
+    pub fn onshare_given_up(&self, why: GiveUp) {
+        self.onshare_gave_up.increment(1);
+        self.onshare_given_up[why as usize].increment(1);
     }
 
     pub fn redis_batch(&self, size: usize, took: Duration) {
@@ -384,6 +413,27 @@ mod tests {
         assert!(ld.ends_with(" 2"), "{ld}");
         assert!(line(r#"scangw_scans_total{state="unknown",counter_kind="unknown",outcome="rejected"}"#).is_some());
         assert!(line(r#"scangw_scans_total{state="LD",counter_kind="opd",outcome="replay"} 0"#).is_some());
+    }
+
+    #[test]
+    fn every_give_up_reason_is_exported_from_zero_and_counts_as_gave_up() {
+        let handle = install();
+        let m = Metrics::new();
+        let text = handle.render();
+        for reason in GIVE_UP_REASONS {
+            let series = format!("{ONSHARE_GIVEN_UP}{{reason=\"{reason}\"}} ");
+            assert!(text.lines().any(|l| l.starts_with(&series)), "{series} pre-registered");
+        }
+        let value = |text: &str, series: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(series)).map_or(0.0, |v| v.trim().parse().unwrap())
+        };
+        let bad = format!("{ONSHARE_GIVEN_UP}{{reason=\"bad_entry\"}} ");
+        let gave_up = format!("{ONSHARE}{{outcome=\"gave_up\"}} ");
+        let (b0, g0) = (value(&text, &bad), value(&text, &gave_up));
+        m.onshare_given_up(GiveUp::BadEntry);
+        let text = handle.render();
+        assert_eq!(value(&text, &bad), b0 + 1.0);
+        assert!(value(&text, &gave_up) >= g0 + 1.0);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The national protocol end to end against an HIE-CM double (an actix-web server on a free
 //! port): JWT-signed v3 and v1.0 shares, the on-share callbacks it records, failures,
-//! retries, redelivery, a gateway restart with undelivered callbacks, and the delay.
+//! retries, redelivery, a gateway restart with undelivered callbacks, and the delay; deadlines,
+//! permanent refusals, the outbox bound, the switch's client id and JWKS key rotation.
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,10 @@ use crate::helpers::*;
 const KEY1: &str = include_str!("../fixtures/protocol/jwt/test-only-key1.pem");
 const KEY2: &str = include_str!("../fixtures/protocol/jwt/test-only-key2.pem");
 const JWKS: &str = "tests/fixtures/protocol/jwt/jwks.json";
+const JWKS_ROTATED: &str = "tests/fixtures/protocol/jwt/jwks-rotated.json";
 const ISSUER: &str = "test-hiecm";
+/// The switch's own OAuth client, as its JWTs name it (`clientId`, `azp`).
+const SWITCH_CLIENT: &str = "test-switch";
 const SESSION_TOKEN: &str = "cm-session-token-0123456789";
 
 /// One callback the double received.
@@ -32,10 +36,15 @@ pub struct Callback {
 #[derive(Default)]
 pub struct Recorder {
     pub callbacks: Mutex<Vec<Callback>>,
-    /// Attempts answered 500 before the next success.
+    /// Attempts answered with `fail_status` before the next success.
     pub fail_next: AtomicUsize,
+    /// The status of a failed attempt (0 = 500).
+    pub fail_status: AtomicU16,
     pub attempts: AtomicUsize,
     pub sessions: AtomicUsize,
+    /// The JWKS document `/jwks` serves now (the test rotates it), and how often it was fetched.
+    pub jwks: Mutex<String>,
+    pub jwks_fetches: AtomicUsize,
 }
 
 impl Recorder {
@@ -66,7 +75,11 @@ async fn on_share(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorder>) 
     }
     if rec.fail_next.load(Ordering::SeqCst) > 0 {
         rec.fail_next.fetch_sub(1, Ordering::SeqCst);
-        return HttpResponse::InternalServerError().finish();
+        let status = match rec.fail_status.load(Ordering::SeqCst) {
+            0 => 500,
+            s => s,
+        };
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish();
     }
     let headers = req
         .headers()
@@ -78,14 +91,19 @@ async fn on_share(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorder>) 
     HttpResponse::Accepted().finish()
 }
 
-async fn jwks() -> HttpResponse {
-    let path = format!("{}/{JWKS}", env!("CARGO_MANIFEST_DIR"));
-    HttpResponse::Ok().content_type("application/json").body(std::fs::read_to_string(path).unwrap())
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+async fn jwks(rec: web::Data<Recorder>) -> HttpResponse {
+    rec.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let doc = rec.jwks.lock().unwrap().clone();
+    HttpResponse::Ok().content_type("application/json").body(doc)
 }
 
 impl Hiecm {
     pub async fn start() -> Hiecm {
-        let rec = Arc::new(Recorder::default());
+        let rec = Arc::new(Recorder { jwks: Mutex::new(fixture(JWKS)), ..Recorder::default() });
         let data = web::Data::from(rec.clone());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -126,16 +144,25 @@ pub fn protocol_settings(redis: &RedisServer, hiecm: &Hiecm) -> scan_gateway::co
     s.hiecm_client_secret = "gateway-secret-0123456789".into();
     s.jwks_file = format!("{}/{JWKS}", env!("CARGO_MANIFEST_DIR"));
     s.jwt_issuer = ISSUER.into();
+    s.jwt_audience = "account".into();
+    s.switch_jwt_client_id = SWITCH_CLIENT.into();
     s.onshare_backoff_ms = 20;
     s.onshare_backoff_max_ms = 200;
     s.onshare_claim_idle_ms = 1000;
     s
 }
 
-/// A JWT as the switch signs it, valid around the app's clock.
+/// A JWT as the switch signs it, valid around the app's clock: a Keycloak service-account
+/// token of the switch's client (`aud` is `account` in every token of that realm).
 pub fn jwt(app: &TestApp, key: &str, kid: &str, exp_in: i64, iss: &str) -> String {
+    jwt_for(app, key, kid, exp_in, iss, SWITCH_CLIENT)
+}
+
+/// The same, issued to the OAuth client `client`.
+pub fn jwt_for(app: &TestApp, key: &str, kid: &str, exp_in: i64, iss: &str, client: &str) -> String {
     let now = app.clock_now().as_second();
-    let claims = json!({"iss": iss, "sub": "hiecm", "iat": now, "exp": now + exp_in});
+    let claims = json!({"iss": iss, "sub": "service-account", "aud": "account", "iat": now, "exp": now + exp_in,
+                        "azp": client, "clientId": client, "realm_access": {"roles": ["offline_access"]}});
     scan_gateway::protocol::jwt::sign_rs256_for_tests(key, kid, &claims)
 }
 
@@ -528,10 +555,12 @@ async fn a_callback_that_never_lands_is_given_up_at_its_deadline() {
     })
     .await;
     assert_eq!(outbox_len(&redis), 1, "still retrying before the deadline");
+    let before = metric(&app, &given_up("expired_undelivered")).await;
     app.clock.advance(Duration::from_secs(61));
     eventually(Duration::from_secs(10), "the entry is given up and deleted", || async { outbox_len(&redis) == 0 })
         .await;
     assert!(hiecm.rec.delivered().is_empty());
+    assert!(metric(&app, &given_up("expired_undelivered")).await > before, "the give-up is counted by its reason");
 }
 
 #[actix_web::test]
@@ -560,4 +589,211 @@ async fn the_golden_share_and_its_drifted_twin_get_the_same_token_over_http() {
     assert_eq!(token(&b), token(&a), "the drifted share is the same patient: the same token");
     let v1cb = &for_request(&cbs, &c)[0].body;
     assert_eq!(v1cb["acknowledgement"]["tokenNumber"], "1", "and so is the v1.0 share: {v1cb}");
+}
+
+/// The value of one series on the app's `/metrics` (0 when absent).
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.req("GET", "/metrics", None, None, &[]).await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn given_up(reason: &str) -> String {
+    format!("scangw_onshare_given_up_total{{reason=\"{reason}\"}}")
+}
+
+fn stored_tokens(redis: &RedisServer, facility: &str) -> u64 {
+    redis.conn().hlen(format!("sg:{{{facility}}}:d:{START_DATE}:t")).unwrap()
+}
+
+/// Today's tokens of `facility` on the facilities leaderboard.
+async fn board_tokens(app: &TestApp, facility: &str) -> u64 {
+    let path = format!("/v1/leaderboards/facilities?date={START_DATE}&limit=1000");
+    let r = app.req("GET", &path, Some(&app.monitor), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["rows"].as_array().unwrap().iter().find(|row| row["id"] == facility).map_or(0, |row| num(row, "tokens"))
+}
+
+#[actix_web::test]
+async fn a_share_whose_deadline_passed_while_it_waited_gets_no_token() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    // One slot: the second share waits behind the first, whose callbacks keep failing.
+    settings.onshare_concurrency = 1;
+    settings.onshare_deadline_s = 60;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(840);
+    app.register(&f).await;
+    hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let bearer = jwt(&app, KEY1, "test-key-1", 600, ISSUER);
+    let (st, _, _) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    let rec = hiecm.rec.clone();
+    eventually(Duration::from_secs(10), "the first share holds the slot, retrying", || {
+        let rec = rec.clone();
+        async move { rec.attempts.load(Ordering::SeqCst) >= 1 }
+    })
+    .await;
+    let (st, _, _) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 2), None).await;
+    assert_eq!(st, 202);
+    assert_eq!(outbox_len(&redis), 2);
+    assert_eq!(stored_tokens(&redis, &f), 1, "the second share is still waiting");
+    let before = metric(&app, &given_up("expired_before_token")).await;
+    let undelivered_before = metric(&app, &given_up("expired_undelivered")).await;
+
+    // Both deadlines pass: the first is given up undelivered, which frees the slot; the
+    // second only then reaches the worker, already late.
+    app.clock.advance(Duration::from_secs(61));
+    eventually(Duration::from_secs(10), "both entries given up", || async { outbox_len(&redis) == 0 }).await;
+    assert_eq!(stored_tokens(&redis, &f), 1, "no token for the share whose deadline passed before it was issued");
+    assert!(metric(&app, &given_up("expired_before_token")).await > before, "the give-up is counted by its reason");
+    assert!(metric(&app, &given_up("expired_undelivered")).await > undelivered_before);
+    // The leaderboard counts the one real token only.
+    let (app_ref, f_ref) = (&app, &f);
+    eventually(Duration::from_secs(10), "the leaderboard has the first token", || async move {
+        board_tokens(app_ref, f_ref).await >= 1
+    })
+    .await;
+    assert_eq!(stored_tokens(&redis, &f), 1);
+    assert_eq!(board_tokens(&app, &f).await, 1, "no ghost token on the leaderboard");
+    assert!(hiecm.rec.delivered().is_empty());
+}
+
+#[actix_web::test]
+async fn a_permanent_4xx_from_the_switch_is_not_retried() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(841);
+    app.register(&f).await;
+    hiecm.rec.fail_status.store(400, Ordering::SeqCst);
+    hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let before = metric(&app, &given_up("switch_rejected")).await;
+    let (st, _, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    // The deadline is 30 minutes of a clock that stands still: only giving up at once empties it.
+    eventually(Duration::from_secs(10), "the refused entry is given up", || async { outbox_len(&redis) == 0 }).await;
+    assert_eq!(hiecm.rec.attempts.load(Ordering::SeqCst), 1, "a 400 is sent once, never again");
+    assert!(metric(&app, &given_up("switch_rejected")).await > before);
+    assert!(hiecm.rec.delivered().is_empty());
+}
+
+#[actix_web::test]
+async fn the_outbox_stays_bounded_during_a_switch_outage() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.onshare_outbox_max = 5;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(842);
+    app.register(&f).await;
+    hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let bearer = jwt(&app, KEY1, "test-key-1", 600, ISSUER);
+    let mut accepted = 0;
+    for i in 0..15 {
+        let (st, v, rid) = app.share_v3(&bearer, &v3_body(&f, "OPD1", i), None).await;
+        match st {
+            202 => accepted += 1,
+            _ => {
+                assert_error(st, &v, 503, "OUTBOX_FULL");
+                assert!(!v.to_string().contains(&rid), "{v}");
+            }
+        }
+        assert!(outbox_len(&redis) <= 5, "the outbox never exceeds its bound");
+    }
+    assert_eq!(accepted, 5, "the first five are stored; every other one is refused, none is dropped later");
+    assert_eq!(outbox_len(&redis), 5);
+    // The switch comes back: the stored ones are delivered, and shares are taken again.
+    hiecm.rec.fail_next.store(0, Ordering::SeqCst);
+    hiecm.wait_for(5, "the five stored shares").await;
+    eventually(Duration::from_secs(10), "outbox drained", || async { outbox_len(&redis) == 0 }).await;
+    let (st, v, _) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 99), None).await;
+    assert_eq!(st, 202, "{v}");
+}
+
+#[actix_web::test]
+async fn a_token_the_switch_issued_to_another_client_is_refused() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = fid(843);
+    app.register(&f).await;
+    // Same issuer, same signing key, `aud: account`: only the client differs. This gateway's
+    // own client-credentials token is exactly such a token.
+    for client in ["gateway-client", "some-hip"] {
+        let other = jwt_for(&app, KEY1, "test-key-1", 300, ISSUER, client);
+        let (st, v, _) = app.share_v3(&other, &v3_body(&f, "OPD1", 1), None).await;
+        assert_error(st, &v, 401, "TOKEN_WRONG_CLIENT");
+    }
+    let now = app.clock_now().as_second();
+    let no_client = scan_gateway::protocol::jwt::sign_rs256_for_tests(
+        KEY1,
+        "test-key-1",
+        &json!({"iss": ISSUER, "aud": "account", "iat": now, "exp": now + 300}),
+    );
+    let (st, v, _) = app.share_v3(&no_client, &v3_body(&f, "OPD1", 1), None).await;
+    assert_error(st, &v, 401, "TOKEN_WRONG_CLIENT");
+    let wrong_aud = scan_gateway::protocol::jwt::sign_rs256_for_tests(
+        KEY1,
+        "test-key-1",
+        &json!({"iss": ISSUER, "aud": "other", "clientId": SWITCH_CLIENT, "iat": now, "exp": now + 300}),
+    );
+    let (st, v, _) = app.share_v3(&wrong_aud, &v3_body(&f, "OPD1", 1), None).await;
+    assert_error(st, &v, 401, "TOKEN_WRONG_AUDIENCE");
+    assert_eq!(outbox_len(&redis), 0, "nothing refused reaches the outbox");
+    // The switch's own token passes.
+    let (st, v, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202, "{v}");
+    hiecm.wait_for(1, "the on-share").await;
+}
+
+#[actix_web::test]
+async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.jwks_file = String::new();
+    settings.jwks_url = format!("{}/jwks", hiecm.base);
+    settings.jwks_unknown_kid_refetch_s = 5;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(844);
+    app.register(&f).await;
+    let fetches = || hiecm.rec.jwks_fetches.load(Ordering::SeqCst);
+    assert_eq!(fetches(), 1, "fetched once at startup");
+    let (st, v, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
+    assert_eq!(st, 202, "{v}");
+
+    // The switch rotates its key: a token signed with the new key passes at once, without
+    // waiting for the periodic refresh.
+    *hiecm.rec.jwks.lock().unwrap() = fixture(JWKS_ROTATED);
+    let (st, v, _) = app.share_v3(&jwt(&app, KEY2, "test-key-2", 300, ISSUER), &v3_body(&f, "OPD1", 2), None).await;
+    assert_eq!(st, 202, "the rotated key is fetched on its first token: {v}");
+    assert_eq!(fetches(), 2);
+
+    // A flood of made-up kids: no fetch within the interval of the last one, then exactly
+    // one for any number of concurrent requests.
+    let flood = |round: usize| {
+        let app = &app;
+        let f = &f;
+        join_all((0..40).map(move |i| async move {
+            let bogus = jwt(app, KEY2, &format!("bogus-{round}-{i}"), 300, ISSUER);
+            let (st, v, _) = app.share_v3(&bogus, &v3_body(f, "OPD1", 100 + i), None).await;
+            assert_error(st, &v, 401, "TOKEN_UNKNOWN_KEY");
+        }))
+    };
+    flood(1).await;
+    assert_eq!(fetches(), 2, "no fetch within the interval");
+    app.clock.advance(Duration::from_secs(6));
+    flood(2).await;
+    assert_eq!(fetches(), 3, "one fetch for 40 concurrent unknown kids");
+    flood(3).await;
+    assert_eq!(fetches(), 3);
+    // The old key is gone from the switch's set: its tokens are refused.
+    let (st, v, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 3), None).await;
+    assert_error(st, &v, 401, "TOKEN_UNKNOWN_KEY");
+    hiecm.wait_for(2, "the two good shares' on-shares").await;
+    eventually(Duration::from_secs(5), "outbox emptied", || async { outbox_len(&redis) == 0 }).await;
+    assert_eq!(hiecm.rec.delivered().len(), 2, "only the two good shares got through");
 }
