@@ -220,9 +220,10 @@ pub async fn read(store: &Store, q: &Query) -> Result<Ranking, StoreError> {
                 }
                 (None, None) => {
                     let kind = q.kind.map_or("all", |k| k.as_str());
-                    let top = store.top(&keys::leaderboard(&period, kind, LbScope::Facilities), q.limit).await?;
+                    // Exact at the cut too: tied rows in id order, as `sort` orders them.
+                    let top = store.top_exact(&keys::leaderboard(&period, kind, LbScope::Facilities), q.limit).await?;
                     let total = national(store, &period, &kinds).await?;
-                    (top.into_iter().map(|(m, s)| (m, count(s))).collect(), total)
+                    (top, total)
                 }
             };
             let mut ranked = ranked;

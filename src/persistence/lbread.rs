@@ -6,6 +6,47 @@ use super::keys::{self, LbScope};
 use super::store::decode;
 use super::{Store, StoreError};
 
+/// Lua: `top_rows(key, n, skip)`, the top `n` members of a sorted set with their scores
+/// (flat list), highest first, leaving out the member `skip`; members tied at the cut are
+/// taken in ascending member order, as the API sorts ties, so the rows are the exact top
+/// `n` (`ZRANGE REV` alone cuts ties in descending member order). O(log N + n) plus the
+/// members tied at the cut that are asked for.
+macro_rules! top_rows {
+    () => {
+        r"
+local function top_rows(key, want, skip)
+  local rows = {}
+  local top = redis.call('ZRANGE', key, 0, want, 'REV', 'WITHSCORES')
+  for i = 1, #top, 2 do
+    if top[i] ~= skip and #rows < 2 * want then
+      rows[#rows + 1] = top[i]
+      rows[#rows + 1] = top[i + 1]
+    end
+  end
+  if #rows < 2 * want then return rows end
+  -- Rows strictly above the lowest score kept, then that score's members in order.
+  local cut = rows[#rows]
+  local out = {}
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) > tonumber(cut) then
+      out[#out + 1] = rows[i]
+      out[#out + 1] = rows[i + 1]
+    end
+  end
+  local room = want - #out / 2
+  local tied = redis.call('ZRANGE', key, cut, cut, 'BYSCORE', 'LIMIT', 0, room + 1, 'WITHSCORES')
+  for i = 1, #tied, 2 do
+    if tied[i] ~= skip and #out < 2 * want then
+      out[#out + 1] = tied[i]
+      out[#out + 1] = tied[i + 1]
+    end
+  end
+  return out
+end
+"
+    };
+}
+
 /// KEYS: the state ranking (`f:s:<state>` of one kind or `all`), then the kinds' national
 /// state rankings (`s`), then the kinds' district rankings (`d`), one of each per kind.
 /// ARGV: state code, rows wanted, per kind the key prefix of its district facility rankings
@@ -18,11 +59,11 @@ use super::{Store, StoreError};
 /// step, by merging the state's district rankings (what every read used to do), so the
 /// answer is exact either way and the rebuild happens once per such gap, not per read.
 ///
-/// Then the top `n` rows, highest first; rows tied at the cut are taken in member order
-/// (ascending), as the API sorts ties, so the rows are the exact top `n`: `ZRANGE REV`
-/// alone would cut ties in descending member order. Returns {state tokens, 1 if rebuilt,
-/// flat member/score list}.
-const STATE_TOP: &str = r"
+/// Then the top `n` rows (`top_rows`). Returns {state tokens, 1 if rebuilt, flat
+/// member/score list}.
+const STATE_TOP: &str = concat!(
+    top_rows!(),
+    r"
 local n = (#KEYS - 1) / 2
 local st = ARGV[1]
 local want = tonumber(ARGV[2])
@@ -51,36 +92,13 @@ if tonumber(redis.call('ZSCORE', KEYS[1], total) or '0') ~= tokens then
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
   rebuilt = 1
 end
-local rows = {}
-local top = redis.call('ZRANGE', KEYS[1], 0, want, 'REV', 'WITHSCORES')
-for i = 1, #top, 2 do
-  if top[i] ~= total and #rows < 2 * want then
-    rows[#rows + 1] = top[i]
-    rows[#rows + 1] = top[i + 1]
-  end
-end
-if #rows == 2 * want then
-  -- Rows strictly above the lowest score kept, then that score's members in order.
-  local cut = rows[#rows]
-  local above = {}
-  for i = 1, #rows, 2 do
-    if tonumber(rows[i + 1]) > tonumber(cut) then
-      above[#above + 1] = rows[i]
-      above[#above + 1] = rows[i + 1]
-    end
-  end
-  local room = want - #above / 2
-  local tied = redis.call('ZRANGE', KEYS[1], cut, cut, 'BYSCORE', 'LIMIT', 0, room + 1, 'WITHSCORES')
-  for i = 1, #tied, 2 do
-    if tied[i] ~= total and #above < 2 * want then
-      above[#above + 1] = tied[i]
-      above[#above + 1] = tied[i + 1]
-    end
-  end
-  rows = above
-end
-return {tokens, rebuilt, rows}
-";
+return {tokens, rebuilt, top_rows(KEYS[1], want, total)}
+"
+);
+
+/// KEYS: a ranking. ARGV: rows wanted. The exact top rows of one stored ranking (the
+/// national facility rankings), ties at the cut in member order.
+const TOP: &str = concat!(top_rows!(), "return top_rows(KEYS[1], tonumber(ARGV[1]), '')\n");
 
 /// A state's top facilities as [`Store::state_top`] read them.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +109,11 @@ pub struct StateTop {
     pub rows: Vec<(String, u64)>,
     /// The state ranking was incomplete and rebuilt from the district rankings by this read.
     pub rebuilt: bool,
+}
+
+/// A flat member/score list as (member, tokens).
+fn pairs(flat: Vec<String>) -> Vec<(String, u64)> {
+    flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].parse::<f64>().map_or(0, |s| s.max(0.0).round() as u64))).collect()
 }
 
 impl Store {
@@ -107,10 +130,14 @@ impl Store {
         args.push(keys::LB_STATE_TOTAL.to_string());
         let reply: Value = self.eval_batch(STATE_TOP, &[(ks, args)]).await?.pop().ok_or(StoreError::Unavailable)?;
         let (total, rebuilt, flat): (i64, i64, Vec<String>) = decode(reply)?;
-        let rows = flat
-            .chunks_exact(2)
-            .map(|p| (p[0].clone(), p[1].parse::<f64>().map_or(0, |s| s.max(0.0).round() as u64)))
-            .collect();
-        Ok(StateTop { total: total.max(0) as u64, rows, rebuilt: rebuilt == 1 })
+        Ok(StateTop { total: total.max(0) as u64, rows: pairs(flat), rebuilt: rebuilt == 1 })
+    }
+
+    /// The exact top `n` members of one ranking with their counts, highest first, ties in
+    /// member order.
+    pub async fn top_exact(&self, key: &str, n: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let calls = [(vec![key.to_string()], vec![n.max(1).to_string()])];
+        let reply: Value = self.eval_batch(TOP, &calls).await?.pop().ok_or(StoreError::Unavailable)?;
+        Ok(pairs(decode(reply)?))
     }
 }

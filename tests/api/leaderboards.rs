@@ -605,6 +605,7 @@ async fn a_states_facility_ranking_is_the_exact_top_n_read_from_the_states_own_s
         .collect();
     let mut opd: BTreeMap<String, u64> = BTreeMap::new();
     let mut lab: BTreeMap<String, u64> = BTreeMap::new();
+    let mut national: [BTreeMap<String, u64>; 3] = Default::default();
     let mut patient = 0;
     for (f, state, district, n_opd, n_lab) in &plan {
         let body = json!({"name": format!("Hospital {f}"), "state": state, "district": district,
@@ -617,6 +618,9 @@ async fn a_states_facility_ranking_is_the_exact_top_n_read_from_the_states_own_s
                 app.scan_new(&scan_body(f, counter, patient)).await;
             }
         }
+        national[0].insert(f.clone(), n_opd + n_lab);
+        national[1].insert(f.clone(), *n_opd);
+        national[2].insert(f.clone(), *n_lab);
         if *state == "UP" {
             opd.insert(f.clone(), *n_opd);
             lab.insert(f.clone(), *n_lab);
@@ -649,6 +653,13 @@ async fn a_states_facility_ranking_is_the_exact_top_n_read_from_the_states_own_s
     };
     check(START_DATE).await;
     check("all").await;
+    // The national facility rankings are exact at the cut as well.
+    for (kind, counts) in ["all", "opd", "lab"].into_iter().zip(&national) {
+        for n in [1, 2, 3, 4, 5, 7, 8, 12, 1000] {
+            let v = board(&app, &format!("/v1/leaderboards/facilities?counter_kind={kind}&limit={n}")).await;
+            assert_eq!(ranked(&v), brute_top(counts, n), "national {kind} top {n}");
+        }
+    }
     // The state's own rankings exist (fed by the applier) and were complete: no read merged,
     // and no command read a district's facilities (what every state query used to merge).
     let logged = commands_logged(&redis);
