@@ -6,9 +6,21 @@
 #   redis_ping PORT              true if a Redis on 127.0.0.1:PORT answers PONG
 #   start_redis DIR PORT         start deploy/redis/redis.conf on PORT with data in DIR
 #   stop_redis PORT              ask the Redis on 127.0.0.1:PORT to shut down (saves first)
+#   cargo_target_dir             print cargo's target directory (CARGO_TARGET_DIR or config aware)
 
 # Repository root (this file lives in ROOT/scripts/).
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+
+# cargo_target_dir : where cargo puts its builds. `cargo metadata` answers what cargo
+# itself uses: CARGO_TARGET_DIR, build.target-dir in a .cargo/config.toml, or ROOT/target.
+# A script that assumed ROOT/target ran a stale binary or none ("No such file or directory").
+cargo_target_dir() {
+    local dir
+    dir=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 2>/dev/null |
+        grep -o '"target_directory":"[^"]*"' | head -n 1 | cut -d'"' -f4) || true
+    [[ -n $dir ]] || dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    printf '%s\n' "$dir"
+}
 
 log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }

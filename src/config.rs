@@ -65,7 +65,10 @@ pub struct Settings {
     pub limit_facility_per_min: u32,
     /// Scans per minute per patient (ABHA address or number); 0 = off.
     pub limit_patient_per_min: u32,
-    /// Comma-separated proxy addresses whose `X-Forwarded-For` is believed.
+    /// Requests per minute per client address to the public pages (display board, live
+    /// leaderboard) and their event streams; 0 = off.
+    pub limit_page_per_min: u32,
+    /// Comma-separated proxy addresses or CIDR blocks whose `X-Forwarded-For` is believed.
     pub trusted_proxies: String,
     /// How often idle keys are swept out of the keyed limiters.
     pub limits_sweep_s: u64,
@@ -155,6 +158,7 @@ impl Default for Settings {
             limit_client_per_s: 10_000,
             limit_facility_per_min: 1_200,
             limit_patient_per_min: 5,
+            limit_page_per_min: 120,
             trusted_proxies: String::new(),
             limits_sweep_s: 60,
             day_retention_s: 0,
@@ -208,6 +212,7 @@ impl Settings {
             // the limits have their own tests, which switch them on.
             limit_facility_per_min: 0,
             limit_patient_per_min: 0,
+            limit_page_per_min: 0,
             ..Self::default()
         }
     }
@@ -288,6 +293,7 @@ impl Settings {
             limit_client_per_s,
             limit_facility_per_min,
             limit_patient_per_min,
+            limit_page_per_min,
             limits_sweep_s,
             day_retention_s,
             leaderboard_retention_days,
@@ -406,10 +412,10 @@ impl Settings {
         positive("SCANGW_LEADERBOARD_APPLY_MS", self.leaderboard_apply_ms)?;
         positive("SCANGW_BOARD_REFRESH_MS", self.board_refresh_ms)?;
         for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if p.parse::<std::net::IpAddr>().is_err() {
+            if crate::ingress::limits::ProxyNet::parse(p).is_none() {
                 return Err(ConfigError::Invalid {
                     key: "SCANGW_TRUSTED_PROXIES".into(),
-                    reason: "expected comma-separated IP addresses".into(),
+                    reason: "expected comma-separated IP addresses or CIDR blocks (10.0.0.0/8)".into(),
                 });
             }
         }
@@ -460,10 +466,6 @@ impl Settings {
 
     pub fn protocol_enabled(&self) -> bool {
         !self.hiecm_base_url.is_empty()
-    }
-
-    pub fn trusted_proxy_list(&self) -> Vec<std::net::IpAddr> {
-        self.trusted_proxies.split(',').filter_map(|p| p.trim().parse().ok()).collect()
     }
 
     /// HTTP worker and facility arbiter count: the configured value or the core count.

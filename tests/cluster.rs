@@ -223,6 +223,21 @@ async fn the_gateway_runs_unchanged_on_a_three_master_redis_cluster() {
 
     // The leaderboards count exactly the tokens issued, once the applier caught up.
     boards_become(&gw, &day, &want).await;
+    // A state's ranking is read (and, with its total member removed, rebuilt from the
+    // district rankings) by one script on the `{lb}` slot. Every facility is in KA/Mysuru.
+    let _: () = redis::cmd("ZREM").arg("lb:{lb}:all:all:f:s:KA").arg("*").query(&mut conn).expect("ZREM");
+    for date in [day.as_str(), "all", "all"] {
+        let r =
+            gw.call("GET", &format!("/v1/leaderboards/facilities?date={date}&state=KA&limit=1000"), ADMIN, None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let got: BTreeMap<String, u64> = r.body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (s(row, "id").to_string(), num(row, "tokens")))
+            .collect();
+        assert_eq!(got, want, "the state's ranking on {date}");
+    }
     let out = gw.output();
     assert!(!out.contains("CrossSlot") && !out.contains("CROSSSLOT"), "no cross-slot errors:\n{out}");
 }

@@ -59,10 +59,15 @@ struct Nginx {
 
 impl Nginx {
     fn start(nodes: &[u16]) -> Nginx {
+        Self::start_edited(nodes, &[])
+    }
+
+    /// [`Self::start`] with `(from, to)` replacements in the example (each must occur).
+    fn start_edited(nodes: &[u16], edits: &[(&str, &str)]) -> Nginx {
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for nginx");
             let port = free_port();
-            let conf = Self::write_conf(dir.path(), port, nodes);
+            let conf = Self::write_conf(dir.path(), port, nodes, edits);
             let child = Command::new(nginx_bin())
                 .args(["-p", dir.path().to_str().unwrap(), "-e", "error.log", "-c"])
                 .arg(&conf)
@@ -83,8 +88,12 @@ impl Nginx {
         panic!("could not start nginx");
     }
 
-    fn write_conf(dir: &Path, port: u16, nodes: &[u16]) -> PathBuf {
-        let example = std::fs::read_to_string(repo_file("deploy/nginx/scan-gateway.conf.example")).unwrap();
+    fn write_conf(dir: &Path, port: u16, nodes: &[u16], edits: &[(&str, &str)]) -> PathBuf {
+        let mut example = std::fs::read_to_string(repo_file("deploy/nginx/scan-gateway.conf.example")).unwrap();
+        for (from, to) in edits {
+            assert!(example.contains(from), "the example has {from:?}");
+            example = example.replace(from, to);
+        }
         let routing = repo_file("deploy/nginx/facility-routing.conf");
         let include = "include /etc/nginx/scan-gateway/facility-routing.conf;";
         assert!(example.contains(include), "the example includes the routing file");
@@ -677,4 +686,126 @@ async fn round_robin_to_every_node_thrashes_owners_but_loses_and_duplicates_noth
     assert_eq!(epochs_routed, c.facilities.len() as u64, "routed: one activation per facility");
     assert!(epochs_all > 2 * epochs_routed, "round-robin moves facilities between nodes: {epochs_all} activations");
     verify(&c, &t.acks, 2 * n).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Client addresses and the public pages' limit, through nginx
+// ---------------------------------------------------------------------------------------
+
+/// Page requests one client address may make per minute in these tests.
+const PAGE_ALLOWANCE: usize = 5;
+/// The shipped edge config's header line, and the appending form a proxy behind another
+/// proxy would use.
+const XFF_EDGE: &str = "proxy_set_header X-Forwarded-For $remote_addr;";
+const XFF_APPEND: &str = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;";
+
+/// A client whose connections come from `addr` (any 127/8 address is loopback on Linux), so
+/// nginx (trusted, on 127.0.0.1) sees a client address that is not its own.
+fn client_from(addr: &str) -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connector(awc::Connector::new().local_address(addr.parse().unwrap()).timeout(Duration::from_secs(10)))
+        .finish()
+}
+
+/// One node (nginx on 127.0.0.1 its only trusted proxy, pages limited to
+/// [`PAGE_ALLOWANCE`] a minute) behind nginx running the example with `edits`.
+async fn paged_node(redis: &RedisServer, edits: &[(&str, &str)]) -> (Gateway, Nginx) {
+    let allowance = PAGE_ALLOWANCE.to_string();
+    let mut env = node_env(None);
+    env.push(("SCANGW_LIMIT_PAGE_PER_MIN".into(), allowance));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Gateway::start(redis, &refs);
+    node.register(&fid(900)).await;
+    let nginx = Nginx::start_edited(&[port_of(&node.base)], edits);
+    (node, nginx)
+}
+
+async fn board(client: &awc::Client, nginx: &Nginx, xff: Option<&str>) -> Resp {
+    let hdr: Vec<(&str, &str)> = xff.map(|v| ("X-Forwarded-For", v)).into_iter().collect();
+    http(client, "GET", &format!("{}/facilities/{}/board", nginx.base(), fid(900)), None, None, None, &hdr)
+        .await
+        .expect("board page through nginx")
+}
+
+fn assert_page_limited(r: &Resp) {
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "RATE_LIMITED_PAGE", "{}", r.text);
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+}
+
+/// A client sends a new forged `X-Forwarded-For` with every request. If a forged value
+/// became its limiter key, each request would start a fresh allowance and it would never
+/// be refused; it is refused after its allowance, and another client claiming the first
+/// one's address in the header is not.
+async fn forged_forwarded_for_is_never_the_key(edits: &[(&str, &str)]) {
+    let redis = RedisServer::start();
+    let (_node, nginx) = paged_node(&redis, edits).await;
+    let me = client_from("127.0.0.2");
+    for i in 0..PAGE_ALLOWANCE {
+        let forged = format!("198.51.100.{i}, 127.0.0.{}", 100 + i);
+        let r = board(&me, &nginx, Some(&forged)).await;
+        assert_eq!(r.status, 200, "request {i} within the allowance: {}", r.text);
+    }
+    for forged in ["203.0.113.77", "127.0.0.1", "unknown", "::1, 198.51.100.200"] {
+        assert_page_limited(&board(&me, &nginx, Some(forged)).await);
+    }
+    assert_page_limited(&board(&me, &nginx, None).await);
+    // Another client naming the first one's address in the header is limited as itself.
+    let other = client_from("127.0.0.3");
+    let r = board(&other, &nginx, Some("127.0.0.2")).await;
+    assert_eq!(r.status, 200, "the forged address did not become the key: {}", r.text);
+}
+
+#[actix_web::test]
+#[allow(clippy::await_holding_lock)] // a test-wide lock held by one runtime thread
+async fn forged_forwarded_for_through_the_shipped_nginx_never_becomes_the_limiter_key() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let example = std::fs::read_to_string(repo_file("deploy/nginx/scan-gateway.conf.example")).unwrap();
+    assert!(example.contains(XFF_EDGE) && !example.contains(XFF_APPEND), "the edge config replaces the header");
+    forged_forwarded_for_is_never_the_key(&[]).await;
+}
+
+/// The gateway's own walk (rightmost address that is not a trusted proxy), with an nginx
+/// that passes the client's header on and appends to it.
+#[actix_web::test]
+#[allow(clippy::await_holding_lock)] // a test-wide lock held by one runtime thread
+async fn forged_forwarded_for_through_an_appending_nginx_never_becomes_the_limiter_key() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    forged_forwarded_for_is_never_the_key(&[(XFF_EDGE, XFF_APPEND)]).await;
+}
+
+/// Redis `GET` calls so far (`INFO commandstats`): what a board page costs.
+fn get_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+#[allow(clippy::await_holding_lock)] // a test-wide lock held by one runtime thread
+async fn hammering_the_board_page_through_nginx_gets_429_after_the_allowance() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    let (_node, nginx) = paged_node(&redis, &[]).await;
+    let me = client_from("127.0.0.2");
+    for i in 0..PAGE_ALLOWANCE {
+        let r = board(&me, &nginx, None).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+    }
+    let reads = get_calls(&redis);
+    for _ in 0..50 {
+        assert_page_limited(&board(&me, &nginx, None).await);
+    }
+    assert_eq!(get_calls(&redis), reads, "a refused page read nothing from Redis");
+    // The other public pages and streams count against the same allowance.
+    for path in ["/leaderboard", "/leaderboard/events", &format!("/facilities/{}/board/events", fid(900))] {
+        let r = http(&me, "GET", &format!("{}{path}", nginx.base()), None, None, None, &[]).await.unwrap();
+        assert_page_limited(&r);
+    }
+    let other = client_from("127.0.0.3");
+    assert_eq!(board(&other, &nginx, None).await.status, 200, "another client has its own allowance");
 }

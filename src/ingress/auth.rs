@@ -35,12 +35,17 @@ pub fn limited(e: super::limits::Limited) -> ApiError {
     ApiError::RateLimited(e)
 }
 
+/// The address a request comes from, as the per-address limits key it: the peer, or what
+/// trusted proxies say in `X-Forwarded-For` (see [`super::limits::Limits::client_ip`]).
+pub fn client_addr(req: &HttpRequest, state: &AppState) -> super::limits::ClientAddr {
+    let xff: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
+    state.limits.client_addr(req.peer_addr().map(|a| a.ip()), &xff)
+}
+
 /// The client-limit key of a caller without a credential: its address (the forwarded one
-/// only from a trusted proxy).
+/// only through trusted proxies).
 pub fn anonymous_key(req: &HttpRequest, state: &AppState) -> String {
-    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = state.limits.client_ip(req.peer_addr().map(|a| a.ip()), xff);
-    ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))
+    format!("ip:{}", client_addr(req, state))
 }
 
 /// Refuses an unauthenticated caller, counting the attempt against its client address.

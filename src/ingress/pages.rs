@@ -1,7 +1,8 @@
 //! The pages people look at: the live national leaderboard (`/leaderboard`) and a
 //! facility's waiting-hall display board (`/facilities/{id}/board`), each a static page
 //! kept current by server-sent events. Both show aggregates and token numbers only, never
-//! patient data, so they need no credential; streams are capped and shared per facility.
+//! patient data, so they need no credential; each request is limited per client address
+//! (`SCANGW_LIMIT_PAGE_PER_MIN`) before any work, and streams are capped and shared per facility.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,8 +159,15 @@ impl Drop for SseSlot {
     }
 }
 
-fn take_sse_slot(req: &HttpRequest, state: &AppState) -> Result<SseSlot, ApiError> {
-    state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
+/// The per-address limit of the public pages, checked before anything that costs a Redis
+/// read or a stream: without it one address could make each node read Redis as fast as it
+/// can send requests.
+fn limit_page(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    state.limits.page(super::auth::client_addr(req, state)).map_err(super::auth::limited)
+}
+
+/// Takes one of the `max_sse_clients` stream slots (the page limit was checked first).
+fn take_sse_slot(state: &AppState) -> Result<SseSlot, ApiError> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::Overloaded);
     }
@@ -216,12 +224,14 @@ fn event_stream(body: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'sta
         .streaming(body)
 }
 
-pub async fn leaderboard_page() -> HttpResponse {
-    html(LEADERBOARD_HTML)
+pub async fn leaderboard_page(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    limit_page(&req, &state)?;
+    Ok(html(LEADERBOARD_HTML))
 }
 
 pub async fn leaderboard_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let slot = take_sse_slot(&req, &state)?;
+    limit_page(&req, &state)?;
+    let slot = take_sse_slot(&state)?;
     Ok(event_stream(sse(state.feed.subscribe(), state.shutting_down.clone(), slot)))
 }
 
@@ -234,7 +244,12 @@ async fn facility_name(state: &AppState, id: &str) -> Result<String, ApiError> {
     Ok(info.name)
 }
 
-pub async fn board_page(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn board_page(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    limit_page(&req, &state)?;
     facility_name(&state, &path).await?;
     Ok(html(BOARD_HTML))
 }
@@ -244,9 +259,10 @@ pub async fn board_events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    limit_page(&req, &state)?;
     let id = path.into_inner();
     let name = facility_name(&state, &id).await?;
-    let slot = take_sse_slot(&req, &state)?;
+    let slot = take_sse_slot(&state)?;
     let first = Boards::fetch(&state.directory, &id, &name).await?;
     let rx = state.boards.subscribe(state.directory.clone(), state.shutting_down.clone(), first);
     Ok(event_stream(sse(rx, state.shutting_down.clone(), slot)))

@@ -246,7 +246,7 @@ impl Applier {
         // Per item: (facility index, field, count, day).
         let mut owners: Vec<(usize, String, u64, Date)> = Vec::new();
         let mut prune: Vec<(String, Vec<(String, u64)>)> = Vec::new();
-        // A district's facilities feed the same 10 boards per day and kind.
+        // A district's facilities feed the same 14 boards per day and kind.
         let mut boards: HashMap<(&str, Date, &str), Arc<[String]>> = HashMap::new();
         for (i, f) in facilities.iter().enumerate() {
             let mut stale = Vec::new();

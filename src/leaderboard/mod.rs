@@ -18,21 +18,29 @@ use crate::registry::FacilityInfo;
 
 /// The boards one (facility, day, counter kind) count feeds, in the order the apply script
 /// expects: per period (the service day, then all-time) the kind's state, district, facility
-/// and facility-in-district rankings, then the all-kinds national facility ranking (too big
-/// to merge per read). Every other view (all kinds, a state's districts or facilities) is
-/// merged from these at read time.
+/// and facility-in-district rankings, the all-kinds national facility ranking, then the
+/// kind's and the all-kinds facility rankings of the state (the facility rankings are too
+/// big to merge per read: a state's is thousands of facilities over dozens of districts).
+/// The other views (all kinds of the small rankings, a state's districts) are merged from
+/// these at read time. `district` is a district id, `<state code>/<name>`.
 pub fn board_keys(district: &str, day: Date, kind: &str) -> Vec<String> {
     let day = day.to_string();
-    let mut out = Vec::with_capacity(10);
+    let state = district.split_once('/').map_or(district, |(s, _)| s);
+    let mut out = Vec::with_capacity(2 * BOARDS_PER_PERIOD);
     for period in [day.as_str(), "all"] {
         out.push(keys::leaderboard(period, kind, LbScope::States));
         out.push(keys::leaderboard(period, kind, LbScope::Districts));
         out.push(keys::leaderboard(period, kind, LbScope::Facilities));
         out.push(keys::leaderboard(period, kind, LbScope::FacilitiesInDistrict(district)));
         out.push(keys::leaderboard(period, "all", LbScope::Facilities));
+        out.push(keys::leaderboard(period, kind, LbScope::FacilitiesInState(state)));
+        out.push(keys::leaderboard(period, "all", LbScope::FacilitiesInState(state)));
     }
     out
 }
+
+/// Rankings one count feeds per period (see [`board_keys`]).
+pub const BOARDS_PER_PERIOD: usize = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -203,21 +211,19 @@ pub async fn read(store: &Store, q: &Query) -> Result<Ranking, StoreError> {
                     let total = found.values().sum();
                     (found.into_iter().collect(), total)
                 }
-                (None, Some(p)) => {
-                    // A state's facilities: merge the rankings of its districts.
-                    let districts = merged(store, &per_kind(LbScope::Districts)).await?;
-                    let mine: Vec<&String> = districts.keys().filter(|d| d.starts_with(p.as_str())).collect();
-                    let keys: Vec<String> =
-                        mine.iter().flat_map(|d| per_kind(LbScope::FacilitiesInDistrict(d.as_str()))).collect();
-                    let found = merged(store, &keys).await?;
-                    let total = found.values().sum();
-                    (found.into_iter().collect(), total)
+                (None, Some(_)) => {
+                    // A state's facilities: the state's own ranking, top rows only (merging
+                    // its districts per read cost every facility of the state).
+                    let state = q.state.map_or("", |s| s.code);
+                    let top = store.state_top(&period, &kinds, state, q.limit).await?;
+                    (top.rows, top.total)
                 }
                 (None, None) => {
                     let kind = q.kind.map_or("all", |k| k.as_str());
-                    let top = store.top(&keys::leaderboard(&period, kind, LbScope::Facilities), q.limit).await?;
+                    // Exact at the cut too: tied rows in id order, as `sort` orders them.
+                    let top = store.top_exact(&keys::leaderboard(&period, kind, LbScope::Facilities), q.limit).await?;
                     let total = national(store, &period, &kinds).await?;
-                    (top.into_iter().map(|(m, s)| (m, count(s))).collect(), total)
+                    (top, total)
                 }
             };
             let mut ranked = ranked;
@@ -287,11 +293,15 @@ mod tests {
                 "lb:{lb}:2026-11-23:lab:f",
                 "lb:{lb}:2026-11-23:lab:f:d:KA/Mysuru",
                 "lb:{lb}:2026-11-23:all:f",
+                "lb:{lb}:2026-11-23:lab:f:s:KA",
+                "lb:{lb}:2026-11-23:all:f:s:KA",
                 "lb:{lb}:all:lab:s",
                 "lb:{lb}:all:lab:d",
                 "lb:{lb}:all:lab:f",
                 "lb:{lb}:all:lab:f:d:KA/Mysuru",
                 "lb:{lb}:all:all:f",
+                "lb:{lb}:all:lab:f:s:KA",
+                "lb:{lb}:all:all:f:s:KA",
             ]
         );
     }

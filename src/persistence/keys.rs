@@ -19,7 +19,8 @@
 //! Leaderboards are national, so they cannot share a facility's slot: their keys share the
 //! hash tag `{lb}` instead. `<period>` is a service day (`YYYY-MM-DD`) or `all`; `<kind>`
 //! is a counter kind (and `all` for the national facility ranking); `<scope>` is `s`
-//! (states), `d` (districts), `f` (facilities) or `f:d:<district id>`. No script touches
+//! (states), `d` (districts), `f` (facilities), `f:d:<district id>` or `f:s:<state code>`
+//! (the last also for `<kind>` `all`; it holds the member [`LB_STATE_TOTAL`] too). No script touches
 //! both: the fenced WRITE counts into `sg:{F}:lbn`, and the applier
 //! ([`crate::leaderboard::applier`]) moves the difference into the boards in a script of
 //! the `{lb}` slot, so everything works on Redis Cluster.
@@ -131,7 +132,15 @@ pub enum LbScope<'a> {
     Facilities,
     /// Facilities of one district (district id `<state code>/<name>`).
     FacilitiesInDistrict(&'a str),
+    /// Facilities of one state (state code): what a state's facility ranking reads, instead
+    /// of merging every district of the state per query.
+    FacilitiesInState(&'a str),
 }
+
+/// A member of every `f:s:<state>` ranking that is no facility (ids start with a letter or
+/// digit): the tokens the ranking was built from, so a reader can tell it is complete (see
+/// [`crate::persistence::lbread`]).
+pub const LB_STATE_TOTAL: &str = "*";
 
 /// A leaderboard key: `period` is a service day or `all`, `kind` a counter kind (or `all`,
 /// kept for the national facility ranking only; see [`crate::leaderboard`]).
@@ -141,6 +150,7 @@ pub fn leaderboard(period: &str, kind: &str, scope: LbScope<'_>) -> String {
         LbScope::Districts => format!("lb:{{lb}}:{period}:{kind}:d"),
         LbScope::Facilities => format!("lb:{{lb}}:{period}:{kind}:f"),
         LbScope::FacilitiesInDistrict(d) => format!("lb:{{lb}}:{period}:{kind}:f:d:{d}"),
+        LbScope::FacilitiesInState(s) => format!("lb:{{lb}}:{period}:{kind}:f:s:{s}"),
     }
 }
 
@@ -153,6 +163,7 @@ mod tests {
         let k = leaderboard("2026-11-23", "opd", LbScope::FacilitiesInDistrict("KA/Mysuru"));
         assert_eq!(k, "lb:{lb}:2026-11-23:opd:f:d:KA/Mysuru");
         assert_eq!(leaderboard("all", "opd", LbScope::States), "lb:{lb}:all:opd:s");
+        assert_eq!(leaderboard("all", "all", LbScope::FacilitiesInState("KA")), "lb:{lb}:all:all:f:s:KA");
         let d: Date = "2026-11-23".parse().unwrap();
         for k in [LB_DIRTY.to_string(), lb_applied(d)] {
             assert!(k.starts_with("lb:{lb}:"), "{k}");

@@ -28,10 +28,13 @@ return {f[1] or '0', f[2] or '0', info, redis.call('HGETALL', KEYS[2])}
 /// Items per APPLY call (see `lb_apply`).
 const APPLY_CHUNK: usize = 4;
 
-/// KEYS: per item 11 keys: the day's applied hash, then 5 daily and 5 all-time boards
+/// KEYS: per item 15 keys: the day's applied hash, then 7 daily and 7 all-time boards
 /// (kind states, kind districts, kind facilities, kind facilities of the district,
-/// all-kinds facilities). ARGV: board ttl, applied ttl, then per item: applied field,
-/// cumulative count, state member, district member, facility member.
+/// all-kinds facilities, kind facilities of the state, all-kinds facilities of the state).
+/// ARGV: board ttl, applied ttl, then per item: applied field, cumulative count, state
+/// member, district member, facility member, then (once) the state total member.
+/// The state rankings also count their own total (member ARGV[#ARGV], summed per call like
+/// the state and district members), which tells a reader the ranking is complete.
 /// Adds `count - applied` when positive, so running it twice, late or concurrently with
 /// another node never counts a token twice. Returns per item {applied before, after}.
 /// The state and district rankings are shared by the call's items: their deltas are summed
@@ -47,28 +50,29 @@ local a = 3
 local sums = {}
 local order = {}
 local daily = {}
-for k = 1, #KEYS, 11 do
+local total = ARGV[#ARGV]
+local function add(key, m, d)
+  local t = sums[key]
+  if not t then
+    t = {}
+    sums[key] = t
+    order[#order + 1] = key
+  end
+  t[m] = (t[m] or 0) + d
+end
+for k = 1, #KEYS, 15 do
   local c = tonumber(ARGV[a + 1])
   local before = tonumber(redis.call('HGET', KEYS[k], ARGV[a]) or '0')
   local after = before
   if c > before then
     local d = c - before
     local f = ARGV[a + 4]
-    for p = k, k + 5, 5 do
-      for i = 1, 2 do
-        local key = KEYS[p + i]
-        local t = sums[key]
-        if not t then
-          t = {}
-          sums[key] = t
-          order[#order + 1] = key
-        end
-        local m = ARGV[a + 1 + i]
-        t[m] = (t[m] or 0) + d
-      end
-      for i = 3, 5 do redis.call('ZINCRBY', KEYS[p + i], d, f) end
+    for p = k, k + 7, 7 do
+      for i = 1, 2 do add(KEYS[p + i], ARGV[a + 1 + i], d) end
+      for i = 3, 7 do redis.call('ZINCRBY', KEYS[p + i], d, f) end
+      for i = 6, 7 do add(KEYS[p + i], total, d) end
     end
-    for i = k + 1, k + 5 do daily[KEYS[i]] = true end
+    for i = k + 1, k + 7 do daily[KEYS[i]] = true end
     redis.call('HSET', KEYS[k], ARGV[a], c)
     redis.call('EXPIRE', KEYS[k], ARGV[2], 'NX')
     after = c
@@ -121,7 +125,7 @@ pub struct Snapshot {
 /// One (facility, day, kind) to bring up to `count`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyItem {
-    /// [`keys::lb_applied`] of the day, then the 10 board keys: the same for every item of
+    /// [`keys::lb_applied`] of the day, then the 14 board keys: the same for every item of
     /// a (district, day, kind), so the applier builds them once per pass and items share them.
     pub keys: Arc<[String]>,
     pub applied_field: String,
@@ -254,7 +258,7 @@ impl Store {
             .map(|chunk| {
                 let chunk: Vec<&ApplyItem> = chunk.iter().map(|&i| &items[i]).collect();
                 let keys: Vec<&str> = chunk.iter().flat_map(|i| i.keys.iter().map(String::as_str)).collect();
-                let mut args = Vec::with_capacity(2 + 5 * chunk.len());
+                let mut args = Vec::with_capacity(3 + 5 * chunk.len());
                 args.extend([Arg::Int(board_ttl_s), Arg::Int(applied_ttl_s)]);
                 for i in chunk {
                     args.extend([
@@ -265,6 +269,7 @@ impl Store {
                         Arg::Str(&i.facility),
                     ]);
                 }
+                args.push(Arg::Str(keys::LB_STATE_TOTAL));
                 (keys, args)
             })
             .collect();

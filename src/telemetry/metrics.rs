@@ -36,7 +36,7 @@ pub const REDIS_FLUSH: &str = "scangw_redis_flush_seconds";
 pub const FENCING_CONFLICTS: &str = "scangw_fencing_conflicts_total";
 /// `scangw_store_errors_total`: requests answered 503 STORE_UNAVAILABLE.
 pub const STORE_ERRORS: &str = "scangw_store_errors_total";
-/// `scangw_rate_limited_total{limit}`: requests refused with 429, by limit (global, client, facility, patient).
+/// `scangw_rate_limited_total{limit}`: requests refused with 429, by limit (global, client, facility, patient, page).
 pub const RATE_LIMITED: &str = "scangw_rate_limited_total";
 /// `scangw_counter_ops_total{op}`: counter operations applied (call_next, recall, complete, no_show, transfer).
 pub const COUNTER_OPS: &str = "scangw_counter_ops_total";
@@ -339,8 +339,8 @@ impl Metrics {
     }
 
     pub fn rate_limited(limit: &'static str) {
-        static HANDLES: OnceLock<[Counter; 4]> = OnceLock::new();
-        const LIMITS: [&str; 4] = ["global", "client", "facility", "patient"];
+        static HANDLES: OnceLock<[Counter; 5]> = OnceLock::new();
+        const LIMITS: [&str; 5] = ["global", "client", "facility", "patient", "page"];
         let h = HANDLES.get_or_init(|| LIMITS.map(|l| metrics::counter!(RATE_LIMITED, "limit" => l)));
         match LIMITS.iter().position(|l| *l == limit) {
             Some(i) => h[i].increment(1),

@@ -479,9 +479,11 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
     let results = store.lb_apply(&items, 86_400, 86_400).await.unwrap();
     assert_eq!(results, (1..=8).map(|c| (0, c)).collect::<Vec<_>>(), "each item's own (before, after), in order");
     // Two calls of four, one district each. Per call and period (day, all-time): the state
-    // once, the district once, and each facility in three rankings: 2 x (1 + 1 + 12) = 28.
-    // Listed alternately, each call would hold both districts: 2 x (1 + 2 + 12) = 30.
-    assert_eq!(command_calls(&redis, "zincrby") - before, 56);
+    // once, the district once, each facility in five rankings (national kind and all kinds,
+    // district, state kind and all kinds) and the two state rankings' totals once each:
+    // 2 x (1 + 1 + 20 + 2) = 48. Listed alternately, each call would hold both districts:
+    // 2 x (1 + 2 + 20 + 2) = 50.
+    assert_eq!(command_calls(&redis, "zincrby") - before, 96);
     let mut c = redis.conn();
     let districts: Vec<(String, u64)> =
         c.zrange_withscores(keys::leaderboard("all", "opd", keys::LbScope::Districts), 0, -1).unwrap();
@@ -492,7 +494,7 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
     // A second run adds nothing: the applied counts already match.
     let again = store.lb_apply(&items, 86_400, 86_400).await.unwrap();
     assert_eq!(again, (1..=8).map(|c| (c, c)).collect::<Vec<_>>());
-    assert_eq!(command_calls(&redis, "zincrby") - before, 56);
+    assert_eq!(command_calls(&redis, "zincrby") - before, 96);
 }
 
 /// Every EVALSHA in Redis's SLOWLOG (logging everything), as its key arguments.
@@ -551,4 +553,155 @@ async fn an_activation_applies_what_an_earlier_owner_counted_without_reading_it_
     let scripts = scripts_run(&redis);
     assert!(scripts.iter().any(|k| k.first() == Some(&keys::fence(&f))), "SLOWLOG saw the writes: {scripts:?}");
     assert!(!scripts.contains(&snapshot_keys), "no snapshot read of {f}: {scripts:?}");
+}
+
+/// (facility, tokens) the exact top `n` of `counts`: most tokens first, ties by id.
+fn brute_top(counts: &BTreeMap<String, u64>, n: usize) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = counts.iter().filter(|(_, t)| **t > 0).map(|(f, t)| (f.clone(), *t)).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(n);
+    all
+}
+
+fn ranked(v: &Value) -> Vec<(String, u64)> {
+    v["rows"].as_array().unwrap().iter().map(|r| (s(r, "id").to_string(), num(r, "tokens"))).collect()
+}
+
+/// Rebuilds of a state ranking so far (nothing else merges into a stored set).
+fn merges(redis: &RedisServer) -> u64 {
+    command_calls(redis, "zunionstore")
+}
+
+/// Every command in Redis's SLOWLOG (logging everything), as its arguments.
+fn commands_logged(redis: &RedisServer) -> Vec<Vec<String>> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(&mut redis.conn()).unwrap();
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let redis::Value::Array(fields) = e else { return None };
+            redis::from_redis_value(fields.get(3)?.clone()).ok()
+        })
+        .collect()
+}
+
+/// A state's facility ranking is read from the state's own sorted set, top rows only, and
+/// equals the brute-force top N (ties at the cut included), for one kind and all kinds,
+/// for the day and all-time; boards applied without it (older data, an older node) are
+/// merged into it once, and reads after that merge nothing.
+#[actix_web::test]
+async fn a_states_facility_ranking_is_the_exact_top_n_read_from_the_states_own_set() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    // 16 facilities in UP over 4 districts, 2 in Bihar; tokens chosen so that ties straddle
+    // the cuts (5, 5, 5, 4, 4, 4, 4, 3, ...).
+    let plan: Vec<(String, &str, &str, u64, u64)> = (0..18usize)
+        .map(|i| {
+            let (state, district) =
+                if i < 16 { ("UP", ["Lucknow", "Agra", "Varanasi", "Kanpur"][i % 4]) } else { ("BR", "Patna") };
+            let opd = [5u64, 5, 5, 4, 4, 4, 4, 3, 3, 2, 2, 2, 1, 1, 0, 1, 9, 9][i];
+            let lab = [0u64, 1, 0, 2, 0, 1, 0, 3, 0, 0, 2, 1, 4, 0, 2, 0, 9, 0][i];
+            (fid(800 + (i * 7) % 18), state, district, opd, lab)
+        })
+        .collect();
+    let mut opd: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lab: BTreeMap<String, u64> = BTreeMap::new();
+    let mut national: [BTreeMap<String, u64>; 3] = Default::default();
+    let mut patient = 0;
+    for (f, state, district, n_opd, n_lab) in &plan {
+        let body = json!({"name": format!("Hospital {f}"), "state": state, "district": district,
+            "counters": [{"id": "OPD1", "kind": "opd"}, {"id": "Lab", "kind": "lab"}]});
+        let (st, v) = app.put_facility(f, &body).await;
+        assert_eq!(st, 201, "{v}");
+        for (counter, n) in [("OPD1", *n_opd), ("Lab", *n_lab)] {
+            for _ in 0..n {
+                patient += 1;
+                app.scan_new(&scan_body(f, counter, patient)).await;
+            }
+        }
+        national[0].insert(f.clone(), n_opd + n_lab);
+        national[1].insert(f.clone(), *n_opd);
+        national[2].insert(f.clone(), *n_lab);
+        if *state == "UP" {
+            opd.insert(f.clone(), *n_opd);
+            lab.insert(f.clone(), *n_lab);
+        }
+    }
+    let all: BTreeMap<String, u64> = opd.iter().map(|(f, n)| (f.clone(), n + lab[f])).collect();
+    redis.settled_snapshot().await;
+    // Log every command from here: no state query may name a district's facility ranking.
+    let mut c = redis.conn();
+    redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0).exec(&mut c).unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000).exec(&mut c).unwrap();
+    redis::cmd("SLOWLOG").arg("RESET").exec(&mut c).unwrap();
+
+    let check = |date: &'static str| {
+        let (app, opd, lab, all) = (&app, &opd, &lab, &all);
+        async move {
+            for (kind, counts) in [("all", all), ("opd", opd), ("lab", lab)] {
+                for n in [1, 2, 3, 4, 5, 7, 8, 12, 1000] {
+                    let v = board(
+                        app,
+                        &format!("/v1/leaderboards/facilities?state=UP&date={date}&counter_kind={kind}&limit={n}"),
+                    )
+                    .await;
+                    assert_eq!(ranked(&v), brute_top(counts, n), "{date} {kind} top {n}");
+                    assert_eq!(num(&v, "total"), counts.values().sum::<u64>(), "{date} {kind} total");
+                    rows(&v);
+                }
+            }
+        }
+    };
+    check(START_DATE).await;
+    check("all").await;
+    // The national facility rankings are exact at the cut as well.
+    for (kind, counts) in ["all", "opd", "lab"].into_iter().zip(&national) {
+        for n in [1, 2, 3, 4, 5, 7, 8, 12, 1000] {
+            let v = board(&app, &format!("/v1/leaderboards/facilities?counter_kind={kind}&limit={n}")).await;
+            assert_eq!(ranked(&v), brute_top(counts, n), "national {kind} top {n}");
+        }
+    }
+    // The state's own rankings exist (fed by the applier) and were complete: no read merged,
+    // and no command read a district's facilities (what every state query used to merge).
+    let logged = commands_logged(&redis);
+    assert!(logged.len() > 100, "SLOWLOG saw the reads: {logged:?}");
+    // (The applier's scripts name them too, but it has nothing left to apply here.)
+    let merged: Vec<&Vec<String>> = logged
+        .iter()
+        .filter(|args| !args[0].eq_ignore_ascii_case("evalsha") && args.iter().any(|a| a.contains(":f:d:UP/")))
+        .collect();
+    assert!(merged.is_empty(), "state queries read district rankings: {merged:?}");
+    let day_set = format!("lb:{{lb}}:{START_DATE}:all:f:s:UP");
+    let score: Option<f64> = c.zscore(&day_set, fid(800)).unwrap();
+    assert_eq!(score.map(|s| s as u64), Some(all[&fid(800)]));
+    assert_eq!(merges(&redis), 0, "a state query merged district rankings");
+
+    // Boards applied before the state rankings existed: they are merged in, once.
+    let state_sets: Vec<String> = redis.keys("lb:{lb}:*:f:s:UP").into_iter().collect();
+    assert_eq!(state_sets.len(), 3 * 2, "opd, lab and all kinds, per day and all-time: {state_sets:?}");
+    let _: () = c.del(&state_sets).unwrap();
+    check(START_DATE).await;
+    check("all").await;
+    assert_eq!(merges(&redis), 6, "each missing state ranking is rebuilt once");
+    check("all").await;
+    assert_eq!(merges(&redis), 6, "and read without merging afterwards");
+
+    // An older node applies a count the way it did: district, facility and state rankings
+    // but not the state's own. The next read sees the state's tokens disagree and rebuilds.
+    let f = fid(800 + (13 * 7) % 18);
+    for key in
+        [format!("lb:{{lb}}:all:lab:f:d:UP/{}", plan.iter().find(|p| p.0 == f).unwrap().2), "lb:{lb}:all:all:f".into()]
+    {
+        let _: f64 = c.zincr(&key, &f, 10).unwrap();
+    }
+    let _: f64 = c.zincr("lb:{lb}:all:lab:s", "UP", 10).unwrap();
+    let (mut lab, mut all) = (lab.clone(), all.clone());
+    *lab.get_mut(&f).unwrap() += 10;
+    *all.get_mut(&f).unwrap() += 10;
+    for (kind, counts) in [("lab", &lab), ("all", &all)] {
+        let v =
+            board(&app, &format!("/v1/leaderboards/facilities?state=UP&date=all&counter_kind={kind}&limit=3")).await;
+        assert_eq!(ranked(&v), brute_top(counts, 3), "{kind} after an older node's apply");
+        assert_eq!(num(&v, "total"), counts.values().sum::<u64>());
+    }
+    assert_eq!(merges(&redis), 8, "the lab and all-kinds state rankings were rebuilt");
 }
