@@ -466,10 +466,16 @@ impl FacilityQueue {
             lane.last_number = lane.last_number.max(t.number);
             let entered = t.history.last().map(|h| h.at).unwrap_or(t.issued_at);
             let mut called_at: Option<Millis> = None;
+            // The lane each call took the token from, as it was then: a token enters the
+            // priority lane by its class at issue or by a transfer, never leaves it, and
+            // `lane_priority` is only where it waits now (a normal call, later transferred,
+            // was still a normal call for the guard).
+            let mut in_priority_lane = t.priority.is_some();
             for h in &t.history {
                 match h.event {
+                    Event::Transferred => in_priority_lane = true,
                     Event::Called => {
-                        calls.push((h.at, h.counter.clone(), t.lane_priority));
+                        calls.push((h.at, h.counter.clone(), in_priority_lane));
                         called_at = Some(h.at);
                     }
                     Event::Completed | Event::NoShow => {
@@ -1380,6 +1386,36 @@ mod tests {
         assert_eq!(r.counter_view("OPD1").1.len(), 1);
         let order: Vec<u32> = std::iter::from_fn(|| r.call_next("OPD1", later(7)).unwrap()).map(|k| k.number).collect();
         assert_eq!(order, vec![1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn restore_counts_each_call_in_the_lane_it_was_made_from() {
+        // OPD1: P1-P3 priority, N1 and N2 normal. The guard (3) calls P1, P2, P3, N1; N1
+        // is then transferred (into OPD2's priority lane) and P4-P7 arrive.
+        let mut q = queue();
+        let p = |q: &mut FacilityQueue, i: u32| issue(q, "OPD1", &format!("p{i}"), Some(PriorityClass::Elderly));
+        for i in 1..=3 {
+            p(&mut q, i);
+        }
+        let n1 = issue(&mut q, "OPD1", "n1", None);
+        issue(&mut q, "OPD1", "n2", None);
+        for s in 1..=4 {
+            q.call_next("OPD1", later(s)).unwrap();
+        }
+        q.transfer(&n1, "OPD2", later(5)).unwrap();
+        for i in 4..=7 {
+            p(&mut q, i);
+        }
+        let mut stored = Vec::new();
+        q.take_changes(|t| stored.push(t.clone()));
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, |p: &Profile| keys_of(&p.name));
+        assert_eq!(r.lanes["OPD1"].streak, 0, "N1's call was a normal one");
+        let order = |q: &mut FacilityQueue| -> Vec<u32> {
+            std::iter::from_fn(|| q.call_next("OPD1", later(10)).unwrap()).map(|k| k.number).collect()
+        };
+        let live = order(&mut q);
+        assert_eq!(live, vec![6, 7, 8, 5, 9], "P4, P5, P6, then N2 by the guard, then P7");
+        assert_eq!(order(&mut r), live, "the restored queue calls as the live one would");
     }
 
     fn take(q: &mut FacilityQueue) -> Vec<(TokenKey, Status)> {
