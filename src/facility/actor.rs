@@ -556,7 +556,7 @@ impl FacilityActor {
                     Ok(out) => match out.kind {
                         ScanKind::New => ScanOutcome::New,
                         ScanKind::Repeat => ScanOutcome::Repeat,
-                        ScanKind::Replay => ScanOutcome::Replay,
+                        ScanKind::Replay | ScanKind::RepeatReplay => ScanOutcome::Replay,
                     },
                     Err(_) => ScanOutcome::Rejected,
                 };
@@ -564,18 +564,21 @@ impl FacilityActor {
                 match result {
                     Ok(out) if r.queue.get(&out.key).is_none() => {
                         let (day, check) = (r.queue.day(), replay_check.expect("a replay has an Idempotency-Key"));
+                        let hasher = self.deps.hasher.clone();
                         self.finish_from_store(ctx, permit, reply, day, out.key, move |t| {
-                            if !check.matches(&t) {
-                                // Also the (2^-64) case of two keys with the same hash.
-                                return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
-                            }
-                            Ok(ScanReply { view: TokenView::build_public(&id, day, &t, None), kind: ScanKind::Replay })
+                            // Also refuses the (2^-64) case of two keys with the same hash.
+                            let kind = check
+                                .matches(&t, &hasher.keys(&t.profile))
+                                .ok_or(FacilityError::Queue(QueueError::IdempotencyKeyReused))?;
+                            let mut view = TokenView::build_public(&id, day, &t, None);
+                            view.repeat = kind == ScanKind::RepeatReplay;
+                            Ok(ScanReply { view, kind })
                         });
                     }
                     result => {
                         let result = result.map(|out| {
                             let mut view = TokenView::of_public(&r.queue, &id, &out.key).expect("scanned token exists");
-                            view.repeat = out.kind == ScanKind::Repeat;
+                            view.repeat = matches!(out.kind, ScanKind::Repeat | ScanKind::RepeatReplay);
                             ScanReply { view, kind: out.kind }
                         });
                         self.finish(ctx, permit, reply, result, Some(started));

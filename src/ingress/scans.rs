@@ -134,7 +134,7 @@ async fn scan(
         })?;
     let status = match reply.kind {
         ScanKind::New | ScanKind::Replay => StatusCode::CREATED,
-        ScanKind::Repeat => StatusCode::OK,
+        ScanKind::Repeat | ScanKind::RepeatReplay => StatusCode::OK,
     };
     let mut view = reply.view;
     view.patient = None;

@@ -1,8 +1,12 @@
-//! State rebuilt at activation (issue 34): the priority streak survives a passivation as it
-//! really was.
+//! Retries and redeliveries (issue 34): an Idempotency-Key or share request id answered as a
+//! repeat is kept (across passivation and a restart too), and the priority streak survives a
+//! passivation as it really was.
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::helpers::*;
+use crate::protocol::{for_request, jwt, protocol_settings, v3_body, Hiecm, ISSUER, KEY1};
 
 fn with_idle_timeout(redis: &RedisServer, idle_s: u64) -> scan_gateway::config::Settings {
     let mut s = scan_gateway::config::Settings::for_tests(&redis.url());
@@ -17,6 +21,123 @@ async fn passivated(app: &TestApp) {
         async move { n == 0 }
     })
     .await;
+}
+
+/// Calls the patient's token at OPD1 and completes it.
+async fn call_and_complete(app: &TestApp, f: &str, staff: &str, token: &Value) {
+    let (st, called) = app.call_next(f, "OPD1", staff).await;
+    assert_eq!((st, &called["token_id"]), (200, &token["token_id"]), "{called}");
+    let (st, done) = app.token_op(s(token, "token_id"), "complete", staff).await;
+    assert_eq!((st, s(&done, "status")), (200, "completed"), "{done}");
+}
+
+/// A resend of `key` answers the first token again, now completed, as the repeat it was.
+async fn assert_repeat_key_replays(app: &TestApp, body: &Value, key: &str, first: &Value, when: &str) {
+    let (st, again) = app.scan_with_idem(body, key).await;
+    assert_eq!(st, 200, "{when}: a key first answered as a repeat answers as that repeat again: {again}");
+    assert_scan_reply(st, &again);
+    assert_eq!(again["token_id"], first["token_id"], "{when}: {again}");
+    assert_eq!(again["status"], "completed", "{when}: {again}");
+}
+
+#[actix_web::test]
+async fn a_key_answered_as_a_repeat_answers_that_token_again_after_it_completes() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let f = fid(340);
+    app.register(&f).await;
+    let (_, staff) = app.create_staff_key(&f).await;
+    let body = scan_body(&f, "OPD1", 1);
+
+    let (st, first) = app.scan_with_idem(&body, "k1").await;
+    assert_eq!((st, num(&first, "token_number")), (201, 1), "{first}");
+    let (st, repeat) = app.scan_with_idem(&body, "k2").await;
+    assert_eq!((st, &repeat["token_id"], &repeat["repeat"]), (200, &first["token_id"], &Value::Bool(true)), "{repeat}");
+    // The repeat key replays while the token is live too.
+    let (st, live) = app.scan_with_idem(&body, "k2").await;
+    assert_eq!((st, &live["token_id"]), (200, &first["token_id"]), "{live}");
+
+    call_and_complete(&app, &f, &staff, &first).await;
+    assert_repeat_key_replays(&app, &body, "k2", &first, "after completion").await;
+    let (st, replay) = app.scan_with_idem(&body, "k1").await;
+    assert_eq!((st, &replay["token_id"]), (201, &first["token_id"]), "the first key still replays: {replay}");
+
+    // The repeat key is still bound to its request: another patient with it is refused.
+    let (st, err) = app.scan_with_idem(&scan_body(&f, "OPD1", 2), "k2").await;
+    assert_error(st, &err, 422, "IDEMPOTENCY_KEY_REUSED");
+    // Nothing above issued a token: a new scan of the patient is number 2.
+    let (st, next) = app.scan_with_idem(&body, "k3").await;
+    assert_eq!((st, num(&next, "token_number")), (201, 2), "{next}");
+}
+
+#[actix_web::test]
+async fn a_repeat_key_survives_passivation_and_a_restart() {
+    let redis = RedisServer::start();
+    let mut app = TestApp::spawn_with(with_idle_timeout(&redis, 1), TestApp::clock_at(START)).await;
+    let f = fid(341);
+    app.register(&f).await;
+    let (_, staff) = app.create_staff_key(&f).await;
+    let body = scan_body(&f, "OPD1", 1);
+
+    let (st, first) = app.scan_with_idem(&body, "k1").await;
+    assert_eq!(st, 201, "{first}");
+    let (st, repeat) = app.scan_with_idem(&body, "k2").await;
+    assert_eq!((st, &repeat["token_id"]), (200, &first["token_id"]), "{repeat}");
+    // Passivated while the token is live: the next activation must know k2 from Redis.
+    passivated(&app).await;
+    call_and_complete(&app, &f, &staff, &first).await;
+    // And again once it is finished (a finished token is known only by its record).
+    passivated(&app).await;
+    assert_repeat_key_replays(&app, &body, "k2", &first, "after passivation").await;
+
+    // A takeover: another instance on the same Redis.
+    app.stop().await;
+    let mut app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    assert_repeat_key_replays(&app, &body, "k2", &first, "after a restart").await;
+    let next = app.scan_new(&body).await;
+    assert_eq!(num(&next, "token_number"), 2, "{next}");
+    app.stop().await;
+}
+
+fn token_number(cb: &crate::protocol::Callback) -> &str {
+    cb.body["acknowledgement"]["profile"]["tokenNumber"].as_str().unwrap_or_else(|| panic!("a token: {}", cb.body))
+}
+
+#[actix_web::test]
+async fn a_share_redelivered_after_it_was_answered_as_a_repeat_gets_the_same_token() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.idle_timeout_s = 1;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(342);
+    app.register(&f).await;
+    let (_, staff) = app.create_staff_key(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 3600, ISSUER);
+    let share = v3_body(&f, "OPD1", 1);
+
+    let (st, _, rid1) = app.share_v3(&bearer, &share, None).await;
+    assert_eq!(st, 202);
+    hiecm.wait_for(1, "the first on-share").await;
+    let (st, _, rid2) = app.share_v3(&bearer, &share, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(2, "the repeat's on-share").await;
+    assert_eq!(token_number(for_request(&cbs, &rid1)[0]), "1");
+    assert_eq!(token_number(for_request(&cbs, &rid2)[0]), "1");
+
+    let (_, first) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    call_and_complete(&app, &f, &staff, &first).await;
+    // The switch redelivers the second share: the same token, not a new one.
+    app.share_v3(&bearer, &share, Some(&rid2)).await;
+    let cbs = hiecm.wait_for(3, "the redelivery's on-share").await;
+    assert_eq!(for_request(&cbs, &rid2).iter().map(|c| token_number(c)).collect::<Vec<_>>(), ["1", "1"]);
+    // And after the facility passivated.
+    passivated(&app).await;
+    app.share_v3(&bearer, &share, Some(&rid2)).await;
+    let cbs = hiecm.wait_for(4, "the redelivery's on-share after passivation").await;
+    assert_eq!(for_request(&cbs, &rid2).iter().map(|c| token_number(c)).collect::<Vec<_>>(), ["1", "1", "1"]);
+    let stored: u64 = redis::Commands::hlen(&mut redis.conn(), format!("sg:{{{f}}}:d:{START_DATE}:t")).unwrap();
+    assert_eq!(stored, 1, "one token, however often the shares came");
 }
 
 /// P1-P3 priority and N1, N2 normal at OPD1; the guard calls P1, P2, P3, N1; N1 is then
