@@ -756,6 +756,18 @@ impl FacilityQueue {
 
     /// Issues a token, or returns the patient's live one.
     pub fn scan(&mut self, input: ScanInput, now: Timestamp) -> Result<ScanOutcome, QueueError> {
+        Ok(self.scan_admitted(input, now, || true)?.expect("every new token admitted"))
+    }
+
+    /// [`Self::scan`], asking `admit` first when (and only when) the scan would issue a new
+    /// token: a replay or a repeat answers without it. A refusal changes nothing and
+    /// answers `None`.
+    pub fn scan_admitted(
+        &mut self,
+        input: ScanInput,
+        now: Timestamp,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<Option<ScanOutcome>, QueueError> {
         let now_ms = millis(now);
         if self.counter(&input.counter).is_none() {
             return Err(QueueError::UnknownCounter);
@@ -765,7 +777,7 @@ impl FacilityQueue {
             if let Some(key) = self.idempotency_hit(hash) {
                 let kind = match self.tokens.get(&key) {
                     // A finished token: the caller confirms the replay against its record.
-                    None => return Ok(ScanOutcome { key, kind: ScanKind::Replay }),
+                    None => return Ok(Some(ScanOutcome { key, kind: ScanKind::Replay })),
                     Some(t) if t.idempotency_key.as_deref() == Some(idem.as_str()) => {
                         if !is_same_scan(t, &input) {
                             return Err(QueueError::IdempotencyKeyReused);
@@ -783,7 +795,7 @@ impl FacilityQueue {
                 };
                 if let Some(kind) = kind {
                     self.expire_if_due(&key, now_ms);
-                    return Ok(ScanOutcome { key, kind });
+                    return Ok(Some(ScanOutcome { key, kind }));
                 }
             }
         }
@@ -798,9 +810,12 @@ impl FacilityQueue {
                     if let Some(hash) = idem_hash {
                         self.bind_repeat_key(&key, hash);
                     }
-                    return Ok(ScanOutcome { key, kind: ScanKind::Repeat });
+                    return Ok(Some(ScanOutcome { key, kind: ScanKind::Repeat }));
                 }
             }
+        }
+        if !admit() {
+            return Ok(None);
         }
         let lane = self.lane_mut(&counter);
         lane.last_number += 1;
@@ -837,7 +852,7 @@ impl FacilityQueue {
         self.tokens.insert(key.clone(), Box::new(Live { token, patient: input.patient }));
         self.dirty.insert(key.clone());
         self.issued_since_take.push(counter);
-        Ok(ScanOutcome { key, kind: ScanKind::New })
+        Ok(Some(ScanOutcome { key, kind: ScanKind::New }))
     }
 
     /// Marks a waiting token expired when its validity has passed. Returns true if it did.
@@ -1670,6 +1685,37 @@ mod tests {
         assert_eq!(q.by_idempotency.len(), 1 + MAX_REPEAT_KEYS, "the dropped keys leave the index too");
         assert_eq!(q.scan(keyed("k1".into()), later(2)).unwrap().kind, ScanKind::Repeat, "a dropped key: a repeat");
         assert_eq!(q.scan(keyed("k0".into()), later(2)).unwrap().kind, ScanKind::Replay);
+    }
+
+    #[test]
+    fn only_a_new_token_asks_for_admission_and_a_refusal_changes_nothing() {
+        let mut q = queue();
+        let mut a = input("OPD1", "a", None);
+        a.idempotency_key = Some("k1".into());
+        let mut asked = 0;
+        let first = q.scan_admitted(a.clone(), later(0), || {
+            asked += 1;
+            true
+        });
+        let first = first.unwrap().expect("admitted").key;
+        take(&mut q);
+        let repeat = input("OPD1", "a", None);
+        let keyed_repeat = ScanInput { idempotency_key: Some("k2".into()), ..repeat.clone() };
+        for s in [a.clone(), repeat, keyed_repeat] {
+            let out = q.scan_admitted(s, later(1), || panic!("a replay or a repeat is not charged")).unwrap();
+            assert_eq!(out.map(|o| o.key), Some(first.clone()));
+        }
+        take(&mut q);
+        let refused = q.scan_admitted(input("OPD1", "b", None), later(2), || {
+            asked += 1;
+            false
+        });
+        assert_eq!(refused, Ok(None));
+        assert_eq!(asked, 2);
+        let mut changed = 0;
+        let issued = q.take_changes(|_| changed += 1);
+        assert_eq!((changed, issued.len()), (0, 0), "nothing to persist, nothing issued");
+        assert_eq!(issue(&mut q, "OPD1", "b", None).number, 2, "no number taken");
     }
 
     #[test]

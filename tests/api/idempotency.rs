@@ -1,6 +1,6 @@
 //! Retries and redeliveries (issue 34): an Idempotency-Key or share request id answered as a
-//! repeat is kept (across passivation and a restart too), and the priority streak survives a
-//! passivation as it really was.
+//! repeat is kept (across passivation and a restart too), replays and repeats do not spend
+//! the patient limit, and the priority streak survives a passivation as it really was.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -138,6 +138,86 @@ async fn a_share_redelivered_after_it_was_answered_as_a_repeat_gets_the_same_tok
     assert_eq!(for_request(&cbs, &rid2).iter().map(|c| token_number(c)).collect::<Vec<_>>(), ["1", "1", "1"]);
     let stored: u64 = redis::Commands::hlen(&mut redis.conn(), format!("sg:{{{f}}}:d:{START_DATE}:t")).unwrap();
     assert_eq!(stored, 1, "one token, however often the shares came");
+}
+
+fn patient_limited(redis: &RedisServer, per_min: u32) -> scan_gateway::config::Settings {
+    let mut s = scan_gateway::config::Settings::for_tests(&redis.url());
+    s.limit_patient_per_min = per_min;
+    s
+}
+
+#[actix_web::test]
+async fn replays_and_repeats_do_not_spend_the_patient_limit_but_new_tokens_do() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(patient_limited(&redis, 2), TestApp::clock_at(START)).await;
+    let f = fid(343);
+    app.register(&f).await;
+    let body = scan_body(&f, "OPD1", 1);
+    let (st, first) = app.scan_with_idem(&body, "k1").await;
+    assert_eq!(st, 201, "{first}");
+    for i in 0..5 {
+        let (st, v) = app.scan_with_idem(&body, "k1").await;
+        assert_eq!((st, &v["token_id"]), (201, &first["token_id"]), "replay {i}: {v}");
+        let (st, v) = app.scan(&body).await;
+        assert_eq!((st, &v["token_id"]), (200, &first["token_id"]), "repeat {i}: {v}");
+        let (st, v) = app.scan_with_idem(&body, &format!("repeat-{i}")).await;
+        assert_eq!((st, &v["token_id"]), (200, &first["token_id"]), "keyed repeat {i}: {v}");
+    }
+    // The limit still holds for new tokens: the second is allowed, the third refused.
+    app.scan_new(&scan_body(&f, "OPD2", 1)).await;
+    let before = redis.settled_snapshot().await;
+    let r = app.scan_resp(&scan_body(&f, "Pharmacy", 1)).await;
+    assert_error(r.status, &r.body, 429, "RATE_LIMITED_PATIENT");
+    assert_eq!(r.header("ratelimit-limit").as_deref(), Some("2"));
+    assert!(r.header("retry-after").is_some());
+    assert_same_store(&before, &redis.settled_snapshot().await, "a refused scan stores nothing");
+    // Replays and repeats still answer once the patient is over the limit.
+    let (st, v) = app.scan_with_idem(&body, "k1").await;
+    assert_eq!((st, &v["token_id"]), (201, &first["token_id"]), "{v}");
+    let (st, v) = app.scan(&body).await;
+    assert_eq!((st, &v["token_id"]), (200, &first["token_id"]), "{v}");
+}
+
+fn outcome(cb: &crate::protocol::Callback) -> String {
+    let b = &cb.body;
+    match b["acknowledgement"]["status"].as_str() {
+        Some("SUCCESS") => format!("SUCCESS {}", token_number(cb)),
+        _ => b["error"]["code"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+#[actix_web::test]
+async fn redelivered_shares_do_not_spend_the_patient_limit_but_new_shares_do() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.limit_patient_per_min = 2;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(344);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 3600, ISSUER);
+    let share = v3_body(&f, "OPD1", 1);
+
+    let (_, _, rid) = app.share_v3(&bearer, &share, None).await;
+    hiecm.wait_for(1, "the first on-share").await;
+    for n in 2..=6 {
+        app.share_v3(&bearer, &share, Some(&rid)).await;
+        hiecm.wait_for(n, "a redelivery's on-share").await;
+    }
+    let cbs = hiecm.rec.delivered();
+    let got: Vec<String> = for_request(&cbs, &rid).into_iter().map(outcome).collect();
+    assert_eq!(got, vec!["SUCCESS 1"; 6], "every delivery of the request id answers the same token");
+
+    // New tokens are still limited: the second is allowed, the third refused.
+    let (_, _, opd2) = app.share_v3(&bearer, &v3_body(&f, "OPD2", 1), None).await;
+    hiecm.wait_for(7, "the OPD2 on-share").await;
+    let (_, _, pharmacy) = app.share_v3(&bearer, &v3_body(&f, "Pharmacy", 1), None).await;
+    hiecm.wait_for(8, "the Pharmacy on-share").await;
+    app.share_v3(&bearer, &share, Some(&rid)).await;
+    let cbs = hiecm.wait_for(9, "a redelivery over the limit").await;
+    assert_eq!(outcome(for_request(&cbs, &opd2)[0]), "SUCCESS 1");
+    assert_eq!(outcome(for_request(&cbs, &pharmacy)[0]), "RATE_LIMITED");
+    assert_eq!(outcome(for_request(&cbs, &rid)[6]), "SUCCESS 1", "a redelivery over the limit still answers");
 }
 
 /// P1-P3 priority and N1, N2 normal at OPD1; the guard calls P1, P2, P3, N1; N1 is then
