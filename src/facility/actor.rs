@@ -19,6 +19,7 @@ use super::queue::{CounterKind, FacilityQueue, Lookup, QueueError, ReplayCheck, 
 use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
+use crate::ingress::limits::Limited;
 use crate::persistence::keys::{self, FacilityKeys};
 use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
 use crate::persistence::{record, Store, StoreError};
@@ -71,6 +72,9 @@ pub enum FacilityError {
     Store(#[from] StoreError),
     #[error("the facility is overloaded")]
     Overloaded,
+    /// The scan would have issued a new token past the patient's rate limit.
+    #[error("rate limited")]
+    RateLimited(Limited),
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, FacilityError>>;
@@ -100,9 +104,15 @@ impl Action {
     }
 }
 
+/// Charges a scan's new token to the patient's rate limit. The actor asks only when the scan
+/// would issue a new token (it alone knows): a replay of an Idempotency-Key or a share, and a
+/// repeat, answer what was already issued and spend nothing.
+pub type Admission = Box<dyn FnOnce() -> Result<(), Limited> + Send>;
+
 pub enum Command {
     Scan {
         input: ScanInput,
+        admit: Admission,
         reply: Reply<ScanReply>,
     },
     /// `patient`: whether the asker may see the patient profile (staff of the facility).
@@ -547,35 +557,48 @@ impl FacilityActor {
             return;
         };
         match cmd {
-            Command::Scan { input, reply } => {
+            Command::Scan { input, admit, reply } => {
                 let (state, kind) = (r.board.state, r.queue.counter(&input.counter).map(|c| c.kind));
                 // Kept only for a replay of a finished token, confirmed against its record.
                 let replay_check = ReplayCheck::of(&input);
-                let result = r.queue.scan(input, now).map_err(FacilityError::from);
+                let mut refused = None;
+                let admit = || admit().map_err(|l| refused = Some(l)).is_ok();
+                let result = match r.queue.scan_admitted(input, now, admit) {
+                    Ok(Some(out)) => Ok(out),
+                    Ok(None) => Err(FacilityError::RateLimited(refused.expect("a refusal says why"))),
+                    Err(e) => Err(FacilityError::from(e)),
+                };
                 let outcome = match &result {
-                    Ok(out) => match out.kind {
+                    Ok(out) => Some(match out.kind {
                         ScanKind::New => ScanOutcome::New,
                         ScanKind::Repeat => ScanOutcome::Repeat,
-                        ScanKind::Replay => ScanOutcome::Replay,
-                    },
-                    Err(_) => ScanOutcome::Rejected,
+                        ScanKind::Replay | ScanKind::RepeatReplay => ScanOutcome::Replay,
+                    }),
+                    // Counted by its limit, as when the edge refused it.
+                    Err(FacilityError::RateLimited(_)) => None,
+                    Err(_) => Some(ScanOutcome::Rejected),
                 };
-                self.deps.metrics.scan(state, kind, outcome);
+                if let Some(outcome) = outcome {
+                    self.deps.metrics.scan(state, kind, outcome);
+                }
                 match result {
                     Ok(out) if r.queue.get(&out.key).is_none() => {
                         let (day, check) = (r.queue.day(), replay_check.expect("a replay has an Idempotency-Key"));
+                        let hasher = self.deps.hasher.clone();
                         self.finish_from_store(ctx, permit, reply, day, out.key, move |t| {
-                            if !check.matches(&t) {
-                                // Also the (2^-64) case of two keys with the same hash.
-                                return Err(FacilityError::Queue(QueueError::IdempotencyKeyReused));
-                            }
-                            Ok(ScanReply { view: TokenView::build_public(&id, day, &t, None), kind: ScanKind::Replay })
+                            // Also refuses the (2^-64) case of two keys with the same hash.
+                            let kind = check
+                                .matches(&t, &hasher.keys(&t.profile))
+                                .ok_or(FacilityError::Queue(QueueError::IdempotencyKeyReused))?;
+                            let mut view = TokenView::build_public(&id, day, &t, None);
+                            view.repeat = kind == ScanKind::RepeatReplay;
+                            Ok(ScanReply { view, kind })
                         });
                     }
                     result => {
                         let result = result.map(|out| {
                             let mut view = TokenView::of_public(&r.queue, &id, &out.key).expect("scanned token exists");
-                            view.repeat = out.kind == ScanKind::Repeat;
+                            view.repeat = matches!(out.kind, ScanKind::Repeat | ScanKind::RepeatReplay);
                             ScanReply { view, kind: out.kind }
                         });
                         self.finish(ctx, permit, reply, result, Some(started));

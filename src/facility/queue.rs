@@ -4,10 +4,9 @@
 //!
 //! Memory follows the queue, not the day: a token that finishes (completed, no-show,
 //! expired) leaves memory once its change is handed to the writer, and only a status byte
-//! per number and, for scans that carried an Idempotency-Key, a 16-byte index entry stay.
-//! Reads of finished tokens go to Redis (see [`Lookup`]).
+//! per number and, for each Idempotency-Key the day answered (a new token's, or a repeat's),
+//! a 16-byte index entry stay. Reads of finished tokens go to Redis (see [`Lookup`]).
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use jiff::civil::Date;
@@ -176,6 +175,10 @@ pub struct Token {
     pub lane_priority: bool,
     pub profile: Profile,
     pub idempotency_key: Option<String>,
+    /// Idempotency-Keys of later scans answered as a repeat of this token, as their
+    /// [`idempotency_hash`], oldest first, at most [`MAX_REPEAT_KEYS`]: a resend of one of
+    /// them answers this token again, also once it has finished or after a restart.
+    pub repeat_keys: Vec<u64>,
     pub issued_at: Millis,
     pub expires_at: Millis,
     pub history: Vec<Transition>,
@@ -214,6 +217,24 @@ pub struct TokenKey {
     pub number: u32,
 }
 
+/// How many repeat scans' Idempotency-Keys one token keeps (the latest): a retry follows its
+/// request within seconds, and each key costs the token's record 14 bytes in Redis.
+pub const MAX_REPEAT_KEYS: usize = 4;
+
+/// An Idempotency-Key as the day's index and a token's record hold it: the first 8 bytes of
+/// its SHA-256. Stable across processes (a record written by one node is read by the next
+/// owner), unlike a randomly keyed hash; every hit is still confirmed against the token.
+pub fn idempotency_hash(key: &str) -> u64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(key.as_bytes());
+    u64::from_le_bytes(h[..8].try_into().expect("32-byte hash"))
+}
+
+/// The same patient by either identifier, as repeat detection finds them.
+fn same_patient(a: &PatientKeys, b: &PatientKeys) -> bool {
+    a.by_address == b.by_address || (a.by_number.is_some() && a.by_number == b.by_number)
+}
+
 /// An Idempotency-Key replay must repeat the same request: same counter, same patient.
 pub fn is_same_scan(t: &Token, input: &ScanInput) -> bool {
     same_counter_and_patient(t, &input.counter, &input.profile.abha_address)
@@ -230,6 +251,7 @@ pub struct ReplayCheck {
     key: String,
     counter: String,
     abha_address: String,
+    patient: PatientKeys,
 }
 
 impl ReplayCheck {
@@ -239,14 +261,22 @@ impl ReplayCheck {
             key: input.idempotency_key.clone()?,
             counter: input.counter.clone(),
             abha_address: input.profile.abha_address.clone(),
+            patient: input.patient,
         })
     }
 
-    /// The stored token answered this same request: the same key (not merely the same
-    /// 64-bit hash), counter and patient.
-    pub fn matches(&self, t: &Token) -> bool {
-        t.idempotency_key.as_deref() == Some(self.key.as_str())
-            && same_counter_and_patient(t, &self.counter, &self.abha_address)
+    /// How the stored token answered this same request, if it did: as the scan that issued
+    /// it (the same key, not merely the same 64-bit hash, counter and patient), or as a
+    /// repeat (a key of its repeats, the same counter, and the same patient by either
+    /// identifier, as the repeat was found). `stored` are the token's patient digests.
+    pub fn matches(&self, t: &Token, stored: &PatientKeys) -> Option<ScanKind> {
+        if t.idempotency_key.as_deref() == Some(self.key.as_str()) {
+            return same_counter_and_patient(t, &self.counter, &self.abha_address).then_some(ScanKind::Replay);
+        }
+        let repeat = t.repeat_keys.contains(&idempotency_hash(&self.key))
+            && *t.counter == *self.counter
+            && same_patient(stored, &self.patient);
+        repeat.then_some(ScanKind::RepeatReplay)
     }
 }
 
@@ -288,6 +318,8 @@ pub enum ScanKind {
     Repeat,
     /// Same Idempotency-Key as an earlier scan: answer as that scan was answered.
     Replay,
+    /// Same Idempotency-Key as an earlier scan that was answered as a repeat: a repeat again.
+    RepeatReplay,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,10 +435,10 @@ pub struct FacilityQueue {
     /// Repeat detection: (issuing counter's index, patient digest) of live tokens, to the
     /// packed token reference (see `by_idempotency`): 32 bytes a slot, no name to share.
     by_patient: HashMap<(u32, PatientDigest), u64>,
-    /// Every Idempotency-Key of the day, as a keyed 64-bit hash to a packed token reference
-    /// (`counter_names` index << 32 | number). A hit is confirmed against the token itself.
+    /// Every Idempotency-Key of the day (of new tokens and of repeats), by its
+    /// [`idempotency_hash`], to a packed token reference (`counter_names` index << 32 |
+    /// number). A hit is confirmed against the token itself.
     by_idempotency: HashMap<u64, u64>,
-    idem_hasher: std::hash::RandomState,
     /// The interned counter names (see [`FacilityQueue::intern`]), by index, also for the
     /// packed references (append-only; bounded by the counters the day has seen).
     counter_names: Vec<CounterName>,
@@ -426,7 +458,6 @@ impl FacilityQueue {
             lanes: HashMap::new(),
             by_patient: HashMap::new(),
             by_idempotency: HashMap::new(),
-            idem_hasher: std::hash::RandomState::new(),
             counter_names: Vec::new(),
             dirty: HashSet::new(),
             issued_since_take: Vec::new(),
@@ -435,8 +466,8 @@ impl FacilityQueue {
     }
 
     /// Rebuilds the live state from the day's stored tokens (rehydration). Finished tokens
-    /// leave only their status and Idempotency-Key; the guard and service-time samples are
-    /// rebuilt from every token's history.
+    /// leave only their status and Idempotency-Keys (their own and their repeats'); the guard
+    /// and service-time samples are rebuilt from every token's history.
     pub fn restore(
         cfg: QueueConfig,
         day: Date,
@@ -460,16 +491,25 @@ impl FacilityQueue {
             let key = t.key();
             let packed = q.pack(&key);
             if let Some(k) = &t.idempotency_key {
-                q.index_idempotency(k, packed);
+                q.by_idempotency.insert(idempotency_hash(k), packed);
+            }
+            for &h in &t.repeat_keys {
+                q.by_idempotency.insert(h, packed);
             }
             let lane = q.lane_mut(&t.counter);
             lane.last_number = lane.last_number.max(t.number);
             let entered = t.history.last().map(|h| h.at).unwrap_or(t.issued_at);
             let mut called_at: Option<Millis> = None;
+            // The lane each call took the token from, as it was then: a token enters the
+            // priority lane by its class at issue or by a transfer, never leaves it, and
+            // `lane_priority` is only where it waits now (a normal call, later transferred,
+            // was still a normal call for the guard).
+            let mut in_priority_lane = t.priority.is_some();
             for h in &t.history {
                 match h.event {
+                    Event::Transferred => in_priority_lane = true,
                     Event::Called => {
-                        calls.push((h.at, h.counter.clone(), t.lane_priority));
+                        calls.push((h.at, h.counter.clone(), in_priority_lane));
                         called_at = Some(h.at);
                     }
                     Event::Completed | Event::NoShow => {
@@ -612,12 +652,30 @@ impl FacilityQueue {
         }
     }
 
-    fn index_idempotency(&mut self, idem: &str, packed: u64) {
-        self.by_idempotency.insert(self.idem_hasher.hash_one(idem), packed);
+    fn idempotency_hit(&self, hash: u64) -> Option<TokenKey> {
+        self.unpack(*self.by_idempotency.get(&hash)?)
     }
 
-    fn idempotency_hit(&self, idem: &str) -> Option<TokenKey> {
-        self.unpack(*self.by_idempotency.get(&self.idem_hasher.hash_one(idem))?)
+    /// Binds the Idempotency-Key of a scan answered as a repeat to the live token, so that a
+    /// resend answers the same token even once it has finished (the change is persisted
+    /// with the token's record before the repeat is answered). The oldest key goes when the
+    /// token holds [`MAX_REPEAT_KEYS`]; a hash already in the index (the 2^-64 case of two
+    /// keys with one hash) is left to its first owner.
+    fn bind_repeat_key(&mut self, key: &TokenKey, hash: u64) {
+        if self.by_idempotency.contains_key(&hash) {
+            return;
+        }
+        let packed = self.pack(key);
+        let Some(t) = self.tokens.get_mut(key) else { return };
+        if t.repeat_keys.len() >= MAX_REPEAT_KEYS {
+            let old = t.repeat_keys.remove(0);
+            if self.by_idempotency.get(&old) == Some(&packed) {
+                self.by_idempotency.remove(&old);
+            }
+        }
+        t.repeat_keys.push(hash);
+        self.by_idempotency.insert(hash, packed);
+        self.dirty.insert(key.clone());
     }
 
     pub fn config(&self) -> &QueueConfig {
@@ -698,24 +756,46 @@ impl FacilityQueue {
 
     /// Issues a token, or returns the patient's live one.
     pub fn scan(&mut self, input: ScanInput, now: Timestamp) -> Result<ScanOutcome, QueueError> {
+        Ok(self.scan_admitted(input, now, || true)?.expect("every new token admitted"))
+    }
+
+    /// [`Self::scan`], asking `admit` first when (and only when) the scan would issue a new
+    /// token: a replay or a repeat answers without it. A refusal changes nothing and
+    /// answers `None`.
+    pub fn scan_admitted(
+        &mut self,
+        input: ScanInput,
+        now: Timestamp,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<Option<ScanOutcome>, QueueError> {
         let now_ms = millis(now);
         if self.counter(&input.counter).is_none() {
             return Err(QueueError::UnknownCounter);
         }
-        if let Some(idem) = &input.idempotency_key {
-            if let Some(key) = self.idempotency_hit(idem) {
-                match self.tokens.get(&key) {
+        let idem_hash = input.idempotency_key.as_deref().map(idempotency_hash);
+        if let (Some(idem), Some(hash)) = (&input.idempotency_key, idem_hash) {
+            if let Some(key) = self.idempotency_hit(hash) {
+                let kind = match self.tokens.get(&key) {
                     // A finished token: the caller confirms the replay against its record.
-                    None => return Ok(ScanOutcome { key, kind: ScanKind::Replay }),
-                    // Equal 64-bit hashes of different keys: not a replay.
-                    Some(t) if t.idempotency_key.as_deref() != Some(idem.as_str()) => {}
-                    Some(t) => {
+                    None => return Ok(Some(ScanOutcome { key, kind: ScanKind::Replay })),
+                    Some(t) if t.idempotency_key.as_deref() == Some(idem.as_str()) => {
                         if !is_same_scan(t, &input) {
                             return Err(QueueError::IdempotencyKeyReused);
                         }
-                        self.expire_if_due(&key, now_ms);
-                        return Ok(ScanOutcome { key, kind: ScanKind::Replay });
+                        Some(ScanKind::Replay)
                     }
+                    Some(t) if t.repeat_keys.contains(&hash) => {
+                        if *t.counter != *input.counter || !same_patient(&t.patient, &input.patient) {
+                            return Err(QueueError::IdempotencyKeyReused);
+                        }
+                        Some(ScanKind::RepeatReplay)
+                    }
+                    // Equal 64-bit hashes of different keys: not a replay.
+                    Some(_) => None,
+                };
+                if let Some(kind) = kind {
+                    self.expire_if_due(&key, now_ms);
+                    return Ok(Some(ScanOutcome { key, kind }));
                 }
             }
         }
@@ -727,9 +807,15 @@ impl FacilityQueue {
             if let Some(key) = self.by_patient.get(&(index, digest)).and_then(|&p| self.unpack(p)) {
                 self.expire_if_due(&key, now_ms);
                 if self.tokens[&key].is_active(now_ms) {
-                    return Ok(ScanOutcome { key, kind: ScanKind::Repeat });
+                    if let Some(hash) = idem_hash {
+                        self.bind_repeat_key(&key, hash);
+                    }
+                    return Ok(Some(ScanOutcome { key, kind: ScanKind::Repeat }));
                 }
             }
+        }
+        if !admit() {
+            return Ok(None);
         }
         let lane = self.lane_mut(&counter);
         lane.last_number += 1;
@@ -750,6 +836,7 @@ impl FacilityQueue {
             lane_priority,
             profile: input.profile,
             idempotency_key: input.idempotency_key.clone(),
+            repeat_keys: Vec::new(),
             issued_at: now_ms,
             expires_at: now_ms.saturating_add(validity_ms),
             // Most live tokens wait, with their one event: room for more comes with a call.
@@ -758,14 +845,14 @@ impl FacilityQueue {
         token.push(Event::Issued, now_ms);
         self.next_expiry = self.next_expiry.min(token.expires_at);
         let packed = packed_ref(index, key.number);
-        if let Some(idem) = &input.idempotency_key {
-            self.index_idempotency(idem, packed);
+        if let Some(hash) = idem_hash {
+            self.by_idempotency.insert(hash, packed);
         }
         self.index_patient(input.patient, packed);
         self.tokens.insert(key.clone(), Box::new(Live { token, patient: input.patient }));
         self.dirty.insert(key.clone());
         self.issued_since_take.push(counter);
-        Ok(ScanOutcome { key, kind: ScanKind::New })
+        Ok(Some(ScanOutcome { key, kind: ScanKind::New }))
     }
 
     /// Marks a waiting token expired when its validity has passed. Returns true if it did.
@@ -1503,15 +1590,162 @@ mod tests {
         let check = ReplayCheck::of(&scan).expect("keyed");
         let key = q.scan(scan.clone(), later(0)).unwrap().key;
         let t = q.get(&key).unwrap().clone();
-        assert!(check.matches(&t));
+        let stored = keys_of("a");
+        assert_eq!(check.matches(&t, &stored), Some(ScanKind::Replay));
         let other = |f: &dyn Fn(&mut ScanInput)| {
             let mut s = scan.clone();
             f(&mut s);
-            ReplayCheck::of(&s).expect("keyed").matches(&t)
+            ReplayCheck::of(&s).expect("keyed").matches(&t, &stored)
         };
-        assert!(!other(&|s| s.idempotency_key = Some("req-2".into())), "another key");
-        assert!(!other(&|s| s.counter = "OPD2".into()), "another counter");
-        assert!(!other(&|s| s.profile.abha_address = "someone.else@abdm".into()), "another patient");
+        assert_eq!(other(&|s| s.idempotency_key = Some("req-2".into())), None, "another key");
+        assert_eq!(other(&|s| s.counter = "OPD2".into()), None, "another counter");
+        assert_eq!(other(&|s| s.profile.abha_address = "someone.else@abdm".into()), None, "another patient");
+    }
+
+    #[test]
+    fn a_replay_check_of_a_repeat_key_needs_the_counter_and_the_patient_by_either_identifier() {
+        let mut q = queue();
+        let mut a = input("OPD1", "a", None);
+        a.patient.by_number = Some(PatientDigest::for_test("n-a"));
+        q.scan(a.clone(), later(0)).unwrap();
+        // The same person by ABHA number under another address: a repeat, with its key.
+        let mut repeat = input("OPD1", "a2", None);
+        repeat.patient.by_number = a.patient.by_number;
+        repeat.idempotency_key = Some("req-2".into());
+        let out = q.scan(repeat.clone(), later(1)).unwrap();
+        assert_eq!(out.kind, ScanKind::Repeat);
+        let t = q.get(&out.key).unwrap().clone();
+        assert_eq!(t.repeat_keys, vec![idempotency_hash("req-2")]);
+        let check = |s: &ScanInput| ReplayCheck::of(s).expect("keyed").matches(&t, &a.patient);
+        assert_eq!(check(&repeat), Some(ScanKind::RepeatReplay));
+        let mut other = repeat.clone();
+        other.counter = "OPD2".into();
+        assert_eq!(check(&other), None, "another counter");
+        let mut other = repeat.clone();
+        other.patient = keys_of("someone else");
+        assert_eq!(check(&other), None, "another patient");
+        let mut other = repeat.clone();
+        other.idempotency_key = Some("req-3".into());
+        assert_eq!(check(&other), None, "another key");
+    }
+
+    #[test]
+    fn a_key_answered_as_a_repeat_answers_the_same_token_again_live_finished_and_restored() {
+        let mut q = queue();
+        let keyed = |k: &str| {
+            let mut s = input("OPD1", "a", None);
+            s.idempotency_key = Some(k.into());
+            s
+        };
+        let first = q.scan(keyed("k1"), later(0)).unwrap().key;
+        take(&mut q);
+        assert_eq!(q.scan(keyed("k2"), later(1)).unwrap(), ScanOutcome { key: first.clone(), kind: ScanKind::Repeat });
+        assert_eq!(take(&mut q), vec![(first.clone(), Status::Waiting)], "the key is persisted with the token");
+        assert_eq!(q.get(&first).unwrap().repeat_keys, vec![idempotency_hash("k2")]);
+        let again = q.scan(keyed("k2"), later(2)).unwrap();
+        assert_eq!(again, ScanOutcome { key: first.clone(), kind: ScanKind::RepeatReplay });
+        assert!(take(&mut q).is_empty(), "a replay changes nothing");
+        // The repeat key is bound to its patient and counter.
+        let mut other = input("OPD1", "b", None);
+        other.idempotency_key = Some("k2".into());
+        assert_eq!(q.scan(other, later(2)), Err(QueueError::IdempotencyKeyReused));
+
+        // Restored while live, then finished: the key still finds the token.
+        let stored: Vec<Token> = q.tokens.values().map(|t| t.token.clone()).collect();
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, |p: &Profile| keys_of(&p.name));
+        assert_eq!(r.scan(keyed("k2"), later(3)).unwrap().kind, ScanKind::RepeatReplay);
+        assert_eq!(r.call_next("OPD1", later(4)).unwrap(), Some(first.clone()));
+        r.complete(&first, later(5)).unwrap();
+        let mut finished = Vec::new();
+        r.take_changes(|t| finished.push(t.clone()));
+        let replay = r.scan(keyed("k2"), later(6)).unwrap();
+        assert_eq!(replay, ScanOutcome { key: first.clone(), kind: ScanKind::Replay }, "confirmed by the caller");
+        let check = ReplayCheck::of(&keyed("k2")).unwrap();
+        assert_eq!(check.matches(&finished[0], &keys_of("a")), Some(ScanKind::RepeatReplay));
+        let mut r2 = FacilityQueue::restore(cfg(), q.day(), finished, |p: &Profile| keys_of(&p.name));
+        assert_eq!(r2.scan(keyed("k2"), later(7)).unwrap(), replay, "and after a restore of the finished token");
+        // Nothing above took a number.
+        assert_eq!(r2.scan(keyed("k3"), later(8)).unwrap().key.number, 2);
+    }
+
+    #[test]
+    fn a_token_keeps_only_its_latest_repeat_keys() {
+        let mut q = queue();
+        let keyed = |k: String| {
+            let mut s = input("OPD1", "a", None);
+            s.idempotency_key = Some(k);
+            s
+        };
+        let first = q.scan(keyed("k0".into()), later(0)).unwrap().key;
+        for i in 1..=MAX_REPEAT_KEYS + 2 {
+            assert_eq!(q.scan(keyed(format!("k{i}")), later(1)).unwrap().kind, ScanKind::Repeat);
+        }
+        let kept: Vec<u64> = (3..=MAX_REPEAT_KEYS + 2).map(|i| idempotency_hash(&format!("k{i}"))).collect();
+        assert_eq!(q.get(&first).unwrap().repeat_keys, kept);
+        assert_eq!(q.by_idempotency.len(), 1 + MAX_REPEAT_KEYS, "the dropped keys leave the index too");
+        assert_eq!(q.scan(keyed("k1".into()), later(2)).unwrap().kind, ScanKind::Repeat, "a dropped key: a repeat");
+        assert_eq!(q.scan(keyed("k0".into()), later(2)).unwrap().kind, ScanKind::Replay);
+    }
+
+    #[test]
+    fn only_a_new_token_asks_for_admission_and_a_refusal_changes_nothing() {
+        let mut q = queue();
+        let mut a = input("OPD1", "a", None);
+        a.idempotency_key = Some("k1".into());
+        let mut asked = 0;
+        let first = q.scan_admitted(a.clone(), later(0), || {
+            asked += 1;
+            true
+        });
+        let first = first.unwrap().expect("admitted").key;
+        take(&mut q);
+        let repeat = input("OPD1", "a", None);
+        let keyed_repeat = ScanInput { idempotency_key: Some("k2".into()), ..repeat.clone() };
+        for s in [a.clone(), repeat, keyed_repeat] {
+            let out = q.scan_admitted(s, later(1), || panic!("a replay or a repeat is not charged")).unwrap();
+            assert_eq!(out.map(|o| o.key), Some(first.clone()));
+        }
+        take(&mut q);
+        let refused = q.scan_admitted(input("OPD1", "b", None), later(2), || {
+            asked += 1;
+            false
+        });
+        assert_eq!(refused, Ok(None));
+        assert_eq!(asked, 2);
+        let mut changed = 0;
+        let issued = q.take_changes(|_| changed += 1);
+        assert_eq!((changed, issued.len()), (0, 0), "nothing to persist, nothing issued");
+        assert_eq!(issue(&mut q, "OPD1", "b", None).number, 2, "no number taken");
+    }
+
+    #[test]
+    fn restore_counts_each_call_in_the_lane_it_was_made_from() {
+        // OPD1: P1-P3 priority, N1 and N2 normal. The guard (3) calls P1, P2, P3, N1; N1
+        // is then transferred (into OPD2's priority lane) and P4-P7 arrive.
+        let mut q = queue();
+        let p = |q: &mut FacilityQueue, i: u32| issue(q, "OPD1", &format!("p{i}"), Some(PriorityClass::Elderly));
+        for i in 1..=3 {
+            p(&mut q, i);
+        }
+        let n1 = issue(&mut q, "OPD1", "n1", None);
+        issue(&mut q, "OPD1", "n2", None);
+        for s in 1..=4 {
+            q.call_next("OPD1", later(s)).unwrap();
+        }
+        q.transfer(&n1, "OPD2", later(5)).unwrap();
+        for i in 4..=7 {
+            p(&mut q, i);
+        }
+        let mut stored = Vec::new();
+        q.take_changes(|t| stored.push(t.clone()));
+        let mut r = FacilityQueue::restore(cfg(), q.day(), stored, |p: &Profile| keys_of(&p.name));
+        assert_eq!(r.lanes["OPD1"].streak, 0, "N1's call was a normal one");
+        let order = |q: &mut FacilityQueue| -> Vec<u32> {
+            std::iter::from_fn(|| q.call_next("OPD1", later(10)).unwrap()).map(|k| k.number).collect()
+        };
+        let live = order(&mut q);
+        assert_eq!(live, vec![6, 7, 8, 5, 9], "P4, P5, P6, then N2 by the guard, then P7");
+        assert_eq!(order(&mut r), live, "the restored queue calls as the live one would");
     }
 
     #[test]
@@ -1521,8 +1755,8 @@ mod tests {
         first.idempotency_key = Some("req-1".into());
         let a = q.scan(first, t0()).unwrap().key;
         // Force the second key's hash onto the first key's entry.
-        let packed = q.by_idempotency[&q.idem_hasher.hash_one("req-1")];
-        q.by_idempotency.insert(q.idem_hasher.hash_one("req-2"), packed);
+        let packed = q.by_idempotency[&idempotency_hash("req-1")];
+        q.by_idempotency.insert(idempotency_hash("req-2"), packed);
         let mut second = input("OPD1", "b", None);
         second.idempotency_key = Some("req-2".into());
         let out = q.scan(second, later(1)).unwrap();

@@ -2,12 +2,13 @@
 //! monitor (leaderboards), staff (counter work for one facility). Configured tokens are compared as SHA-256
 //! digests in constant time; staff keys are looked up by id and checked against a hash.
 use actix_web::http::header;
-use actix_web::HttpRequest;
+use actix_web::{web, HttpRequest};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::facility::actor::Admission;
 use crate::facility::queue::PatientKeys;
 use crate::registry::staff;
 
@@ -82,14 +83,25 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     }
 }
 
-/// Per-facility and per-patient limits of a scan (patient keys are digests).
-pub fn limit_scan(state: &AppState, facility: &str, patient: &PatientKeys) -> Result<(), ApiError> {
-    state.limits.facility(facility).map_err(limited)?;
-    state.limits.patient(&patient.by_address.0).map_err(limited)?;
-    if let Some(n) = patient.by_number {
-        state.limits.patient(&n.0).map_err(limited)?;
-    }
-    Ok(())
+/// The per-facility limit of a scan, before any actor work: it bounds the work a facility's
+/// actor is given, which a replay or a repeat costs as well.
+pub fn limit_scan(state: &AppState, facility: &str) -> Result<(), ApiError> {
+    state.limits.facility(facility).map_err(limited)
+}
+
+/// The per-patient limit of a scan (patient keys are digests), for the facility actor to
+/// charge only if the scan issues a new token: a retried Idempotency-Key, a redelivered
+/// share or a repeat scan answers the token already issued and must not be refused for it.
+/// A refusal is counted here, where it happens.
+pub fn patient_admission(state: &web::Data<AppState>, patient: PatientKeys) -> Admission {
+    let state = state.clone();
+    Box::new(move || {
+        let charge = |d: &[u8; 16]| {
+            state.limits.patient(d).inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))
+        };
+        charge(&patient.by_address.0)?;
+        patient.by_number.map_or(Ok(()), |n| charge(&n.0))
+    })
 }
 
 impl Principal {

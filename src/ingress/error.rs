@@ -204,6 +204,8 @@ impl From<FacilityError> for ApiError {
         match e {
             FacilityError::UnknownFacility => ApiError::UnknownFacility,
             FacilityError::Overloaded => ApiError::Overloaded,
+            // Already counted by its limit where it was charged (see `auth::patient_admission`).
+            FacilityError::RateLimited(l) => ApiError::RateLimited(l),
             FacilityError::Store(s) => s.into(),
             FacilityError::Queue(q) => match q {
                 QueueError::UnknownCounter => ApiError::UnknownCounter,

@@ -7,7 +7,7 @@ use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::{authenticate, limit_scan};
+use super::auth::{authenticate, limit_scan, patient_admission};
 use super::error::ApiError;
 use super::validate::ScanRequest;
 use super::{body, AppState};
@@ -113,7 +113,7 @@ async fn scan(
     if path_facility.is_some_and(|p| p != facility) {
         return Err(ApiError::FacilityMismatch("facility_id"));
     }
-    limit_scan(&state, &facility, &input.patient)?;
+    limit_scan(&state, &facility)?;
     if !state.redis_up.load(Ordering::Relaxed) {
         deps.metrics.store_errors.increment(1);
         return Err(ApiError::StoreUnavailable);
@@ -124,17 +124,18 @@ async fn scan(
         return Err(ApiError::Overloaded);
     }
     let _slot = InFlight(&state);
-    let reply =
-        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), reply }).await.map_err(|e| {
-            let e = ApiError::from(e);
-            if matches!(e, ApiError::StoreUnavailable) {
-                deps.metrics.store_errors.increment(1);
-            }
-            e
-        })?;
+    // The patient limit is the actor's to charge: only a new token spends it.
+    let scan = |reply| Command::Scan { input: input.clone(), admit: patient_admission(&state, input.patient), reply };
+    let reply = state.directory.ask(&facility, scan).await.map_err(|e| {
+        let e = ApiError::from(e);
+        if matches!(e, ApiError::StoreUnavailable) {
+            deps.metrics.store_errors.increment(1);
+        }
+        e
+    })?;
     let status = match reply.kind {
         ScanKind::New | ScanKind::Replay => StatusCode::CREATED,
-        ScanKind::Repeat => StatusCode::OK,
+        ScanKind::Repeat | ScanKind::RepeatReplay => StatusCode::OK,
     };
     let mut view = reply.view;
     view.patient = None;

@@ -1,13 +1,18 @@
 //! The stored form of a token: one compact line per token (fields split by the ASCII unit
 //! separator), about 100 bytes, so Redis holds a token in well under 200 bytes. Names and
 //! ids never contain control characters (refused at the edge), so the separators are safe.
-use crate::facility::queue::{CounterName, Event, PriorityClass, Profile, Status, Token, Transition};
+use crate::facility::queue::{CounterName, Event, PriorityClass, Profile, Status, Token, Transition, MAX_REPEAT_KEYS};
 
 /// Version 2 writes times (epoch ms, validity and history offsets) in base 36: 13 digits of
 /// epoch milliseconds become 8 characters, which keeps more records under the listpack value
 /// limit of the shipped redis.conf. Version 1 records (decimal) are still read.
 const VERSION: &str = "2";
 const V1: &str = "1";
+/// Version 3 is version 2 plus a 16th field: the hashes of the Idempotency-Keys answered as
+/// repeats of the token (base 36, comma-separated). Only a token with such keys is written
+/// as version 3, so every other record stays byte for byte what version 2 wrote (and what a
+/// previous release reads during a rolling upgrade).
+const V3: &str = "3";
 const FS: char = '\u{1f}';
 const RS: char = '\u{1e}';
 
@@ -97,7 +102,7 @@ pub fn encode(t: &Token) -> String {
     let at_counter = if t.at_counter == t.counter { "" } else { &t.at_counter };
     let p = &t.profile;
     let fields: [&str; 15] = [
-        VERSION,
+        if t.repeat_keys.is_empty() { VERSION } else { V3 },
         at_counter,
         status_code(t.status),
         priority_code(t.priority),
@@ -113,16 +118,24 @@ pub fn encode(t: &Token) -> String {
         &p.abha_address,
         p.abha_number.as_deref().unwrap_or(""),
     ];
-    fields.join(&FS.to_string())
+    let mut out = fields.join(&FS.to_string());
+    for (i, &h) in t.repeat_keys.iter().enumerate() {
+        out.push(if i == 0 { FS } else { ',' });
+        push_base36_u64(&mut out, h);
+    }
+    out
 }
 
 /// Appends `n` in base 36 (digits, then lower-case letters), with a `-` when negative.
 fn push_base36(out: &mut String, n: i64) {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     if n < 0 {
         out.push('-');
     }
-    let mut v = n.unsigned_abs();
+    push_base36_u64(out, n.unsigned_abs());
+}
+
+fn push_base36_u64(out: &mut String, mut v: u64) {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut buf = [0u8; 13]; // u64::MAX has 13 base-36 digits
     let mut i = buf.len();
     loop {
@@ -149,14 +162,15 @@ fn opt(s: &str) -> Option<String> {
 /// Decodes a stored token.
 pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRecord> {
     let f: Vec<&str> = raw.split(FS).collect();
-    if f.len() != 15 {
-        return Err(CorruptRecord("unexpected field count"));
-    }
-    let radix = match f[0] {
-        VERSION => 36,
-        V1 => 10,
+    let (radix, fields) = match f[0] {
+        VERSION => (36, 15),
+        V3 => (36, 16),
+        V1 => (10, 15),
         _ => return Err(CorruptRecord("unknown version")),
     };
+    if f.len() != fields {
+        return Err(CorruptRecord("unexpected field count"));
+    }
     // from_str_radix takes a leading '+', which encode never writes: refuse it.
     let num = |s: &str, what| {
         if s.starts_with('+') {
@@ -184,6 +198,18 @@ pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRec
             history.push(Transition { event, at: issued_at + offset, counter: h_counter });
         }
     }
+    let mut repeat_keys = Vec::new();
+    if let Some(keys) = f.get(15) {
+        for h in keys.split(',') {
+            if h.starts_with('+') {
+                return Err(CorruptRecord("repeat key"));
+            }
+            repeat_keys.push(u64::from_str_radix(h, 36).map_err(|_| CorruptRecord("repeat key"))?);
+        }
+        // More than a token keeps is not written; keep the latest, as the queue would.
+        let extra = repeat_keys.len().saturating_sub(MAX_REPEAT_KEYS);
+        repeat_keys.drain(..extra);
+    }
     Ok(Token {
         counter,
         number,
@@ -192,6 +218,7 @@ pub fn decode(counter: &str, number: u32, raw: &str) -> Result<Token, CorruptRec
         priority: priority_from(f[3]).ok_or(CorruptRecord("priority"))?,
         lane_priority: f[4] == "1",
         idempotency_key: opt(f[7]),
+        repeat_keys,
         issued_at,
         expires_at: issued_at + validity,
         history,
@@ -227,6 +254,7 @@ mod tests {
                 phone: Some("9876543210".into()),
             },
             idempotency_key: Some("4f9c-key".into()),
+            repeat_keys: Vec::new(),
             issued_at: 1_763_874_000_123,
             expires_at: 1_763_875_800_123,
             history: vec![
@@ -302,6 +330,32 @@ mod tests {
         // the version decides the radix.
         let as_v2 = v1.replacen('1', "2", 1);
         assert_ne!(decode("OPD 1", 17, &as_v2).map(|t| t.issued_at).ok(), Some(sample().issued_at));
+    }
+
+    #[test]
+    fn repeat_keys_round_trip_as_version_3_and_other_records_stay_version_2() {
+        let mut t = sample();
+        let v2 = encode(&t);
+        assert!(v2.starts_with("2\u{1f}") && v2.split(FS).count() == 15, "{v2}");
+        t.repeat_keys = vec![0, 1, u64::MAX, 0x0123_4567_89ab_cdef];
+        let v3 = encode(&t);
+        assert!(v3.starts_with("3\u{1f}"), "{v3}");
+        assert_eq!(v3.split(FS).nth(15), Some("0,1,3w5e11264sgsf,mf9g063v08f"));
+        assert_eq!(decode("OPD 1", 17, &v3).unwrap(), t);
+        // Each key costs 14 bytes at most (13 base-36 digits and a separator).
+        assert!(v3.len() - v2.len() <= 14 * MAX_REPEAT_KEYS, "{} bytes more", v3.len() - v2.len());
+        // Versions and field counts go together.
+        assert!(decode("OPD 1", 17, &v3.replacen('3', "2", 1)).is_err(), "a 16th field in version 2");
+        assert!(decode("OPD 1", 17, &v2.replacen('2', "3", 1)).is_err(), "version 3 without its field");
+        for bad in ["", "1,,2", "+1", "zzzzzzzzzzzzzz", "x!"] {
+            let raw = format!("{}{FS}{bad}", v2.replacen('2', "3", 1));
+            assert!(decode("OPD 1", 17, &raw).is_err(), "{bad:?}");
+        }
+        // Too many keys (never written): the latest are kept.
+        let many: Vec<String> = (1..=MAX_REPEAT_KEYS as u64 + 2).map(|n| n.to_string()).collect();
+        let raw = format!("{}{FS}{}", v2.replacen('2', "3", 1), many.join(","));
+        let kept = decode("OPD 1", 17, &raw).unwrap().repeat_keys;
+        assert_eq!(kept, (3..=MAX_REPEAT_KEYS as u64 + 2).collect::<Vec<_>>());
     }
 
     #[test]

@@ -281,7 +281,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         Ok(x) => x,
         Err(e) => return fail(Failure::invalid(&e, version)),
     };
-    if crate::ingress::auth::limit_scan(state, &facility, &input.patient).is_err() {
+    if crate::ingress::auth::limit_scan(state, &facility).is_err() {
         return fail(Failure::new(FailureCode::RateLimited));
     }
     if !state.redis_up.load(Ordering::Relaxed) {
@@ -289,7 +289,10 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
     }
     let abha = input.profile.abha_address.clone();
     let counter = input.counter.clone();
-    match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), reply }).await {
+    // The patient limit is charged by the actor, only for a new token: a redelivered share
+    // answers its token again however often it comes.
+    let admit = || crate::ingress::auth::patient_admission(&ctx.state, input.patient);
+    match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await {
         Ok(r) => {
             let ack = TokenAck {
                 abha_address: &abha,
@@ -300,6 +303,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
             Ok(body(ctx, version, rid, Ok(&ack)))
         }
         Err(FacilityError::UnknownFacility) => fail(Failure::new(FailureCode::UnknownFacility)),
+        Err(FacilityError::RateLimited(_)) => fail(Failure::new(FailureCode::RateLimited)),
         Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
         Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
         Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),

@@ -25,29 +25,33 @@ fn assert_limited(r: &Resp, code: &str, limit: u32) {
 }
 
 #[actix_web::test]
-async fn a_patient_gets_five_scans_a_minute_then_429_and_nothing_is_stored() {
+async fn a_patient_gets_five_new_tokens_a_minute_then_429_and_nothing_is_stored() {
     let redis = RedisServer::start();
     let mut app =
         TestApp::spawn_with(settings(&redis, |s| s.limit_patient_per_min = 5), TestApp::clock_at(START)).await;
-    let f = fid(950);
-    app.register(&f).await;
-    let first = app.scan_new(&scan_body(&f, "OPD1", 1)).await;
-    for _ in 0..4 {
-        let (st, v) = app.scan(&scan_body(&f, "OPD1", 1)).await;
+    let (f, g, h) = (fid(950), fid(954), fid(955));
+    for x in [&f, &g, &h] {
+        app.register(x).await;
+    }
+    // Five new tokens (three counters here, two there), each scanned again: repeats answer
+    // the token already issued and spend nothing.
+    for (facility, counter) in [(&f, "OPD1"), (&f, "OPD2"), (&f, "Pharmacy"), (&g, "OPD1"), (&g, "OPD2")] {
+        let first = app.scan_new(&scan_body(facility, counter, 1)).await;
+        let (st, v) = app.scan(&scan_body(facility, counter, 1)).await;
         assert_eq!((st, &v["token_id"]), (200, &first["token_id"]));
     }
     let before = redis.settled_snapshot().await;
-    let r = app.scan_resp(&scan_body(&f, "OPD2", 1)).await;
+    let r = app.scan_resp(&scan_body(&g, "Pharmacy", 1)).await;
     assert_limited(&r, "RATE_LIMITED_PATIENT", 5);
     assert_eq!(r.header("retry-after").as_deref(), Some("12"), "one scan returns every 60/5 s");
     assert!(!r.text.contains("abdm"), "no patient data in the refusal");
     assert_same_store(&before, &redis.settled_snapshot().await, "a refused scan stores nothing");
     // The same person by ABHA number with another address is the same patient.
-    let mut other = scan_body(&f, "OPD2", 2);
+    let mut other = scan_body(&h, "OPD1", 2);
     other["patient"]["abha_number"] = json!(abha_number(1));
     assert_limited(&app.scan_resp(&other).await, "RATE_LIMITED_PATIENT", 5);
     // Everyone else is unaffected.
-    app.scan_new(&scan_body(&f, "OPD2", 3)).await;
+    app.scan_new(&scan_body(&h, "OPD2", 3)).await;
     app.stop().await;
 }
 

@@ -2,6 +2,7 @@
 mod counters;
 mod durability;
 mod helpers;
+mod idempotency;
 mod leaderboards;
 mod lifecycle;
 mod limits;

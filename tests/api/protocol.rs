@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const KEY1: &str = include_str!("../fixtures/protocol/jwt/test-only-key1.pem");
+pub const KEY1: &str = include_str!("../fixtures/protocol/jwt/test-only-key1.pem");
 const KEY2: &str = include_str!("../fixtures/protocol/jwt/test-only-key2.pem");
 const JWKS: &str = "tests/fixtures/protocol/jwt/jwks.json";
 const JWKS_ROTATED: &str = "tests/fixtures/protocol/jwt/jwks-rotated.json";
-const ISSUER: &str = "test-hiecm";
+pub const ISSUER: &str = "test-hiecm";
 /// The switch's own OAuth client, as its JWTs name it (`clientId`, `azp`).
-const SWITCH_CLIENT: &str = "test-switch";
+pub const SWITCH_CLIENT: &str = "test-switch";
 const SESSION_TOKEN: &str = "cm-session-token-0123456789";
 
 /// One callback the double received.
@@ -208,7 +208,7 @@ fn outbox_len(redis: &RedisServer) -> u64 {
     redis.conn().xlen("sg:{outbox}:shares").unwrap_or(0)
 }
 
-fn for_request<'a>(cbs: &'a [Callback], rid: &str) -> Vec<&'a Callback> {
+pub fn for_request<'a>(cbs: &'a [Callback], rid: &str) -> Vec<&'a Callback> {
     cbs.iter().filter(|c| c.body["response"]["requestId"] == rid || c.body["resp"]["requestId"] == rid).collect()
 }
 
