@@ -20,6 +20,7 @@ use super::token_id::TokenRef;
 use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
 use crate::persistence::keys::{self, FacilityKeys};
+use crate::persistence::store::Fence;
 use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
 use crate::persistence::{record, Store, StoreError};
 use crate::registry::FacilityInfo;
@@ -183,7 +184,7 @@ struct Waiting {
 /// Only what the scan path needs from the registry record: the queue's config holds the
 /// counters, and the state code labels metrics. Names and addresses stay in Redis.
 struct Ready {
-    epoch: u64,
+    fence: Fence,
     /// Where this facility's tokens count on the boards (its state code labels the scan
     /// metrics; the whole travels with each counting write).
     board: Arc<BoardOwner>,
@@ -332,7 +333,8 @@ impl FacilityActor {
         let now = deps.clock.now();
         let guess = now.to_zoned(deps.default_tz.clone()).date();
         let act = deps.store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
-        let epoch = act.epoch;
+        let fence = act.fence;
+        let epoch = fence.epoch;
         let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
             tracing::error!(facility = %id, "corrupt registry record");
             FacilityError::Store(StoreError::Unavailable)
@@ -379,7 +381,7 @@ impl FacilityActor {
         }
         tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
         deps.metrics.activation.record(started.elapsed().as_secs_f64());
-        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None, day_key: None })
+        Ok(Ready { fence, board: Arc::new(info.board_owner()), queue, expiry_set: None, day_key: None })
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -410,24 +412,23 @@ impl FacilityActor {
             r.expiry_set = Some(day);
             Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s)
         };
-        let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let lb_count_fields: Vec<String> = issued
             .iter()
             .map(|c| keys::lb_count_field(day, r.queue.counter(c).map_or(CounterKind::Other, |c| c.kind).as_str()))
             .collect();
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.wseq;
-        if !fields.is_empty() || !count_fields.is_empty() {
+        // Only a write that changes something advances the sequence in Redis (see WRITE).
+        if !fields.is_empty() || !lb_count_fields.is_empty() {
             self.wseq += 1;
         }
         self.submitted += 1;
         let seq = self.submitted;
         permit.send(WriteOp {
-            count_fields,
             lb_count_fields,
             fields,
             board: Some(r.board.clone()),
-            ..WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, prev_seq, expire_in, done)
+            ..WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.fence.clone(), prev_seq, expire_in, done)
         });
         self.report_live();
         ctx.spawn(
@@ -443,7 +444,7 @@ impl FacilityActor {
     fn release(&mut self) {
         let Phase::Ready(r) = &mut self.phase else { return };
         let (done, _) = oneshot::channel();
-        let op = WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, self.wseq, 0, done);
+        let op = WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.fence.clone(), self.wseq, 0, done);
         let _ = self.writer.try_send(WriteOp { release: true, ..op });
     }
 
