@@ -22,6 +22,52 @@ async fn fencing_conflicts(app: &TestApp) -> f64 {
     m.lines().find_map(|l| l.strip_prefix("scangw_fencing_conflicts_total ")).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Node A's clock runs a few seconds ahead of node B's across local midnight (18:30Z is
+/// midnight IST). A issues tokens of the new day; B, whose clock still says the old day,
+/// takes the facility over, then rolls into the new day: it must read A's tokens of that
+/// day from Redis and continue their numbering, never issue #1 again over A's record.
+#[actix_web::test]
+async fn a_takeover_near_midnight_continues_the_new_days_numbering_from_redis() {
+    let redis = RedisServer::start();
+    let a = TestApp::spawn(&redis, TestApp::clock_at("2026-11-23T18:29:50Z")).await;
+    let b = TestApp::spawn(&redis, TestApp::clock_at("2026-11-23T18:29:50Z")).await;
+    let f = fid(370);
+    a.register(&f).await;
+    let first = a.scan_new(&scan_body(&f, "OPD1", 1)).await;
+    assert_eq!((s(&first, "service_date"), num(&first, "token_number")), ("2026-11-23", 1));
+
+    // Just after midnight by A's clock: two tokens of the 24th.
+    a.clock.set("2026-11-23T18:30:02Z".parse().unwrap());
+    for (i, want) in [(2, 1), (3, 2)] {
+        let t = a.scan_new(&scan_body(&f, "OPD1", i)).await;
+        assert_eq!((s(&t, "service_date"), num(&t, "token_number")), ("2026-11-24", want), "{t}");
+    }
+    let acked = day_hash(&redis, &f, "2026-11-24");
+    assert_eq!(acked.len(), 2);
+
+    // B still says 23:59:58 on the 23rd: it activates (fencing A) on the 23rd ...
+    b.clock.set("2026-11-23T18:29:58Z".parse().unwrap());
+    let t = b.scan_new(&scan_body(&f, "OPD1", 4)).await;
+    assert_eq!((s(&t, "service_date"), num(&t, "token_number")), ("2026-11-23", 2), "{t}");
+    // ... then crosses midnight itself.
+    b.clock.set("2026-11-23T18:30:03Z".parse().unwrap());
+    let t = b.scan_new(&scan_body(&f, "OPD1", 5)).await;
+    assert_eq!(s(&t, "service_date"), "2026-11-24");
+    assert_eq!(num(&t, "token_number"), 3, "the new day's numbering continues after A's #1 and #2: {t}");
+    let now = day_hash(&redis, &f, "2026-11-24");
+    for (field, record) in &acked {
+        assert_eq!(now.get(field), Some(record), "acknowledged {field} of the new day was overwritten");
+    }
+    assert_eq!(now.len(), 3);
+    // And B serves A's tokens of the new day as its own queue.
+    let (_, staff) = b.create_staff_key(&f).await;
+    let (st, q) = b.queue(&f, Some("OPD1"), &staff).await;
+    assert_eq!(st, 200, "{q}");
+    let waiting: Vec<u64> =
+        q["counters"][0]["waiting"].as_array().unwrap().iter().map(|t| num(t, "token_number")).collect();
+    assert_eq!(waiting, vec![1, 2, 3], "{q}");
+}
+
 /// After an AOF power loss or an asynchronous failover, the fence hash can step back to an
 /// older state. A new activation then gets the epoch counter value a stale, idle actor still
 /// holds, with the same write sequence: the stale actor's next write must still be refused
