@@ -385,8 +385,10 @@ pub async fn run(
         metrics.redis_batch(ops.len(), started.elapsed());
         touched.add(ops.iter().zip(&results).filter_map(|(op, r)| Some((op.keys.facility.clone(), counted(op, r)?))));
         for (op, r) in ops.into_iter().zip(results) {
-            if r == Err(StoreError::Fenced) {
-                metrics.fencing_conflict();
+            match &r {
+                Err(StoreError::Fenced) => metrics.fencing_conflict(),
+                Ok(Applied::Again) => metrics.write_resends.increment(1),
+                _ => {}
             }
             let _ = op.done.send(r.map(|_| ()));
         }
