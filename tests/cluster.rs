@@ -324,3 +324,179 @@ async fn a_new_owner_applies_what_a_killed_owner_counted_in_other_kinds() {
     assert_eq!(r.status, 201, "{}", r.text);
     boards_become(&b, &day, &BTreeMap::from([(f.clone(), 4)])).await;
 }
+
+/// What one facility's staff loop saw: call-next answers with a token, call-nexts of
+/// unknown outcome (503), and completes answered 409.
+#[derive(Default)]
+struct DeskLog {
+    called: Vec<String>,
+    unknown_calls: usize,
+    complete_409: Vec<String>,
+}
+
+/// A desk's day under connection kills: call the next patient, complete them, until
+/// nobody waits. A 503 is an unknown outcome: a call-next is counted as such and tried
+/// again; a complete is checked (done by the first try?) and tried again only if not.
+async fn desk(gw: &Gateway, f: &str, staff: &str, deadline: Instant) -> DeskLog {
+    let mut log = DeskLog::default();
+    loop {
+        assert!(Instant::now() < deadline, "{f}: the desk did not get through its queue in time");
+        let r = gw.call("POST", &format!("/v1/facilities/{f}/counters/OPD1/call-next"), staff, None).await;
+        match r.status {
+            204 => return log,
+            503 => {
+                log.unknown_calls += 1;
+                continue;
+            }
+            200 => {}
+            st => panic!("{f}: call-next answered {st}: {}", r.text),
+        }
+        let id = s(&r.body, "token_id").to_string();
+        log.called.push(id.clone());
+        loop {
+            assert!(Instant::now() < deadline, "{f}: complete of {id} never went through");
+            let c = gw.call("POST", &format!("/v1/tokens/{id}/complete"), staff, None).await;
+            match c.status {
+                200 => break,
+                409 => {
+                    log.complete_409.push(id.clone());
+                    break;
+                }
+                503 => {
+                    // Look before acting again (a 503 of the look itself is no answer yet).
+                    let g = loop {
+                        let g = gw.call("GET", &format!("/v1/tokens/{id}"), staff, None).await;
+                        if g.status != 503 {
+                            break g;
+                        }
+                        assert!(Instant::now() < deadline, "{f}: {id} never readable");
+                    };
+                    assert_eq!(g.status, 200, "{}", g.text);
+                    if s(&g.body, "status") == "completed" {
+                        break;
+                    }
+                }
+                st => panic!("{f}: complete answered {st}: {}", c.text),
+            }
+        }
+    }
+}
+
+/// Issues `n` tokens at `f`'s OPD1 to fresh patients from `first` on; a 503 (the gateway
+/// reconnecting after the kills) is tried again: a scan run twice finds its token.
+async fn fill_queue(gw: &Gateway, f: &str, first: usize, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = Vec::new();
+    for p in first..first + n {
+        let r = loop {
+            let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(f, "OPD1", p))).await;
+            if r.status != 503 || Instant::now() > deadline {
+                break r;
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+        ids.push(s(&r.body, "token_id").to_string());
+    }
+    ids
+}
+
+/// Counter operations are exactly once although the cluster client resends a pipeline
+/// whose connection dropped: while every master keeps killing the gateway's connections,
+/// each call-next calls one patient (no second patient behind an answer, no token called
+/// twice), and a complete never answers 409 for the work it did itself. A resend of an
+/// applied write needs a kill between the script's execution and its reply, which one round
+/// of a few hundred operations does not always catch: rounds go on until the gateway has
+/// seen a few such resends (its metric), ten at most.
+#[actix_web::test]
+async fn counter_operations_stay_exactly_once_while_cluster_connections_are_killed() {
+    let cluster = Cluster::start();
+    let gw = Gateway::start_url(&cluster.url_list(), &[]);
+    let facilities: Vec<String> = (0..8).map(|i| fid(9300 + i)).collect();
+    join_all(facilities.iter().map(|f| gw.register(f))).await;
+    let mut staff = BTreeMap::new();
+    for f in &facilities {
+        let key = gw.call("POST", &format!("/v1/facilities/{f}/staff-keys"), ADMIN, None).await;
+        assert_eq!(key.status, 201, "{}", key.text);
+        staff.insert(f.clone(), s(&key.body, "key").to_string());
+    }
+    let resends = || async {
+        let m = gw.call("GET", "/metrics", ADMIN, None).await.text;
+        m.lines()
+            .find_map(|l| l.strip_prefix("scangw_redis_write_resends_total "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let (mut kills, mut unknown) = (0, 0);
+    for round in 0..10 {
+        if resends().await >= 3.0 {
+            break;
+        }
+        let issued: Vec<Vec<String>> =
+            join_all(facilities.iter().enumerate().map(|(k, f)| fill_queue(&gw, f, k * 10_000 + round * 100, 40)))
+                .await;
+
+        // Every master kills its normal clients (the gateway's connections) over and over.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ports = cluster.ports.clone();
+        let killer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut kills = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for p in &ports {
+                        let Ok(mut c) =
+                            redis::Client::open(format!("redis://127.0.0.1:{p}")).and_then(|c| c.get_connection())
+                        else {
+                            continue;
+                        };
+                        if let Ok(n) = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query::<u64>(&mut c) {
+                            kills += n;
+                        }
+                    }
+                    // Paces the kills (not a wait for anything): connections are re-made between.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                kills
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let logs = join_all(facilities.iter().map(|f| desk(&gw, f, &staff[f], deadline))).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        kills += killer.join().unwrap();
+
+        for ((f, log), ids) in facilities.iter().zip(&logs).zip(&issued) {
+            let answered: BTreeSet<&String> = log.called.iter().collect();
+            assert_eq!(answered.len(), log.called.len(), "{f}: a token was answered to two call-nexts");
+            assert!(log.complete_409.is_empty(), "{f}: complete answered 409 for its own work: {:?}", log.complete_409);
+            // Every token that was called: each once, and each behind an answer or a 503.
+            let mut called_silently = 0;
+            for id in ids {
+                // The gateway reconnects after the last kill: a 503 first is no answer yet.
+                let t = loop {
+                    let t = gw.call("GET", &format!("/v1/tokens/{id}"), &staff[f], None).await;
+                    if t.status != 503 || Instant::now() > deadline {
+                        break t;
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(20)).await;
+                };
+                assert_eq!(t.status, 200, "{}", t.text);
+                let calls = t.body["history"].as_array().unwrap().iter().filter(|h| h["event"] == "called").count();
+                assert!(calls <= 1, "{f}: token {id} was called {calls} times: {}", t.text);
+                if calls == 1 && !answered.contains(id) {
+                    called_silently += 1;
+                }
+            }
+            assert!(
+                called_silently <= log.unknown_calls,
+                "{f}: {called_silently} patients called behind no answer, but only {} call-nexts had an unknown outcome",
+                log.unknown_calls
+            );
+            unknown += log.unknown_calls;
+        }
+    }
+    let resent = resends().await;
+    println!("connection kills: {kills}; writes resent after they applied: {resent}; call-nexts of unknown outcome: {unknown}");
+    assert!(resent > 0.0, "the premise: the client resent writes that had applied ({kills} connection kills)");
+    let out = gw.output();
+    assert!(!out.contains("CrossSlot") && !out.contains("CROSSSLOT"), "no cross-slot errors:\n{out}");
+}

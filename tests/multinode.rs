@@ -470,8 +470,6 @@ async fn verify(c: &Cluster, acks: &[Ack], scans: usize) {
         let n = numbers.len() as u64;
         assert_eq!(stored, (1..=n).collect::<Vec<_>>(), "{f}/{counter} on {day}: stored numbers are exactly 1..{n}");
         assert_eq!(numbers.keys().copied().collect::<Vec<_>>(), stored, "{f}/{counter}: acknowledged = stored");
-        let count: Option<u64> = con.hget(format!("sg:{{{f}}}:n"), format!("{day}|{counter}")).unwrap();
-        assert_eq!(count, Some(n), "{f}/{counter} on {day}: issued count");
         *per_facility_day.entry((f.clone(), day.clone())).or_default() += n;
     }
     // Read back through nginx as the facility's staff: the token under each acknowledged

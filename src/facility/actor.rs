@@ -21,6 +21,7 @@ use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
 use crate::ingress::limits::Limited;
 use crate::persistence::keys::{self, FacilityKeys};
+use crate::persistence::store::Fence;
 use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
 use crate::persistence::{record, Store, StoreError};
 use crate::registry::FacilityInfo;
@@ -193,7 +194,7 @@ struct Waiting {
 /// Only what the scan path needs from the registry record: the queue's config holds the
 /// counters, and the state code labels metrics. Names and addresses stay in Redis.
 struct Ready {
-    epoch: u64,
+    fence: Fence,
     /// Where this facility's tokens count on the boards (its state code labels the scan
     /// metrics; the whole travels with each counting write).
     board: Arc<BoardOwner>,
@@ -339,16 +340,18 @@ impl FacilityActor {
         // The day is needed before the registry record names the facility's timezone: guess
         // it in the default one (every facility of a national registry is on IST) and read
         // again only if the record says otherwise.
-        let now = deps.clock.now();
-        let guess = now.to_zoned(deps.default_tz.clone()).date();
+        let guess = deps.clock.now().to_zoned(deps.default_tz.clone()).date();
         let act = deps.store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
-        let epoch = act.epoch;
+        let fence = act.fence;
+        let epoch = fence.epoch;
         let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
             tracing::error!(facility = %id, "corrupt registry record");
             FacilityError::Store(StoreError::Unavailable)
         })?;
         let cfg = info.queue_config(deps.max_priority_streak, deps.default_service_s);
-        let day = now.to_zoned(cfg.tz.clone()).date();
+        // The day as of now, after the activation: the clock may have crossed midnight while
+        // it ran. (A day the clock reaches later is read from Redis by the day roll.)
+        let day = deps.clock.now().to_zoned(cfg.tz.clone()).date();
         // The leaderboard mark must land before the first write (a crash from here on leaves
         // the facility findable by every node's applier, see crate::leaderboard::applier).
         // On a single Redis the activation script made it; on a cluster it is one more
@@ -369,10 +372,24 @@ impl FacilityActor {
         };
         let (marked, rows) = tokio::join!(mark, read);
         marked?;
-        let rows = rows?;
+        let queue = Self::rebuild(&deps, &id, cfg, day, &rows?);
+        tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
+        deps.metrics.activation.record(started.elapsed().as_secs_f64());
+        Ok(Ready { fence, board: Arc::new(info.board_owner()), queue, expiry_set: None, day_key: None })
+    }
+
+    /// The queue of `day` from its stored token records (field, record). An unreadable
+    /// record is skipped, but its number stays taken.
+    fn rebuild(
+        deps: &Deps,
+        id: &str,
+        cfg: super::queue::QueueConfig,
+        day: Date,
+        rows: &[(String, String)],
+    ) -> FacilityQueue {
         let mut tokens = Vec::with_capacity(rows.len());
         let mut reserved = Vec::new();
-        for (field, raw) in &rows {
+        for (field, raw) in rows {
             let Some((counter, number)) = keys::parse_token_field(field) else { continue };
             match record::decode(counter, number, raw) {
                 Ok(t) => tokens.push(t),
@@ -387,9 +404,7 @@ impl FacilityActor {
         for (c, n) in reserved {
             queue.reserve_number(&c, n);
         }
-        tracing::debug!(facility = %id, epoch, tokens = queue.len(), "facility activated");
-        deps.metrics.activation.record(started.elapsed().as_secs_f64());
-        Ok(Ready { epoch, board: Arc::new(info.board_owner()), queue, expiry_set: None, day_key: None })
+        queue
     }
 
     /// Seconds the day's token hash should live from now: until the end of the local
@@ -420,24 +435,23 @@ impl FacilityActor {
             r.expiry_set = Some(day);
             Self::expire_in(day, &r.queue.config().tz, self.deps.clock.now(), self.deps.day_retention_s)
         };
-        let count_fields: Vec<String> = issued.iter().map(|c| keys::count_field(day, c)).collect();
         let lb_count_fields: Vec<String> = issued
             .iter()
             .map(|c| keys::lb_count_field(day, r.queue.counter(c).map_or(CounterKind::Other, |c| c.kind).as_str()))
             .collect();
         let (done, done_rx) = oneshot::channel();
         let prev_seq = self.wseq;
-        if !fields.is_empty() || !count_fields.is_empty() {
+        // Only a write that changes something advances the sequence in Redis (see WRITE).
+        if !fields.is_empty() || !lb_count_fields.is_empty() {
             self.wseq += 1;
         }
         self.submitted += 1;
         let seq = self.submitted;
         permit.send(WriteOp {
-            count_fields,
             lb_count_fields,
             fields,
             board: Some(r.board.clone()),
-            ..WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, prev_seq, expire_in, done)
+            ..WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.fence.clone(), prev_seq, expire_in, done)
         });
         self.report_live();
         ctx.spawn(
@@ -453,7 +467,7 @@ impl FacilityActor {
     fn release(&mut self) {
         let Phase::Ready(r) = &mut self.phase else { return };
         let (done, _) = oneshot::channel();
-        let op = WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.epoch, self.wseq, 0, done);
+        let op = WriteOp::barrier_of(self.keys.clone(), r.day_key(&self.keys), r.fence.clone(), self.wseq, 0, done);
         let _ = self.writer.try_send(WriteOp { release: true, ..op });
     }
 
@@ -524,22 +538,76 @@ impl FacilityActor {
         });
     }
 
-    fn roll_day(&mut self, now: Timestamp) {
-        if let Phase::Ready(r) = &mut self.phase {
-            if r.queue.is_stale(now) {
-                let cfg = r.queue.config().clone();
-                let day = r.queue.service_day_at(now);
-                tracing::info!(facility = %self.id, %day, "new service day");
-                r.queue = FacilityQueue::new(cfg, day);
-            }
+    /// Rolls into the next service day once the clock has crossed local midnight. The new
+    /// day may already hold tokens in Redis: a previous owner whose clock ran a little
+    /// ahead (or whose activation this one overtook) issued them. So the day is read from
+    /// Redis before anything is issued in it: the actor waits for the read (`ctx.wait`:
+    /// commands queue in the mailbox meanwhile, ticks pause) and then runs `then`, the
+    /// command that found the day stale, before them. The read is exact: our fence was
+    /// taken before it, so no older owner can write any more (and if a newer one took
+    /// over, our next write is fenced off anyway). Returns whether a roll started (it then
+    /// took `then`).
+    fn roll_day(&mut self, now: Timestamp, ctx: &mut Context<Self>, then: &mut Option<Command>) -> bool {
+        let Phase::Ready(r) = &mut self.phase else { return false };
+        if !r.queue.is_stale(now) {
+            self.report_live();
+            return false;
         }
-        self.report_live();
+        let cfg = r.queue.config().clone();
+        let day = r.queue.service_day_at(now);
+        tracing::info!(facility = %self.id, %day, "new service day");
+        let then = then.take();
+        let (store, id) = (self.deps.store.clone(), self.id.clone());
+        let read = async move { store.load_day(&id, day).await };
+        ctx.wait(read.into_actor(self).map(move |rows, act, ctx| match rows {
+            Ok(rows) => {
+                if let Phase::Ready(r) = &mut act.phase {
+                    r.queue = Self::rebuild(&act.deps, &act.id, cfg, day, &rows);
+                }
+                act.report_live();
+                if let Some(cmd) = then {
+                    act.dispatch(cmd, ctx);
+                }
+            }
+            Err(e) => {
+                if let Some(cmd) = then {
+                    cmd.fail(FacilityError::Store(e));
+                }
+                act.retire(e, ctx);
+            }
+        }));
+        true
+    }
+
+    /// Leaves the directory for good after a failed store call (the next request
+    /// rehydrates elsewhere); stops once every submitted write has been answered.
+    fn retire(&mut self, e: StoreError, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Failed(_)) {
+            tracing::warn!(facility = %self.id, error = %e, "facility store call failed; dropping actor to rehydrate");
+            self.phase = Phase::Failed(FacilityError::Store(e));
+            self.leave_directory();
+        }
+        if self.durable.resolved == self.submitted {
+            ctx.stop();
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command, ctx: &mut Context<Self>) {
+        match &self.phase {
+            Phase::Failed(e) => cmd.fail(e.clone()),
+            Phase::Loading => cmd.fail(FacilityError::Store(StoreError::Unavailable)),
+            Phase::Ready(_) => self.apply(cmd, ctx),
+        }
     }
 
     fn apply(&mut self, cmd: Command, ctx: &mut Context<Self>) {
         let started = Instant::now();
         let now = self.deps.clock.now();
-        self.roll_day(now);
+        let mut cmd = Some(cmd);
+        if self.roll_day(now, ctx, &mut cmd) {
+            return;
+        }
+        let Some(cmd) = cmd else { return };
         // Reserve room at the writer before changing anything: a change that cannot be
         // persisted must not happen in memory either.
         let permit = match self.writer.clone().try_reserve_owned() {
@@ -698,7 +766,9 @@ impl FacilityActor {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = self.deps.clock.now();
-        self.roll_day(now);
+        if self.roll_day(now, ctx, &mut None) {
+            return;
+        }
         if let Phase::Ready(r) = &mut self.phase {
             if r.queue.expire_due(now) > 0 {
                 if let Ok(p) = self.writer.clone().try_reserve_owned() {
@@ -802,11 +872,7 @@ impl Handler<Envelope> for FacilityActor {
     fn handle(&mut self, Envelope(cmd): Envelope, ctx: &mut Context<Self>) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
         self.last_active = Instant::now();
-        match &self.phase {
-            Phase::Failed(e) => cmd.fail(e.clone()),
-            Phase::Loading => cmd.fail(FacilityError::Store(StoreError::Unavailable)),
-            Phase::Ready(_) => self.apply(cmd, ctx),
-        }
+        self.dispatch(cmd, ctx);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Finds a facility's actor, activating it on first use on the arbiter chosen by hashing
 //! the facility id (so a facility always lives on one thread, next to that thread's
-//! writer), and retries once on a fresh activation when the owner was fenced or retired.
+//! writer), and retries once on a fresh activation when the owner was fenced or retired
+//! and the command cannot have been applied.
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,7 +103,9 @@ impl Directory {
                 return Err(FacilityError::Overloaded);
             }
             let (tx, rx) = oneshot::channel();
-            match slot.addr.try_send(Envelope(make(tx))) {
+            let cmd = make(tx);
+            let counter_op = matches!(cmd, Command::CallNext { .. } | Command::Act { .. });
+            match slot.addr.try_send(Envelope(cmd)) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {
                     slot.queued.fetch_sub(1, Ordering::Relaxed);
@@ -116,9 +119,22 @@ impl Directory {
                 }
             }
             match rx.await {
+                // A counter operation refused by the fence may still have been applied: on
+                // a cluster the client resends a pipeline whose reply it lost, and a copy
+                // that arrives after another activation took over is refused although the
+                // first copy landed. Run again, call-next would call a second patient and
+                // complete would answer 409 for its own work: the outcome is unknown, the
+                // caller is told so (503) and looks before it acts again. (A scan run again
+                // finds its patient's token; reads change nothing.)
+                Ok(Err(FacilityError::Store(StoreError::Fenced))) if counter_op && self.deps.store.resends_writes() => {
+                    self.forget(id, gen);
+                    return Err(FacilityError::Store(StoreError::Unavailable));
+                }
                 Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if attempt == 0 => {
-                    // Another activation took over, or an earlier write failed: nothing of
-                    // this request was written, so it is safe to run it once more afresh.
+                    // Another activation took over before this request's write was sent (a
+                    // single Redis never resends), or an earlier write is missing (GAP: this
+                    // one was not applied, see `store::WRITE`): nothing of this request was
+                    // written, so it is safe to run it once more afresh.
                     self.forget(id, gen);
                 }
                 Ok(r) => return r,

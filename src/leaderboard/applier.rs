@@ -17,11 +17,12 @@
 //!
 //! **Discovery after a crash.** An activation marks its facility in `lb:{lb}:dirty` (field
 //! = facility, value = the newest marking epoch) before its first write, and an owner that
-//! stops normally records `r = epoch` in its fence (through the fenced writer, after its
-//! last write). Every node sweeps the dirty set (at start and every
-//! [`SWEEP_EVERY`] passes): it applies each facility not active locally and removes it only
-//! when the atomic snapshot showed `r == e` (the newest owner released, so no owner can
-//! write until a new activation) and every count equalled `applied`, with a script that
+//! stops normally records its whole fence, `r = <epoch>:<nonce>`, in its fence hash
+//! (through the fenced writer, after its last write). Every node sweeps the dirty set (at
+//! start and every [`SWEEP_EVERY`] passes): it applies each facility not active locally and
+//! removes it only when the atomic snapshot showed `r` equal to the current fence (the
+//! newest owner released, so no owner can write until a new activation; the snapshot then
+//! reports `released == e`) and every count equalled `applied`, with a script that
 //! deletes only if the stored mark is still `<= e`. Races, and why each is safe:
 //! - A new activation `e' > e` between the snapshot and the removal: its mark (`e'`) is
 //!   either already there (removal refused: `e' > e`) or written after the removal; it
@@ -34,7 +35,8 @@
 //! - An owner that is alive on another node is not released either: this node applies it
 //!   too (idempotent) but never removes it.
 //! - The release itself is a fenced write: sent by a stale owner it is refused, and it is
-//!   queued behind the owner's own writes, so `r == e` implies they were all answered.
+//!   queued behind the owner's own writes, so a release of the current fence implies they
+//!   were all answered.
 //!
 //! Days: a day's `applied` hash lives the leaderboard retention plus [`APPLIED_GRACE_DAYS`];
 //! counts older than the retention are never applied (their `applied` may be gone, so

@@ -42,8 +42,10 @@ impl Conn {
     pub fn open(target: &Target, timeout: Duration) -> RedisResult<Conn> {
         let connect = timeout.min(Duration::from_secs(1));
         if target.cluster {
-            // Few retries: a caller waits at most `timeout` anyway, and a write retried by
-            // the client after an unknown outcome is refused by the fence (GAP), not doubled.
+            // Few retries: a caller waits at most `timeout` anyway. A write the client sends
+            // again after losing its reply is answered `AGAIN` by the script and applies
+            // once (see `store::WRITE`); a copy refused by a newer fence is why counter
+            // operations are not rerun on FENCED here (see `Directory::ask`).
             let client = ClusterClient::builder(target.urls.clone()).retries(2).build()?;
             let cfg =
                 redis::cluster::ClusterConfig::new().set_connection_timeout(connect).set_response_timeout(timeout);

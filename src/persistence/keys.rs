@@ -5,9 +5,8 @@
 //! | key | type | holds | lifetime |
 //! |---|---|---|---|
 //! | `sg:{F}:info` | string (JSON) | facility registry record | forever |
-//! | `sg:{F}:fence` | hash `e`, `w`, `r` | fencing epoch (HINCRBY per activation), the write sequence of the current owner, the epoch whose owner released (stopped normally) | forever |
+//! | `sg:{F}:fence` | hash `e`, `n`, `w`, `r` | the fence: epoch counter (HINCRBY per activation) and the activation's random nonce, compared together by every write; the write sequence of the current owner; the fence (`<e>:<n>`) of the owner that released (stopped normally) | forever |
 //! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | expires at the end of the local service day + retention |
-//! | `sg:{F}:n` | hash `<YYYY-MM-DD>|<counter>` -> count | tokens issued per counter and day (all-time and daily counts) | forever (tiny) |
 //! | `sg:{F}:lbn` | hash `<YYYY-MM-DD>|<kind>` -> count | tokens issued per counter kind and day, cumulative: what the leaderboards must show | a day's field is pruned once applied and two days old |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
@@ -40,18 +39,12 @@ pub const OUTBOX_GROUP: &str = "onshare";
 pub struct FacilityKeys {
     pub facility: String,
     pub fence: String,
-    pub counts: String,
     pub lb_counts: String,
 }
 
 impl FacilityKeys {
     pub fn new(facility: &str) -> Self {
-        FacilityKeys {
-            facility: facility.to_string(),
-            fence: fence(facility),
-            counts: counts(facility),
-            lb_counts: lb_counts(facility),
-        }
+        FacilityKeys { facility: facility.to_string(), fence: fence(facility), lb_counts: lb_counts(facility) }
     }
 
     pub fn day(&self, day: Date) -> String {
@@ -69,10 +62,6 @@ pub fn fence(facility: &str) -> String {
 
 pub fn day_tokens(facility: &str, day: Date) -> String {
     format!("sg:{{{facility}}}:d:{day}:t")
-}
-
-pub fn counts(facility: &str) -> String {
-    format!("sg:{{{facility}}}:n")
 }
 
 /// The facility's cumulative leaderboard counts (field [`lb_count_field`]).
@@ -117,11 +106,6 @@ pub fn token_field(counter: &str, number: u32) -> String {
 pub fn parse_token_field(field: &str) -> Option<(&str, u32)> {
     let (counter, number) = field.rsplit_once('#')?;
     Some((counter, number.parse().ok()?))
-}
-
-/// Field of a daily count.
-pub fn count_field(day: Date, counter: &str) -> String {
-    format!("{day}|{counter}")
 }
 
 /// Which ranking of a leaderboard.
@@ -175,9 +159,7 @@ mod tests {
     #[test]
     fn keys_share_the_facility_hash_tag() {
         let d: Date = "2026-11-23".parse().unwrap();
-        for k in
-            [info("IN01"), fence("IN01"), day_tokens("IN01", d), counts("IN01"), lb_counts("IN01"), staff_keys("IN01")]
-        {
+        for k in [info("IN01"), fence("IN01"), day_tokens("IN01", d), lb_counts("IN01"), staff_keys("IN01")] {
             assert!(k.starts_with("sg:{IN01}:"), "{k}");
         }
         assert_eq!(day_tokens("IN01", d), "sg:{IN01}:d:2026-11-23:t");
@@ -188,8 +170,8 @@ mod tests {
         let d: Date = "2026-11-23".parse().unwrap();
         let k = FacilityKeys::new("IN01");
         assert_eq!(
-            [k.facility.as_str(), &k.fence, &k.counts, &k.lb_counts, &k.day(d)],
-            ["IN01", &fence("IN01"), &counts("IN01"), &lb_counts("IN01"), &day_tokens("IN01", d)]
+            [k.facility.as_str(), &k.fence, &k.lb_counts, &k.day(d)],
+            ["IN01", &fence("IN01"), &lb_counts("IN01"), &day_tokens("IN01", d)]
         );
     }
 

@@ -18,11 +18,16 @@ return 1
 ";
 
 /// KEYS: fence, leaderboard counts, info (one facility's slot). One atomic read: the
-/// epoch, the released epoch, the registry record and every cumulative count.
+/// epoch, the released epoch, the registry record and every cumulative count. The owner
+/// that released recorded its whole fence (`<epoch>:<nonce>`); the released epoch is the
+/// current epoch only if that is the current owner's fence, `0` otherwise, so an epoch
+/// number that repeated after data loss never passes for a release.
 const SNAPSHOT: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'e', 'r')
+local f = redis.call('HMGET', KEYS[1], 'e', 'n', 'r')
 local info = redis.call('GET', KEYS[3]) or ''
-return {f[1] or '0', f[2] or '0', info, redis.call('HGETALL', KEYS[2])}
+local released = '0'
+if f[1] and f[2] and f[3] == f[1] .. ':' .. f[2] then released = f[1] end
+return {f[1] or '0', released, info, redis.call('HGETALL', KEYS[2])}
 ";
 
 /// Items per APPLY call (see `lb_apply`).

@@ -23,9 +23,30 @@ pub enum StoreError {
     Gap,
 }
 
+/// What a facility's owner proves it still owns the facility with: the activation's epoch
+/// (the fence hash's counter `e`) and a random nonce of that activation (`n`). WRITE
+/// compares both, as a whole. The counter alone can step back (an AOF that lost its last
+/// second, an asynchronous failover) and hand a new activation the epoch a stale owner still
+/// holds; the nonce never repeats (64 random bits per activation), so such an owner stays
+/// fenced off. The epoch stays a number for the leaderboard marks, which keep the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: u64,
+    /// 16 hex digits.
+    pub nonce: String,
+}
+
+impl Fence {
+    /// A fresh nonce for an activation that is about to take the next epoch.
+    fn nonce() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
+}
+
 /// Takes ownership of a facility: refuses unknown facilities without writing anything,
-/// otherwise bumps the epoch, resets the write sequence and returns the registry record.
-/// KEYS: info, fence, and on a single Redis the leaderboard dirty hash. ARGV: facility.
+/// otherwise bumps the epoch, records the activation's nonce, resets the write sequence and
+/// returns the epoch and the registry record.
+/// KEYS: info, fence, and on a single Redis the leaderboard dirty hash. ARGV: facility, nonce.
 /// With the dirty hash it also marks the facility there with the new epoch, keeping the
 /// newest (the rule of `lbcounts::MARK`), in the same atomic step: the mark then always
 /// lands before the owner's first write, without a round trip of its own. On a cluster the
@@ -34,7 +55,7 @@ const ACTIVATE: &str = r"
 local info = redis.call('GET', KEYS[1])
 if not info then return false end
 local epoch = redis.call('HINCRBY', KEYS[2], 'e', 1)
-redis.call('HSET', KEYS[2], 'w', 0)
+redis.call('HSET', KEYS[2], 'n', ARGV[2], 'w', 0)
 if KEYS[3] then
   local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
   if epoch > cur then redis.call('HSET', KEYS[3], ARGV[1], epoch) end
@@ -42,16 +63,25 @@ end
 return {epoch, info}
 ";
 
-/// Applies one write of a facility's owner, all or nothing: the epoch must still be ours
-/// and the previous write of this activation must have been applied (no gaps).
-/// KEYS: fence, day tokens, counts, leaderboard counts (all in the facility's slot).
-/// ARGV: epoch, prev seq, ttl seconds (0: keep the day hash's expiry), release 0/1, n counts, count fields..., n kind
-/// counts, kind count fields..., then token field/value pairs.
+/// Applies one write of a facility's owner, all or nothing: the fence (epoch and nonce) must
+/// still be ours and the previous write of this activation must have been applied (no gaps).
+/// KEYS: fence, day tokens, leaderboard counts (all in the facility's slot).
+/// ARGV: epoch, nonce, prev seq, ttl seconds (0: keep the day hash's expiry), release 0/1,
+/// n kind counts, kind count fields..., then token field/value pairs.
 /// The leaderboard counts (`<date>|<kind>`, cumulative) move in the same atomic step as the
 /// tokens they count; the applier ([`crate::leaderboard::applier`]) carries them into the
 /// national boards, so this script never leaves the facility's slot.
 /// An empty write only checks (a read barrier); with `release` it also records that this
-/// epoch's owner has stopped (`r`), which lets the applier forget the facility.
+/// owner has stopped (`r` = `<epoch>:<nonce>`), which lets the applier forget the facility.
+///
+/// Exactly once under resend: every write that changes something advances `w` from its
+/// prev seq, and no two such writes of an activation share a prev seq. So under our fence
+/// a write whose prev seq is behind `w` was applied already: it is a copy the client sent
+/// again after losing the reply (the cluster client resends a dropped pipeline). It is
+/// answered `AGAIN` and changes nothing; GAP means only that an earlier write is missing
+/// (this one was not applied). A barrier behind `w` is a resent copy too (writes of one
+/// owner reach Redis in order), and checks nothing new.
+///
 /// Returns the cumulative count after each kind-count increment, so the applier can apply
 /// an answered write's counts without reading them back. A write that follows no write of
 /// its activation (prev seq 0) returns every cumulative count of the facility instead, as
@@ -59,26 +89,25 @@ return {epoch, info}
 /// kinds that no board has yet, and the fence makes this read exact (no older owner can
 /// write any more).
 pub const WRITE: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'e', 'w')
-if f[1] ~= ARGV[1] then return redis.error_reply('FENCED epoch moved') end
-if f[2] ~= ARGV[2] then return redis.error_reply('GAP write sequence') end
-local nc = tonumber(ARGV[5])
-for i = 1, nc do redis.call('HINCRBY', KEYS[3], ARGV[5 + i], 1) end
-local p = 6 + nc
-local nk = tonumber(ARGV[p])
+local f = redis.call('HMGET', KEYS[1], 'e', 'n', 'w')
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return redis.error_reply('FENCED epoch moved') end
+local w, prev = tonumber(f[3]), tonumber(ARGV[3])
+if prev < w then return redis.status_reply('AGAIN') end
+if prev > w then return redis.error_reply('GAP write sequence') end
+local nk = tonumber(ARGV[6])
 local counted = {}
-for i = 1, nk do counted[i] = redis.call('HINCRBY', KEYS[4], ARGV[p + i], 1) end
-p = p + nk + 1
+for i = 1, nk do counted[i] = redis.call('HINCRBY', KEYS[3], ARGV[6 + i], 1) end
+local p = 7 + nk
 if p <= #ARGV then
   redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
-  if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+  if ARGV[4] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 end
 -- A write with nothing in it is a read barrier: checked, but it changes nothing.
-if nc > 0 or p <= #ARGV then
-  redis.call('HSET', KEYS[1], 'w', tostring(tonumber(ARGV[2]) + 1))
+if nk > 0 or p <= #ARGV then
+  redis.call('HSET', KEYS[1], 'w', prev + 1)
 end
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1]) end
-if ARGV[2] == '0' then return redis.call('HGETALL', KEYS[4]) end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1] .. ':' .. ARGV[2]) end
+if prev == 0 then return redis.call('HGETALL', KEYS[3]) end
 return counted
 ";
 
@@ -88,11 +117,11 @@ pub struct Store {
     timeout: Duration,
 }
 
-/// What an activation read: the new epoch, the registry record, and the stored tokens of
+/// What an activation read: the new fence, the registry record, and the stored tokens of
 /// the day it was asked for.
 #[derive(Debug)]
 pub struct Activation {
-    pub epoch: u64,
+    pub fence: Fence,
     pub info: String,
     /// (field, record) of every stored token of the requested day.
     pub day: Vec<(String, String)>,
@@ -138,6 +167,12 @@ impl Store {
         self.timeout
     }
 
+    /// Whether the client may send a write again by itself after losing its reply (the
+    /// cluster client resends a dropped pipeline; see [`WRITE`] for what that means).
+    pub fn resends_writes(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
     /// [`Self::call`] for the other persistence modules.
     pub(crate) async fn call_pub<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
         self.call(fut).await
@@ -178,13 +213,14 @@ impl Store {
         let marked = !self.conn.is_cluster();
         static SHA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Script::new(ACTIVATE).get_hash().into());
         let sha = &*SHA;
+        let nonce = Fence::nonce();
         let build = || {
             let mut script = redis::cmd("EVALSHA");
             script.arg(sha).arg(if marked { 3 } else { 2 }).arg(keys::info(facility)).arg(keys::fence(facility));
             if marked {
                 script.arg(keys::LB_DIRTY);
             }
-            script.arg(facility);
+            script.arg(facility).arg(&nonce);
             let mut read = redis::cmd("HGETALL");
             read.arg(keys::day_tokens(facility, day));
             // Both keys carry the facility's hash tag: one pipeline on a cluster too.
@@ -197,7 +233,7 @@ impl Store {
         };
         let taken: Option<(u64, String)> = parse(taken)?;
         let day: Vec<(String, String)> = parse(read)?;
-        Ok(taken.map(|(epoch, info)| Activation { epoch, info, day, marked }))
+        Ok(taken.map(|(epoch, info)| Activation { fence: Fence { epoch, nonce }, info, day, marked }))
     }
 
     /// All stored tokens of a facility's day, as (field, record).

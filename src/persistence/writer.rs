@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::Conn;
 use super::keys::FacilityKeys;
-use super::store::{classify, StoreError, WRITE};
+use super::store::{classify, Fence, StoreError, WRITE};
 use crate::telemetry::metrics::Metrics;
 
 /// One fenced write of a facility owner.
@@ -22,13 +22,13 @@ pub struct WriteOp {
     pub keys: Arc<FacilityKeys>,
     /// The day's token hash.
     pub day_key: Arc<str>,
-    pub epoch: u64,
+    /// The owner's fence (epoch and nonce of its activation).
+    pub fence: Fence,
     /// The write sequence this write follows (the owner's previous write).
     pub prev_seq: u64,
     /// Seconds the day hash lives from now (EXPIRE, not EXPIREAT: see the actor); 0 leaves
     /// its expiry as it is (the owner already set it for the day).
     pub expire_in: i64,
-    pub count_fields: Vec<String>,
     /// One `<date>|<kind>` per token this write issues.
     pub lb_count_fields: Vec<String>,
     /// The owner is stopping: record that this epoch is released (see the applier).
@@ -45,21 +45,21 @@ impl WriteOp {
     pub fn barrier(
         facility: &str,
         day: jiff::civil::Date,
-        epoch: u64,
+        fence: Fence,
         prev_seq: u64,
         expire_in: i64,
         done: oneshot::Sender<Result<(), StoreError>>,
     ) -> WriteOp {
         let keys = Arc::new(FacilityKeys::new(facility));
         let day_key = keys.day(day).into();
-        WriteOp::barrier_of(keys, day_key, epoch, prev_seq, expire_in, done)
+        WriteOp::barrier_of(keys, day_key, fence, prev_seq, expire_in, done)
     }
 
     /// [`WriteOp::barrier`] with keys the owner already holds.
     pub fn barrier_of(
         keys: Arc<FacilityKeys>,
         day_key: Arc<str>,
-        epoch: u64,
+        fence: Fence,
         prev_seq: u64,
         expire_in: i64,
         done: oneshot::Sender<Result<(), StoreError>>,
@@ -67,10 +67,9 @@ impl WriteOp {
         WriteOp {
             keys,
             day_key,
-            epoch,
+            fence,
             prev_seq,
             expire_in,
-            count_fields: Vec::new(),
             lb_count_fields: Vec::new(),
             release: false,
             board: None,
@@ -182,32 +181,28 @@ impl Batch {
             .map(|op| {
                 // Sized up front: the command's buffers otherwise grow several times per write.
                 let k = &op.keys;
-                let args = 12 + op.count_fields.len() + op.lb_count_fields.len() + 2 * op.fields.len();
+                let args = 11 + op.lb_count_fields.len() + 2 * op.fields.len();
                 let bytes = 64
                     + self.sha.len()
                     + k.fence.len()
                     + op.day_key.len()
-                    + k.counts.len()
                     + k.lb_counts.len()
-                    + op.count_fields.iter().chain(&op.lb_count_fields).map(String::len).sum::<usize>()
+                    + op.fence.nonce.len()
+                    + op.lb_count_fields.iter().map(String::len).sum::<usize>()
                     + op.fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
                 let mut cmd = redis::Cmd::with_capacity(args, bytes);
                 cmd.arg("EVALSHA")
                     .arg(&self.sha)
-                    .arg(4)
+                    .arg(3)
                     .arg(&k.fence)
                     .arg(&*op.day_key)
-                    .arg(&k.counts)
                     .arg(&k.lb_counts)
-                    .arg(op.epoch)
+                    .arg(op.fence.epoch)
+                    .arg(&op.fence.nonce)
                     .arg(op.prev_seq)
                     .arg(op.expire_in)
                     .arg(if op.release { "1" } else { "0" })
-                    .arg(op.count_fields.len());
-                for f in &op.count_fields {
-                    cmd.arg(f);
-                }
-                cmd.arg(op.lb_count_fields.len());
+                    .arg(op.lb_count_fields.len());
                 for f in &op.lb_count_fields {
                     cmd.arg(f);
                 }
@@ -232,6 +227,9 @@ enum Applied {
     /// Every cumulative count of the facility (`<day>|<kind>` -> count): the answer to an
     /// activation's first write.
     All(Vec<(String, u64)>),
+    /// A copy of a write that was applied before (the client sent it again after losing
+    /// the reply; see [`WRITE`]): its counts are unknown, the applier reads them itself.
+    Again,
     /// A reply of another shape: the applier reads the counts itself.
     Unreadable,
 }
@@ -239,6 +237,9 @@ enum Applied {
 /// Reads a WRITE reply, whose shape depends on whether the write followed another of its
 /// activation.
 fn applied(prev_seq: u64, v: Value) -> Applied {
+    if matches!(&v, Value::SimpleString(s) if s == "AGAIN") {
+        return Applied::Again;
+    }
     if prev_seq == 0 {
         return redis::from_redis_value(v).map_or(Applied::Unreadable, Applied::All);
     }
@@ -272,6 +273,9 @@ fn counted(op: &WriteOp, r: &Result<Applied, StoreError>) -> Option<Counted> {
         // are applied with this write's own. This holds for a first write that counts
         // nothing too (a call-next after a restart, say).
         (Ok(Applied::All(counts)), Some(owner)) if !counts.is_empty() => Some(known(owner, counts.iter().cloned())),
+        // A resent copy of an applied write: whatever the first copy counted (an
+        // activation's first write reports every count) was never read back.
+        (Ok(Applied::Again), Some(_)) if op.prev_seq == 0 || !op.lb_count_fields.is_empty() => Some(Counted::Snapshot),
         _ if op.lb_count_fields.is_empty() => None,
         (Ok(Applied::Raised(values)), Some(owner)) if values.len() == op.lb_count_fields.len() => {
             Some(known(owner, op.lb_count_fields.iter().cloned().zip(values.iter().copied())))
@@ -381,8 +385,10 @@ pub async fn run(
         metrics.redis_batch(ops.len(), started.elapsed());
         touched.add(ops.iter().zip(&results).filter_map(|(op, r)| Some((op.keys.facility.clone(), counted(op, r)?))));
         for (op, r) in ops.into_iter().zip(results) {
-            if r == Err(StoreError::Fenced) {
-                metrics.fencing_conflict();
+            match &r {
+                Err(StoreError::Fenced) => metrics.fencing_conflict(),
+                Ok(Applied::Again) => metrics.write_resends.increment(1),
+                _ => {}
             }
             let _ = op.done.send(r.map(|_| ()));
         }
@@ -401,13 +407,17 @@ mod tests {
         Counted::Known { owner: owner(district), counts: counts.iter().map(|(f, c)| (f.to_string(), *c)).collect() }
     }
 
+    fn fence() -> Fence {
+        Fence { epoch: 3, nonce: "00000000000000ab".into() }
+    }
+
     fn op(prev_seq: u64, fields: &[&str]) -> WriteOp {
         let (done, _) = oneshot::channel();
         let day = jiff::civil::date(2026, 11, 24);
         WriteOp {
             lb_count_fields: fields.iter().map(|f| f.to_string()).collect(),
             board: Some(owner("KA/Mysuru")),
-            ..WriteOp::barrier("F1", day, 3, prev_seq, 60, done)
+            ..WriteOp::barrier("F1", day, fence(), prev_seq, 60, done)
         }
     }
 
@@ -416,7 +426,6 @@ mod tests {
     #[test]
     fn a_write_is_one_evalsha_with_its_keys_counts_and_fields_in_order() {
         let mut w = op(7, &["2026-11-24|opd"]);
-        w.count_fields = vec!["2026-11-24|OPD 1".into()];
         w.fields = vec![("OPD 1#5".into(), "rec5".into()), ("OPD 1#4".into(), "rec4".into())];
         let batch = Batch { sha: "abc123".into(), wait_replicas: 0 };
         let cmds = batch.commands(&[&w]);
@@ -425,17 +434,15 @@ mod tests {
         let mut expected = redis::cmd("EVALSHA");
         expected
             .arg("abc123")
-            .arg(4)
+            .arg(3)
             .arg("sg:{F1}:fence")
             .arg("sg:{F1}:d:2026-11-24:t")
-            .arg("sg:{F1}:n")
             .arg("sg:{F1}:lbn")
             .arg(3)
+            .arg("00000000000000ab")
             .arg(7)
             .arg(60)
             .arg("0")
-            .arg(1)
-            .arg("2026-11-24|OPD 1")
             .arg(1)
             .arg("2026-11-24|opd")
             .arg("OPD 1#5")
@@ -445,7 +452,10 @@ mod tests {
         assert_eq!(cmds[0].1.get_packed_command(), expected.get_packed_command());
         let released = WriteOp { release: true, ..op(0, &[]) };
         let packed = batch.commands(&[&released])[0].1.get_packed_command();
-        assert!(String::from_utf8_lossy(&packed).contains("$1\r\n1\r\n$1\r\n0\r\n$1\r\n0\r\n"), "release 1, no counts");
+        assert!(
+            String::from_utf8_lossy(&packed).ends_with("$2\r\n60\r\n$1\r\n1\r\n$1\r\n0\r\n"),
+            "release 1, no counts"
+        );
     }
 
     /// The writer parks; a task that is itself parked (as a facility actor waits for its
@@ -570,5 +580,16 @@ mod tests {
         assert_eq!(applied(4, pairs), Unreadable, "pairs answer only a first write");
         assert_eq!(applied(0, Value::Array(vec![bulk("d|opd"), bulk("many")])), Unreadable);
         assert_eq!(applied(0, Value::Array(vec![Value::Int(3)])), Unreadable);
+        let again = || Value::SimpleString("AGAIN".into());
+        assert_eq!((applied(0, again()), applied(4, again())), (Applied::Again, Applied::Again));
+    }
+
+    /// A resent copy of an applied write is answered without its counts: the applier reads
+    /// them, unless the write counted nothing (and, not being first, reported nothing).
+    #[test]
+    fn a_resent_copy_of_an_applied_write_asks_for_a_snapshot_of_what_it_counted() {
+        assert_eq!(counted(&op(4, &["d|opd"]), &Ok(Applied::Again)), Some(Counted::Snapshot));
+        assert_eq!(counted(&op(0, &[]), &Ok(Applied::Again)), Some(Counted::Snapshot), "a first write");
+        assert_eq!(counted(&op(4, &[]), &Ok(Applied::Again)), None);
     }
 }

@@ -34,6 +34,9 @@ pub const REDIS_BATCH_SIZE: &str = "scangw_redis_batch_size";
 pub const REDIS_FLUSH: &str = "scangw_redis_flush_seconds";
 /// `scangw_fencing_conflicts_total`: writes refused because another activation owns the facility.
 pub const FENCING_CONFLICTS: &str = "scangw_fencing_conflicts_total";
+/// `scangw_redis_write_resends_total`: writes the Redis client sent again after they had
+/// applied (a dropped cluster pipeline), answered `AGAIN` by the script and applied once.
+pub const WRITE_RESENDS: &str = "scangw_redis_write_resends_total";
 /// `scangw_store_errors_total`: requests answered 503 STORE_UNAVAILABLE.
 pub const STORE_ERRORS: &str = "scangw_store_errors_total";
 /// `scangw_rate_limited_total{limit}`: requests refused with 429, by limit (global, client, facility, patient, page).
@@ -122,6 +125,7 @@ pub const CATALOG: &[MetricDef] = &[
     def(REDIS_BATCH_SIZE, H, "writes", &[], "Writes per group-commit round trip"),
     def(REDIS_FLUSH, H, "seconds", &[], "Duration of one group-commit round trip"),
     def(FENCING_CONFLICTS, C, "writes", &[], "Writes refused by the fencing epoch"),
+    def(WRITE_RESENDS, C, "writes", &[], "Writes sent again after they had applied, applied once"),
     def(STORE_ERRORS, C, "requests", &[], "Requests answered 503 STORE_UNAVAILABLE"),
     def(COUNTER_OPS, C, "operations", &["op"], "Counter operations applied"),
     def(REDIS_UP, G, "boolean", &[], "Redis reachable at the last health ping"),
@@ -222,6 +226,7 @@ fn describe() {
     describe_histogram!(REDIS_BATCH_SIZE, Unit::Count, "Writes per group-commit round trip");
     describe_histogram!(REDIS_FLUSH, Unit::Seconds, "Duration of one group-commit round trip");
     describe_counter!(FENCING_CONFLICTS, "Writes refused by the fencing epoch");
+    describe_counter!(WRITE_RESENDS, "Writes sent again after they had applied, applied once");
     describe_counter!(STORE_ERRORS, "Requests answered 503 STORE_UNAVAILABLE");
     describe_counter!(COUNTER_OPS, "Counter operations applied, by op");
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit");
@@ -269,6 +274,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub flush: Histogram,
     pub fencing: Counter,
+    pub write_resends: Counter,
     pub store_errors: Counter,
     pub redis_up: Gauge,
     pub mailbox_depth: Gauge,
@@ -300,6 +306,7 @@ impl Metrics {
             batch_size: metrics::histogram!(REDIS_BATCH_SIZE),
             flush: metrics::histogram!(REDIS_FLUSH),
             fencing: metrics::counter!(FENCING_CONFLICTS),
+            write_resends: metrics::counter!(WRITE_RESENDS),
             store_errors: metrics::counter!(STORE_ERRORS),
             redis_up: metrics::gauge!(REDIS_UP),
             mailbox_depth: metrics::gauge!(MAILBOX_DEPTH),
