@@ -104,6 +104,23 @@ pub fn patient_admission(state: &web::Data<AppState>, patient: PatientKeys) -> A
     })
 }
 
+/// The admission of a protocol share's scan: the facility limit, then the patient limit,
+/// both charged only if the scan issues a new token. The share was accepted (202) before
+/// the worker runs it, so a redelivery of a share that already has its token must answer
+/// that token; a facility limit charged before the actor would turn a redelivery at a
+/// busy facility into a RATE_LIMITED on-share after an earlier SUCCESS.
+pub fn share_admission(state: &web::Data<AppState>, facility: &str, patient: PatientKeys) -> Admission {
+    let (state, facility) = (state.clone(), facility.to_string());
+    let patient = patient_admission(&state, patient);
+    Box::new(move || {
+        state
+            .limits
+            .facility(&facility)
+            .inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))?;
+        patient()
+    })
+}
+
 impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         (*self == Principal::Admin).then_some(()).ok_or(ApiError::Forbidden)

@@ -281,17 +281,14 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         Ok(x) => x,
         Err(e) => return fail(Failure::invalid(&e, version)),
     };
-    if crate::ingress::auth::limit_scan(state, &facility).is_err() {
-        return fail(Failure::new(FailureCode::RateLimited));
-    }
     if !state.redis_up.load(Ordering::Relaxed) {
         return Err(Transient);
     }
     let abha = input.profile.abha_address.clone();
     let counter = input.counter.clone();
-    // The patient limit is charged by the actor, only for a new token: a redelivered share
-    // answers its token again however often it comes.
-    let admit = || crate::ingress::auth::patient_admission(&ctx.state, input.patient);
+    // The facility and patient limits are charged by the actor, only for a new token: a
+    // redelivered share answers its token again however often it comes.
+    let admit = || crate::ingress::auth::share_admission(&ctx.state, &facility, input.patient);
     match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await {
         Ok(r) => {
             let ack = TokenAck {

@@ -220,6 +220,39 @@ async fn redelivered_shares_do_not_spend_the_patient_limit_but_new_shares_do() {
     assert_eq!(outcome(for_request(&cbs, &rid)[6]), "SUCCESS 1", "a redelivery over the limit still answers");
 }
 
+/// The facility limit of a share is charged only for a new token too: the share was
+/// accepted 202 before its scan ran, so a redelivery must answer its token, never a
+/// RATE_LIMITED on-share after an earlier SUCCESS.
+#[actix_web::test]
+async fn redelivered_shares_do_not_spend_the_facility_limit_but_new_shares_do() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.limit_facility_per_min = 2;
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = fid(345);
+    app.register(&f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 3600, ISSUER);
+
+    let (_, _, rid) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), None).await;
+    hiecm.wait_for(1, "the first on-share").await;
+    for n in 2..=4 {
+        app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), Some(&rid)).await;
+        hiecm.wait_for(n, "a redelivery's on-share").await;
+    }
+    // Two new tokens a minute: the second patient's is allowed, the third's refused.
+    let (_, _, second) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 2), None).await;
+    hiecm.wait_for(5, "the second patient's on-share").await;
+    let (_, _, third) = app.share_v3(&bearer, &v3_body(&f, "OPD1", 3), None).await;
+    hiecm.wait_for(6, "the third patient's on-share").await;
+    app.share_v3(&bearer, &v3_body(&f, "OPD1", 1), Some(&rid)).await;
+    let cbs = hiecm.wait_for(7, "a redelivery over the facility limit").await;
+    let got: Vec<String> = for_request(&cbs, &rid).into_iter().map(outcome).collect();
+    assert_eq!(got, vec!["SUCCESS 1"; 5], "every delivery of the request id answers the same token");
+    assert_eq!(outcome(for_request(&cbs, &second)[0]), "SUCCESS 2");
+    assert_eq!(outcome(for_request(&cbs, &third)[0]), "RATE_LIMITED", "a new token over the limit is refused");
+}
+
 /// P1-P3 priority and N1, N2 normal at OPD1; the guard calls P1, P2, P3, N1; N1 is then
 /// transferred away (into OPD2's priority lane) and P4-P7 arrive. Returns the call order of
 /// what is left, with a passivation before it when asked.
