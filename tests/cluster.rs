@@ -500,3 +500,42 @@ async fn counter_operations_stay_exactly_once_while_cluster_connections_are_kill
     let out = gw.output();
     assert!(!out.contains("CrossSlot") && !out.contains("CROSSSLOT"), "no cross-slot errors:\n{out}");
 }
+
+/// On a cluster a counter operation refused by the fence is not run again: the client may
+/// have resent a copy of an applied write, so its outcome is unknown, and a rerun could call
+/// a second patient. Gateway A owns the facility, gateway B takes it over; A's call-next,
+/// made by A's stale owner, is answered 503 (never a 200 from a silent rerun) and calls
+/// nobody; the staff member's retry then calls the first patient, once.
+#[actix_web::test]
+async fn a_fenced_counter_operation_on_a_cluster_is_answered_503_and_not_run_again() {
+    let cluster = Cluster::start();
+    let a = Gateway::start_url(&cluster.url_list(), &[]);
+    let b = Gateway::start_url(&cluster.url_list(), &[]);
+    let f = fid(9400);
+    a.register(&f).await;
+    let key = a.call("POST", &format!("/v1/facilities/{f}/staff-keys"), ADMIN, None).await;
+    assert_eq!(key.status, 201, "{}", key.text);
+    let staff = s(&key.body, "key").to_string();
+    let first = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 1))).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // B takes the facility over (any request activates it there); A's owner is now stale.
+    let second = b.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 2))).await;
+    assert_eq!((second.status, num(&second.body, "token_number")), (201, 2), "{}", second.text);
+
+    let call = format!("/v1/facilities/{f}/counters/OPD1/call-next");
+    let fenced = a.call("POST", &call, &staff, None).await;
+    assert_eq!(
+        (fenced.status, fenced.body["error"]["code"].as_str()),
+        (503, Some("STORE_UNAVAILABLE")),
+        "{}",
+        fenced.text
+    );
+    let token = b.call("GET", &format!("/v1/tokens/{}", s(&first.body, "token_id")), PLATFORM, None).await;
+    assert_eq!(s(&token.body, "status"), "waiting", "the fenced call-next called nobody: {}", token.text);
+
+    let retry = a.call("POST", &call, &staff, None).await;
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(s(&retry.body, "token_id"), s(&first.body, "token_id"), "the retry calls the first patient");
+    let after = b.call("GET", &format!("/v1/tokens/{}", s(&second.body, "token_id")), PLATFORM, None).await;
+    assert_eq!(s(&after.body, "status"), "waiting", "and nobody else: {}", after.text);
+}
