@@ -48,6 +48,12 @@ fn trimmed(mut v: String) -> String {
     v
 }
 
+/// An ABHA address, stored lower-case: `<local>@abdm` (or `@sbx`, the sandbox). NHA's
+/// protocol documentation gives the local part as `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]`
+/// (tests/fixtures/protocol/README.md cites it), so `-` and `!` are allowed inside it; this
+/// rule also keeps what the gateway accepted before (`_` at either end), since a switch
+/// may still carry older addresses: 3-64 letters, digits, `_ . - !`, beginning and ending
+/// with a letter, digit or `_`.
 pub fn abha_address(v: String) -> Result<String, FieldError> {
     let mut v = trimmed(v);
     v.make_ascii_lowercase();
@@ -56,8 +62,12 @@ pub fn abha_address(v: String) -> Result<String, FieldError> {
     if !matches!(domain, "abdm" | "sbx") {
         return Err(bad());
     }
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
-    if !(3..=64).contains(&local.len()) || !local.chars().all(ok_char) || local.starts_with('.') || local.ends_with('.')
+    let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '!');
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !(3..=64).contains(&local.len())
+        || !local.chars().all(inner)
+        || !edge(local.chars().next())
+        || !edge(local.chars().last())
     {
         return Err(bad());
     }
@@ -210,6 +220,11 @@ mod tests {
         assert_eq!(phone(s("09800083232")).unwrap(), "9800083232");
         assert_eq!(phone(s("+1 4155550123")).unwrap(), "+14155550123");
         assert_eq!(phone(s("+880-1712345678")).unwrap(), "+8801712345678");
+        // The protocol documentation's pattern `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]@(abdm|sbx)$`.
+        assert_eq!(abha_address(s("Ravi-Kumar@abdm")).unwrap(), "ravi-kumar@abdm");
+        assert_eq!(abha_address(s("ravi.k-1990!x@sbx")).unwrap(), "ravi.k-1990!x@sbx");
+        assert_eq!(abha_address(s("91123456789012@abdm")).unwrap(), "91123456789012@abdm");
+        assert_eq!(abha_address(s("_ravi_@abdm")).unwrap(), "_ravi_@abdm");
         assert_eq!(name(s("  Ravi  Kumar ")).unwrap(), "Ravi  Kumar");
         assert_eq!(name(s("\u{a0}Ravi Kumar\u{2003}")).unwrap(), "Ravi Kumar");
         assert_eq!(name(s("\u{93b}\u{935}\u{93f}")).unwrap(), "\u{93b}\u{935}\u{93f}");
@@ -236,6 +251,13 @@ mod tests {
             (phone(s("+")), "patient.phone"),
             (phone(s("819800083232")), "patient.phone"),
             (phone(s("9800O83232")), "patient.phone"),
+            (abha_address(s("-ravi@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi-@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi!@abdm")), "patient.abha_address"),
+            (abha_address(s(".ravi@abdm")), "patient.abha_address"),
+            (abha_address(s("ra@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi@ndhm")), "patient.abha_address"),
+            (abha_address(s("ra#vi@abdm")), "patient.abha_address"),
             (idempotency_key("has space"), "Idempotency-Key"),
         ];
         for (r, field) in cases {

@@ -875,3 +875,37 @@ async fn a_phone_with_a_country_code_gets_the_token_and_a_bad_optional_field_is_
     assert!(metric(&app, &dropped("phone")).await >= phones + 2.0, "both dropped phones are counted");
     assert!(metric(&app, &dropped("abha_number")).await > numbers, "the dropped number is counted");
 }
+
+/// Issue 35 item 4: ABHA addresses with `-` (and `!`), as the protocol documentation's
+/// pattern `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]@(abdm|sbx)$` allows, get their token
+/// natively and in v3 and v1.0 shares.
+#[actix_web::test]
+async fn abha_addresses_with_a_hyphen_get_their_token_natively_and_in_shares() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+
+    let v3: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share_hyphen_address.json")).unwrap();
+    let (st, _, rid) = app.share_v3(&bearer, &v3, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(1, "the v3 on-share").await;
+    let ack = &for_request(&cbs, &rid)[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["abhaAddress"]), (&json!("SUCCESS"), &json!("ravi-kumar_1990@sbx")), "{ack}");
+
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_hyphen_address.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(2, "the v1.0 on-share").await;
+    let ack = &for_request(&cbs, v1["requestId"].as_str().unwrap())[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["healthId"]), (&json!("SUCCESS"), &json!("asha-devi!1@sbx")), "{ack}");
+    assert_eq!(ack["tokenNumber"], "2", "{ack}");
+
+    let mut native = scan_body(f, "OPD1", 3);
+    native["patient"]["abha_address"] = json!("Meera-Nair.85@abdm");
+    let (st, body) = app.scan(&native).await;
+    assert_eq!((st, num(&body, "token_number")), (201, 3), "{body}");
+    assert_eq!(stored_profile(&app, f, "meera-nair.85@abdm").await["abha_address"], "meera-nair.85@abdm");
+}
