@@ -13,7 +13,8 @@
 //! - Known drift: `pincode`/`pinCode`, `phoneNumber`/`mobile` (the first non-blank wins),
 //!   birth year from `yearOfBirth` or, when that is absent, from a joined `dob`
 //!   (`YYYY-MM-DD`, `DD-MM-YYYY`, `DD/MM/YYYY`, also `YYYY/MM/DD`), `gender` as a letter in
-//!   any case or the words `male`/`female`/`other`, `intent` in any case.
+//!   any case or the words `male`/`female`/`other`, `intent` in any case, as a string or as
+//!   the v1.0 schema's object `{"type": "PROFILE_SHARE"}` (either version).
 //! - Fields the gateway does not use (`hprId`, `latitude`, `longitude`, `dayOfBirth`,
 //!   `monthOfBirth`, `address`, v1.0 `timestamp`) are kept when readable and never refuse a
 //!   share, whatever their type.
@@ -73,7 +74,7 @@ const V1_IDENTIFIERS: &str = "profile.patient.identifiers";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShareV3 {
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "intent")]
     pub intent: Option<String>,
     #[serde(default)]
     pub meta_data: Option<MetaDataV3>,
@@ -151,7 +152,7 @@ pub struct ShareV1 {
     pub request_id: Option<String>,
     #[serde(default, deserialize_with = "loose")]
     pub timestamp: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "intent")]
     pub intent: Option<String>,
     #[serde(default)]
     pub profile: Option<ProfileV1>,
@@ -239,6 +240,26 @@ impl<'de> Deserialize<'de> for Text {
 /// A used field: string or number; `null` is absent; anything else is a type error.
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
+}
+
+/// `intent`: a string (`"PROFILE_SHARE"`), or the object of the v1.0 schema and the
+/// NHA-ABDM wrapper (`{"type": "PROFILE_SHARE"}`, its `type` read like a string field);
+/// `null` is absent; anything else is a type error.
+fn intent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Intent {
+        Flat(Text),
+        Typed {
+            #[serde(default, rename = "type", deserialize_with = "text")]
+            kind: Option<String>,
+        },
+    }
+    Ok(match Option::<Intent>::deserialize(d)? {
+        None => None,
+        Some(Intent::Flat(t)) => Some(t.0),
+        Some(Intent::Typed { kind }) => kind,
+    })
 }
 
 /// An unused field: string or number when readable, otherwise absent; never an error.
@@ -1039,6 +1060,40 @@ mod tests {
             assert_eq!((p.abha_number, p.abha_address.as_str()), (None, "john@abdm"), "{number}");
             let p = input(v1(&with(V1_SHARE, pat, "healthIdNumber", json!(number))));
             assert_eq!(p.abha_number, None, "{number}");
+        }
+    }
+
+    /// Issue 35 item 1: `intent` as the v1.0 schema's object `{"type": "..."}` (fixture from
+    /// NHA's published v1.0 body, see tests/fixtures/protocol/README.md), in either version.
+    #[test]
+    fn intent_may_be_an_object_with_a_type() {
+        const V1_OBJECT: &str = include_str!("../../tests/fixtures/protocol/v1_share_intent_object.json");
+        const V3_OBJECT: &str = include_str!("../../tests/fixtures/protocol/v3_share_intent_object.json");
+        let s = parse_v1(V1_OBJECT.as_bytes()).unwrap();
+        assert_eq!(s.intent.as_deref(), Some("PROFILE_SHARE"));
+        let scan = s.into_scan(HIP).unwrap();
+        assert_eq!((scan.counter_id.as_str(), scan.patient.abha_address.as_str()), ("OPD1", "kavya@sbx"));
+        assert_eq!((scan.patient.abha_number, scan.patient.phone.as_deref()), (None, Some("9876543211")));
+        let scan = parse_v3(V3_OBJECT.as_bytes()).unwrap().into_scan().unwrap();
+        assert_eq!(scan.patient.abha_address, "rohan@sbx");
+        let set = |base: &str, v: Value| edited(base, "", |m| drop(m.insert("intent".into(), v)));
+        for v in
+            [json!({"type": "profile_share"}), json!({"type": "PROFILE_SHARE", "extra": 1}), json!("PROFILE_SHARE")]
+        {
+            assert!(v3(&set(V3_SHARE, v.clone())).is_ok(), "v3 {v}");
+            assert!(v1(&set(V1_SHARE, v.clone())).is_ok(), "v1 {v}");
+        }
+        assert!(v1(&set(V1_SHARE, json!({}))).is_ok(), "v1.0 intent stays optional");
+        assert_eq!(v3_err(&set(V3_SHARE, json!({}))).message, "is required");
+        for base in [V3_SHARE, V1_SHARE] {
+            let e = parse_v3(&serde_json::to_vec(&set(base, json!({"type": "CONSENT"}))).unwrap())
+                .and_then(ShareV3::into_scan)
+                .unwrap_err();
+            assert_eq!((e.field.as_str(), e.message), ("intent", "must be PROFILE_SHARE"));
+            for bad in [json!({"type": ["PROFILE_SHARE"]}), json!(["PROFILE_SHARE"]), json!(true)] {
+                let e = parse_v1(&serde_json::to_vec(&set(base, bad)).unwrap()).unwrap_err();
+                assert_eq!((e.field.as_str(), e.message), ("intent", "has the wrong type"));
+            }
         }
     }
 

@@ -909,3 +909,30 @@ async fn abha_addresses_with_a_hyphen_get_their_token_natively_and_in_shares() {
     assert_eq!((st, num(&body, "token_number")), (201, 3), "{body}");
     assert_eq!(stored_profile(&app, f, "meera-nair.85@abdm").await["abha_address"], "meera-nair.85@abdm");
 }
+
+/// Issue 35 item 1: a v1.0 share whose `intent` is the schema's object `{"type": ...}`
+/// (NHA's published v1.0 body) gets its token; so does a v3 share written that way.
+#[actix_web::test]
+async fn a_share_with_an_intent_object_gets_its_token() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_intent_object.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(1, "the v1.0 on-share").await;
+    let ack = &for_request(&cbs, v1["requestId"].as_str().unwrap())[0].body["acknowledgement"];
+    assert_eq!(
+        (&ack["status"], &ack["healthId"], &ack["tokenNumber"]),
+        (&json!("SUCCESS"), &json!("kavya@sbx"), &json!("1"))
+    );
+    let v3: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share_intent_object.json")).unwrap();
+    let (st, _, rid) = app.share_v3(&bearer, &v3, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(2, "the v3 on-share").await;
+    let ack = &for_request(&cbs, &rid)[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["profile"]["tokenNumber"]), (&json!("SUCCESS"), &json!("2")), "{ack}");
+}
