@@ -112,7 +112,12 @@ impl Hiecm {
                 .app_data(data.clone())
                 .route("/api/hiecm/gateway/v3/sessions", web::post().to(session))
                 .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
-                .route("/v1.0/patients/profile/on-share", web::post().to(on_share))
+                // NHA's v1.0 callbacks live under the gateway prefix (issue 35 item 2); the
+                // bare `/v1.0/...` path is deliberately not served.
+                .route("/gateway/v1.0/patients/profile/on-share", web::post().to(on_share))
+                // Configured callback URLs (SCANGW_HIECM_V*_ON_SHARE_URL).
+                .route("/custom/v3-on-share", web::post().to(on_share))
+                .route("/custom/v1-on-share", web::post().to(on_share))
                 .route("/jwks", web::get().to(jwks))
         })
         .workers(1)
@@ -417,7 +422,7 @@ async fn a_v1_share_gets_a_v1_on_share() {
     let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&body), &[("X-HIP-ID", &f)]).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let cbs = hiecm.wait_for(1, "the v1.0 on-share").await;
-    assert_eq!(cbs[0].path, "/v1.0/patients/profile/on-share");
+    assert_eq!(cbs[0].path, "/gateway/v1.0/patients/profile/on-share", "NHA's v1.0 callback path");
     assert_eq!(cbs[0].body["resp"]["requestId"], rid.as_str());
     assert_eq!(cbs[0].body["acknowledgement"]["status"], "SUCCESS");
     assert_eq!(cbs[0].body["acknowledgement"]["tokenNumber"], "1");
@@ -935,4 +940,27 @@ async fn a_share_with_an_intent_object_gets_its_token() {
     let cbs = hiecm.wait_for(2, "the v3 on-share").await;
     let ack = &for_request(&cbs, &rid)[0].body["acknowledgement"];
     assert_eq!((&ack["status"], &ack["profile"]["tokenNumber"]), (&json!("SUCCESS"), &json!("2")), "{ack}");
+}
+
+/// Issue 35 item 2: each version's on-share URL can be configured in full, for a switch whose
+/// v1.0 gateway lives elsewhere than its v3 API.
+#[actix_web::test]
+async fn on_share_urls_are_configurable_per_version() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.hiecm_v3_on_share_url = format!("{}/custom/v3-on-share", hiecm.base);
+    settings.hiecm_v1_on_share_url = format!("{}/custom/v1-on-share", hiecm.base);
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let (st, _, rid) = app.share_v3(&bearer, &v3_body(f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_intent_object.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(2, "both on-shares").await;
+    assert_eq!(for_request(&cbs, &rid)[0].path, "/custom/v3-on-share");
+    assert_eq!(for_request(&cbs, v1["requestId"].as_str().unwrap())[0].path, "/custom/v1-on-share");
 }
