@@ -95,6 +95,11 @@ pub struct Settings {
     pub hiecm_client_secret: String,
     /// Path of the session endpoint under `hiecm_base_url`.
     pub hiecm_session_path: String,
+    /// Full URL of the v3 on-share callback; empty = `{hiecm_base_url}/api/hiecm/patient-share/v3/on-share`.
+    pub hiecm_v3_on_share_url: String,
+    /// Full URL of the v1.0 on-share callback; empty = `{hiecm_base_url}/gateway/v1.0/patients/profile/on-share`
+    /// (see [`crate::protocol::hiecm::Version::default_on_share_url`]).
+    pub hiecm_v1_on_share_url: String,
     /// JWKS to verify the switch's bearer JWTs: a file, or a URL refreshed periodically.
     pub jwks_file: String,
     pub jwks_url: String,
@@ -173,6 +178,8 @@ impl Default for Settings {
             hiecm_client_id: String::new(),
             hiecm_client_secret: String::new(),
             hiecm_session_path: "/api/hiecm/gateway/v3/sessions".into(),
+            hiecm_v3_on_share_url: String::new(),
+            hiecm_v1_on_share_url: String::new(),
             jwks_file: String::new(),
             jwks_url: String::new(),
             jwt_issuer: String::new(),
@@ -266,6 +273,8 @@ impl Settings {
             hiecm_client_id,
             hiecm_client_secret,
             hiecm_session_path,
+            hiecm_v3_on_share_url,
+            hiecm_v1_on_share_url,
             jwks_file,
             jwks_url,
             jwt_issuer,
@@ -429,6 +438,16 @@ impl Settings {
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
             return Err(bad("SCANGW_HIECM_BASE_URL", "expected an http(s):// URL"));
         }
+        for (key, v) in [
+            ("SCANGW_HIECM_V3_ON_SHARE_URL", &self.hiecm_v3_on_share_url),
+            ("SCANGW_HIECM_V1_ON_SHARE_URL", &self.hiecm_v1_on_share_url),
+        ] {
+            if !v.is_empty()
+                && (!(v.starts_with("https://") || v.starts_with("http://")) || v.contains(char::is_whitespace))
+            {
+                return Err(bad(key, "expected an http(s):// URL (or empty for the default)"));
+            }
+        }
         if self.hiecm_client_id.is_empty() || self.hiecm_client_secret.is_empty() {
             return Err(ConfigError::Missing {
                 key: "SCANGW_HIECM_CLIENT_ID",
@@ -462,6 +481,20 @@ impl Settings {
     /// The Redis deployment `redis_url` and `redis_cluster` name (`None` if malformed).
     pub fn redis_target(&self) -> Option<crate::persistence::conn::Target> {
         crate::persistence::conn::Target::parse(&self.redis_url, self.redis_cluster)
+    }
+
+    /// The full URL the on-shares of `version` are posted to: its setting, or the default
+    /// on `hiecm_base_url` that NHA's documents give.
+    pub fn on_share_url(&self, version: crate::protocol::hiecm::Version) -> String {
+        let set = match version {
+            crate::protocol::hiecm::Version::V3 => &self.hiecm_v3_on_share_url,
+            crate::protocol::hiecm::Version::V1 => &self.hiecm_v1_on_share_url,
+        };
+        if set.is_empty() {
+            version.default_on_share_url(&self.hiecm_base_url)
+        } else {
+            set.clone()
+        }
     }
 
     pub fn protocol_enabled(&self) -> bool {

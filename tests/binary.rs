@@ -1,5 +1,6 @@
 //! Tests that drive the real compiled binary: kill -9 mid-load, SIGTERM with requests in
-//! flight, startup configuration errors, the `facilities import` command, and logs.
+//! flight, startup configuration errors, the `facilities import` command, logs, and the
+//! national switch's share bodies and callback paths against a switch double.
 #[path = "support/gateway.rs"]
 mod gateway;
 #[path = "api/helpers.rs"]
@@ -358,8 +359,13 @@ async fn logs_never_contain_patient_data() {
     assert_eq!(r.status, 201, "{}", r.text);
     let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&good)).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // An invalid optional field is dropped (and counted), not refused: the same token again.
     let mut bad = good.clone();
     bad["patient"]["phone"] = json!("98123");
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&bad)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut bad = good.clone();
+    bad["patient"]["gender"] = json!("X");
     let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&bad)).await;
     assert_eq!(r.status, 422, "{}", r.text);
     let mut bad = good.clone();
@@ -569,4 +575,149 @@ async fn wait_replicas_acknowledges_only_what_a_replica_holds() {
     };
     assert!(matches!(r.status, 200 | 201), "{}", r.text);
     assert_eq!(r.body["token_number"], 2, "{}", r.text);
+}
+
+// ---------------------------------------------------------------------------------------
+// The national switch as NHA documents it (issue 35 items 1-4), against the real binary
+// ---------------------------------------------------------------------------------------
+
+const SWITCH_KEY: &str = include_str!("fixtures/protocol/jwt/test-only-key1.pem");
+const SWITCH_SESSION: &str = "bin-cm-session-token-0123456789";
+
+/// One on-share the switch double received: its path and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A minimal switch double: the v3 session endpoint and the on-share endpoints at NHA's
+/// paths (v3 on the host, v1.0 under `/gateway`). Nothing answers the bare `/v1.0/...`
+/// path the gateway used to call. Stops with the test's actix system.
+fn start_switch() -> (String, Received) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let received: Received = Default::default();
+    let rec = received.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let rec = rec.clone();
+        let on_share = move |req: HttpRequest, body: web::Bytes| {
+            let rec = rec.clone();
+            async move {
+                let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if auth != format!("Bearer {SWITCH_SESSION}") {
+                    return HttpResponse::Unauthorized().finish();
+                }
+                let body = serde_json::from_slice(&body).expect("on-share body is JSON");
+                rec.lock().unwrap().push((req.path().to_string(), body));
+                HttpResponse::Accepted().finish()
+            }
+        };
+        App::new()
+            .route(
+                "/api/hiecm/gateway/v3/sessions",
+                web::post()
+                    .to(|| async { HttpResponse::Ok().json(json!({"accessToken": SWITCH_SESSION, "expiresIn": 600})) }),
+            )
+            .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share.clone()))
+            .route("/gateway/v1.0/patients/profile/on-share", web::post().to(on_share))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (format!("http://127.0.0.1:{port}"), received)
+}
+
+fn fixture_json(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/protocol/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Issue 35 items 1-4 through the real binary: a v1.0 share as NHA publishes it (`intent`
+/// object) and a v3 share, with a `+91` phone and a `-` in the ABHA address, get SUCCESS
+/// on-shares at NHA's callback paths (v1.0 under `/gateway`); the native API takes the same
+/// phone and address.
+#[actix_web::test]
+async fn the_binary_accepts_what_the_switch_sends_and_answers_where_it_listens() {
+    let redis = RedisServer::start();
+    let (switch, received) = start_switch();
+    let jwks = format!("{}/tests/fixtures/protocol/jwt/jwks.json", env!("CARGO_MANIFEST_DIR"));
+    let gw = Gateway::start(
+        &redis,
+        &[
+            ("SCANGW_HIECM_BASE_URL", &switch),
+            ("SCANGW_HIECM_CLIENT_ID", "gateway-client"),
+            ("SCANGW_HIECM_CLIENT_SECRET", "gateway-secret-0123456789"),
+            ("SCANGW_JWKS_FILE", &jwks),
+            ("SCANGW_JWT_ISSUER", "test-hiecm"),
+            ("SCANGW_SWITCH_JWT_CLIENT_ID", "test-switch"),
+            ("SCANGW_ONSHARE_BACKOFF_MS", "20"),
+            ("SCANGW_ONSHARE_BACKOFF_MAX_MS", "200"),
+        ],
+    );
+    let f = "IN3410000260";
+    gw.register(f).await;
+    let now = jiff::Timestamp::now().as_second();
+    let claims = json!({"iss": "test-hiecm", "sub": "service-account", "aud": "account", "iat": now,
+                        "exp": now + 300, "azp": "test-switch", "clientId": "test-switch"});
+    let bearer = scan_gateway::protocol::jwt::sign_rs256_for_tests(SWITCH_KEY, "test-key-1", &claims);
+    let headers = |rid: &str| {
+        let ts = scan_gateway::protocol::hiecm::timestamp(jiff::Timestamp::now());
+        vec![
+            ("REQUEST-ID".to_string(), rid.to_string()),
+            ("TIMESTAMP".to_string(), ts),
+            ("X-HIP-ID".to_string(), f.to_string()),
+        ]
+    };
+    let post = |path: &'static str, body: serde_json::Value, hdrs: Vec<(String, String)>| {
+        let (client, url, bearer) = (gw.client.clone(), format!("{}{path}", gw.base), bearer.clone());
+        async move {
+            let h: Vec<(&str, &str)> = hdrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let bytes = serde_json::to_vec(&body).unwrap();
+            http(&client, "POST", &url, Some(&bearer), Some("application/json"), Some(bytes), &h).await.unwrap()
+        }
+    };
+
+    // v1.0, as NHA published it: intent object (item 1), plus a +91 phone (item 3) and a
+    // hyphenated ABHA address (item 4).
+    let mut v1 = fixture_json("v1_share_intent_object.json");
+    v1["profile"]["patient"]["healthId"] = json!("kavya-sharma@sbx");
+    v1["profile"]["patient"]["identifiers"][0]["value"] = json!("+919800083232");
+    let rid1 = v1["requestId"].as_str().unwrap().to_string();
+    let r = post("/v1.0/patients/profile/share", v1, headers(&rid1)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // v3 with both, too.
+    let mut v3 = fixture_json("v3_share_hyphen_address.json");
+    v3["profile"]["patient"]["phoneNumber"] = json!("+91-9800083232");
+    let rid3 = scan_gateway::protocol::hiecm::new_request_id();
+    let r = post("/api/v3/hip/patient/share", v3, headers(&rid3)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "on-shares not delivered: {:?}\n{}", received.lock().unwrap(), gw.output());
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    let find = |rid: &str| {
+        got.iter()
+            .find(|(_, b)| b["resp"]["requestId"] == rid || b["response"]["requestId"] == rid)
+            .unwrap_or_else(|| panic!("no on-share for {rid}: {got:?}"))
+            .clone()
+    };
+    let (path, body) = find(&rid1);
+    assert_eq!(path, "/gateway/v1.0/patients/profile/on-share", "item 2: NHA's v1.0 callback path");
+    assert_eq!(body["acknowledgement"]["status"], "SUCCESS", "{body}");
+    assert_eq!(body["acknowledgement"]["healthId"], "kavya-sharma@sbx", "{body}");
+    let (path, body) = find(&rid3);
+    assert_eq!(path, "/api/hiecm/patient-share/v3/on-share");
+    assert_eq!(body["acknowledgement"]["status"], "SUCCESS", "{body}");
+    assert_eq!(body["acknowledgement"]["abhaAddress"], "ravi-kumar_1990@sbx", "{body}");
+
+    // The native API: the same phone and address form.
+    let mut scan = scan_body(f, "OPD1", 3);
+    scan["patient"]["abha_address"] = json!("meera-nair@abdm");
+    scan["patient"]["phone"] = json!("+919800083232");
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan)).await;
+    assert_eq!((r.status, num(&r.body, "token_number")), (201, 3), "{}", r.text);
 }

@@ -12,13 +12,16 @@ use crate::registry::{field_error, valid_counter_id, valid_facility_id, FieldErr
 pub struct PatientIn {
     /// ABHA address, `name@abdm` (or `@sbx` in the sandbox).
     pub abha_address: String,
-    /// 14 digits, with or without dashes (`91-1234-5678-9012`).
+    /// 14 digits, with or without dashes (`91-1234-5678-9012`). Optional: an invalid one is
+    /// dropped (and counted), never a reason to refuse the scan.
     pub abha_number: Option<String>,
     pub name: String,
     /// One of M F O D T U.
     pub gender: String,
     pub year_of_birth: u16,
-    /// 10 digits.
+    /// 10 digits, or `+<country code>` and 10 digits (`+919800083232`, `+91-98000 83232`);
+    /// stored as 10 digits for India. Optional: an invalid one is dropped (and counted), never
+    /// a reason to refuse the scan.
     pub phone: Option<String>,
 }
 
@@ -45,6 +48,12 @@ fn trimmed(mut v: String) -> String {
     v
 }
 
+/// An ABHA address, stored lower-case: `<local>@abdm` (or `@sbx`, the sandbox). NHA's
+/// protocol documentation gives the local part as `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]`
+/// (tests/fixtures/protocol/README.md cites it), so `-` and `!` are allowed inside it; this
+/// rule also keeps what the gateway accepted before (`_` at either end), since a switch
+/// may still carry older addresses: 3-64 letters, digits, `_ . - !`, beginning and ending
+/// with a letter, digit or `_`.
 pub fn abha_address(v: String) -> Result<String, FieldError> {
     let mut v = trimmed(v);
     v.make_ascii_lowercase();
@@ -53,8 +62,12 @@ pub fn abha_address(v: String) -> Result<String, FieldError> {
     if !matches!(domain, "abdm" | "sbx") {
         return Err(bad());
     }
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
-    if !(3..=64).contains(&local.len()) || !local.chars().all(ok_char) || local.starts_with('.') || local.ends_with('.')
+    let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '!');
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !(3..=64).contains(&local.len())
+        || !local.chars().all(inner)
+        || !edge(local.chars().next())
+        || !edge(local.chars().last())
     {
         return Err(bad());
     }
@@ -98,12 +111,45 @@ pub fn year_of_birth(y: u16, current_year: i16) -> Result<u16, FieldError> {
     Ok(y)
 }
 
+/// A phone number. NHA's pattern is `^(\+\d{1,3}[- ]?)?\d{10}$` (the v1.0 schema's example is
+/// `+919800083232`). Spaces and `-` anywhere are ignored. An Indian number is stored as its
+/// 10 digits, whether it came bare, as `+91…`, `91…` (12 digits) or `0…` (11 digits); a
+/// number with another country code is stored in E.164 form (`+<code><10 digits>`), so it
+/// is neither lost nor mistaken for an Indian one.
 pub fn phone(mut v: String) -> Result<String, FieldError> {
     v.retain(|c| c != ' ' && c != '-');
-    if v.len() != 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(field_error("patient.phone", "must be 10 digits"));
+    let bad = || field_error("patient.phone", "must be 10 digits, optionally after a +country code");
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = v.strip_prefix('+') {
+        if !digits(rest) || !(11..=13).contains(&rest.len()) {
+            return Err(bad());
+        }
+        let (code, national) = rest.split_at(rest.len() - 10);
+        return Ok(if code == "91" { national.to_string() } else { v });
     }
-    Ok(v)
+    if !digits(&v) {
+        return Err(bad());
+    }
+    match v.len() {
+        10 => Ok(v),
+        12 if v.starts_with("91") => Ok(v.split_off(2)),
+        11 if v.starts_with('0') => Ok(v.split_off(1)),
+        _ => Err(bad()),
+    }
+}
+
+/// An optional field: normalised by `rule`, or, when it breaks the rule, dropped and counted
+/// in `scangw_profile_fields_dropped_total{field}`. A field the scan does not need must
+/// never cost the patient the token.
+fn optional(v: Option<String>, field: &'static str, rule: fn(String) -> Result<String, FieldError>) -> Option<String> {
+    let v = v.filter(|s| !s.trim().is_empty())?;
+    match rule(v) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            crate::telemetry::metrics::Metrics::profile_field_dropped(field);
+            None
+        }
+    }
 }
 
 pub fn idempotency_key(v: &str) -> Result<String, FieldError> {
@@ -130,11 +176,11 @@ impl ScanRequest {
         let p = self.patient;
         let profile = Profile {
             abha_address: abha_address(p.abha_address)?,
-            abha_number: p.abha_number.map(abha_number).transpose()?,
+            abha_number: optional(p.abha_number, "abha_number", abha_number),
             name: name(p.name)?,
             gender: gender(p.gender)?,
             year_of_birth: year_of_birth(p.year_of_birth, current_year)?,
-            phone: p.phone.map(phone).transpose()?,
+            phone: optional(p.phone, "phone", phone),
         };
         let idempotency_key = idem.map(idempotency_key).transpose()?;
         Ok((
@@ -166,6 +212,19 @@ mod tests {
         assert_eq!(gender(s(" f\t")).unwrap(), "F");
         assert_eq!(phone(s("98765 43210")).unwrap(), "9876543210");
         assert_eq!(phone(s("-98765-43210-")).unwrap(), "9876543210");
+        // NHA's pattern `^(\+\d{1,3}[- ]?)?\d{10}$`; the v1.0 schema's example `+919800083232`.
+        assert_eq!(phone(s("+919800083232")).unwrap(), "9800083232");
+        assert_eq!(phone(s("+91-9800083232")).unwrap(), "9800083232");
+        assert_eq!(phone(s("+91 9800083232")).unwrap(), "9800083232");
+        assert_eq!(phone(s("919800083232")).unwrap(), "9800083232");
+        assert_eq!(phone(s("09800083232")).unwrap(), "9800083232");
+        assert_eq!(phone(s("+1 4155550123")).unwrap(), "+14155550123");
+        assert_eq!(phone(s("+880-1712345678")).unwrap(), "+8801712345678");
+        // The protocol documentation's pattern `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]@(abdm|sbx)$`.
+        assert_eq!(abha_address(s("Ravi-Kumar@abdm")).unwrap(), "ravi-kumar@abdm");
+        assert_eq!(abha_address(s("ravi.k-1990!x@sbx")).unwrap(), "ravi.k-1990!x@sbx");
+        assert_eq!(abha_address(s("91123456789012@abdm")).unwrap(), "91123456789012@abdm");
+        assert_eq!(abha_address(s("_ravi_@abdm")).unwrap(), "_ravi_@abdm");
         assert_eq!(name(s("  Ravi  Kumar ")).unwrap(), "Ravi  Kumar");
         assert_eq!(name(s("\u{a0}Ravi Kumar\u{2003}")).unwrap(), "Ravi Kumar");
         assert_eq!(name(s("\u{93b}\u{935}\u{93f}")).unwrap(), "\u{93b}\u{935}\u{93f}");
@@ -187,6 +246,18 @@ mod tests {
             (gender(s("X")), "patient.gender"),
             (gender(s("")), "patient.gender"),
             (phone(s("12345")), "patient.phone"),
+            (phone(s("+9198000832")), "patient.phone"),
+            (phone(s("+12345678901234")), "patient.phone"),
+            (phone(s("+")), "patient.phone"),
+            (phone(s("819800083232")), "patient.phone"),
+            (phone(s("9800O83232")), "patient.phone"),
+            (abha_address(s("-ravi@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi-@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi!@abdm")), "patient.abha_address"),
+            (abha_address(s(".ravi@abdm")), "patient.abha_address"),
+            (abha_address(s("ra@abdm")), "patient.abha_address"),
+            (abha_address(s("ravi@ndhm")), "patient.abha_address"),
+            (abha_address(s("ra#vi@abdm")), "patient.abha_address"),
             (idempotency_key("has space"), "Idempotency-Key"),
         ];
         for (r, field) in cases {

@@ -30,10 +30,18 @@ impl Version {
         }
     }
 
-    fn on_share_path(self) -> &'static str {
+    /// Where this version's on-share goes when no URL is configured for it, on the switch's
+    /// `base` URL (`SCANGW_HIECM_BASE_URL`, the host without `/gateway`). NHA's documents put
+    /// the v3 callbacks at `/api/hiecm/patient-share/v3/on-share` on that host, and every
+    /// v0.5/v1.0 callback under the gateway prefix (`https://dev.abdm.gov.in/gateway/v1.0/...`):
+    /// so v1.0 goes to `{base}/gateway/v1.0/patients/profile/on-share`, or to
+    /// `{base}/v1.0/...` when `base` already ends with `/gateway`.
+    pub fn default_on_share_url(self, base: &str) -> String {
+        let base = base.trim_end_matches('/');
         match self {
-            Version::V3 => "/api/hiecm/patient-share/v3/on-share",
-            Version::V1 => "/v1.0/patients/profile/on-share",
+            Version::V3 => format!("{base}/api/hiecm/patient-share/v3/on-share"),
+            Version::V1 if base.ends_with("/gateway") => format!("{base}/v1.0/patients/profile/on-share"),
+            Version::V1 => format!("{base}/gateway/v1.0/patients/profile/on-share"),
         }
     }
 }
@@ -81,6 +89,9 @@ pub struct HiecmConfig {
     pub client_id: String,
     pub client_secret: String,
     pub session_path: String,
+    /// Full URLs the on-shares of each version are posted to.
+    pub v3_on_share_url: String,
+    pub v1_on_share_url: String,
     pub timeout: Duration,
 }
 
@@ -144,7 +155,10 @@ impl Hiecm {
         let bearer = self.bearer(now).await?;
         let res = self
             .http
-            .post(self.url(version.on_share_path()))
+            .post(match version {
+                Version::V3 => &self.cfg.v3_on_share_url,
+                Version::V1 => &self.cfg.v1_on_share_url,
+            })
             .insert_header(("Authorization", format!("Bearer {bearer}")))
             .insert_header(("REQUEST-ID", new_request_id()))
             .insert_header(("TIMESTAMP", timestamp(now)))
@@ -186,6 +200,25 @@ mod tests {
         }
         assert!(!SendError::Unreachable.is_permanent());
         assert!(!SendError::Session(400).is_permanent());
+    }
+
+    #[test]
+    fn default_on_share_urls_follow_nhas_documents() {
+        for base in ["https://dev.abdm.gov.in", "https://dev.abdm.gov.in/"] {
+            assert_eq!(
+                Version::V3.default_on_share_url(base),
+                "https://dev.abdm.gov.in/api/hiecm/patient-share/v3/on-share"
+            );
+            assert_eq!(
+                Version::V1.default_on_share_url(base),
+                "https://dev.abdm.gov.in/gateway/v1.0/patients/profile/on-share"
+            );
+        }
+        // A base that already names the gateway prefix is not given a second one.
+        assert_eq!(
+            Version::V1.default_on_share_url("https://dev.abdm.gov.in/gateway/"),
+            "https://dev.abdm.gov.in/gateway/v1.0/patients/profile/on-share"
+        );
     }
 
     #[test]

@@ -13,18 +13,21 @@
 //! - Known drift: `pincode`/`pinCode`, `phoneNumber`/`mobile` (the first non-blank wins),
 //!   birth year from `yearOfBirth` or, when that is absent, from a joined `dob`
 //!   (`YYYY-MM-DD`, `DD-MM-YYYY`, `DD/MM/YYYY`, also `YYYY/MM/DD`), `gender` as a letter in
-//!   any case or the words `male`/`female`/`other`, `intent` in any case.
+//!   any case or the words `male`/`female`/`other`, `intent` in any case, as a string or as
+//!   the v1.0 schema's object `{"type": "PROFILE_SHARE"}` (either version).
 //! - Fields the gateway does not use (`hprId`, `latitude`, `longitude`, `dayOfBirth`,
 //!   `monthOfBirth`, `address`, v1.0 `timestamp`) are kept when readable and never refuse a
 //!   share, whatever their type.
 //! - Every field is optional while parsing: a missing required field is a [`FieldError`] from
 //!   `into_scan` (message `is required`), not a parse error, so the caller can still answer
-//!   with a FAILURE on-share. `into_scan` also applies the gateway's field rules
-//!   ([`crate::ingress::validate`]) and names the protocol field it read (e.g.
-//!   `profile.patient.mobile` when the phone came from `mobile`). [`ScanRequest::into_input`]
-//!   can then only refuse the year's upper bound (it knows the current year) or the
-//!   Idempotency-Key; map its field names back with [`protocol_field`] (or
-//!   [`Failure::invalid`], which does it).
+//!   with a FAILURE on-share. `into_scan` also applies the gateway's rules to the required
+//!   fields ([`crate::ingress::validate`]) and names the protocol field it read.
+//!   [`ScanRequest::into_input`] can then only refuse the year's upper bound (it knows the
+//!   current year) or the Idempotency-Key; map its field names back with [`protocol_field`]
+//!   (or [`Failure::invalid`], which does it).
+//! - The optional fields (phone, ABHA number) never refuse a share: `into_input` normalises
+//!   them (`+919800083232` is stored as `9800083232`) or drops an invalid one and counts it
+//!   in `scangw_profile_fields_dropped_total{field}`.
 //! - Parse errors name the JSON path (`profile.patient.name`) or `body` (not JSON, or not a
 //!   JSON object). No error message ever contains a submitted value.
 //!
@@ -60,7 +63,6 @@ const DOB: &str = "profile.patient.dob";
 const V3_ADDRESS: &str = "profile.patient.abhaAddress";
 const V3_NUMBER: &str = "profile.patient.abhaNumber";
 const V3_PHONE: &str = "profile.patient.phoneNumber";
-const V3_MOBILE: &str = "profile.patient.mobile";
 const V1_ADDRESS: &str = "profile.patient.healthId";
 const V1_NUMBER: &str = "profile.patient.healthIdNumber";
 const V1_IDENTIFIERS: &str = "profile.patient.identifiers";
@@ -72,7 +74,7 @@ const V1_IDENTIFIERS: &str = "profile.patient.identifiers";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShareV3 {
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "intent")]
     pub intent: Option<String>,
     #[serde(default)]
     pub meta_data: Option<MetaDataV3>,
@@ -150,7 +152,7 @@ pub struct ShareV1 {
     pub request_id: Option<String>,
     #[serde(default, deserialize_with = "loose")]
     pub timestamp: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(default, deserialize_with = "intent")]
     pub intent: Option<String>,
     #[serde(default)]
     pub profile: Option<ProfileV1>,
@@ -238,6 +240,26 @@ impl<'de> Deserialize<'de> for Text {
 /// A used field: string or number; `null` is absent; anything else is a type error.
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
+}
+
+/// `intent`: a string (`"PROFILE_SHARE"`), or the object of the v1.0 schema and the
+/// NHA-ABDM wrapper (`{"type": "PROFILE_SHARE"}`, its `type` read like a string field);
+/// `null` is absent; anything else is a type error.
+fn intent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Intent {
+        Flat(Text),
+        Typed {
+            #[serde(default, rename = "type", deserialize_with = "text")]
+            kind: Option<String>,
+        },
+    }
+    Ok(match Option::<Intent>::deserialize(d)? {
+        None => None,
+        Some(Intent::Flat(t)) => Some(t.0),
+        Some(Intent::Typed { kind }) => kind,
+    })
 }
 
 /// An unused field: string or number when readable, otherwise absent; never an error.
@@ -361,12 +383,8 @@ impl ShareV3 {
         let counter_id = counter(meta.context, "metaData.context")?;
         let p = self.profile.and_then(|p| p.patient).ok_or_else(|| missing("profile.patient"))?;
         let abha_address = at(V3_ADDRESS, validate::abha_address(required(p.abha_address, V3_ADDRESS)?))?;
-        let phone = match present(p.phone_number) {
-            Some(v) => Some((V3_PHONE, v)),
-            None => present(p.mobile).map(|v| (V3_MOBILE, v)),
-        };
-        let patient =
-            patient(abha_address, (V3_NUMBER, p.abha_number), p.name, p.gender, p.year_of_birth, p.dob, phone)?;
+        let phone = present(p.phone_number).or_else(|| present(p.mobile));
+        let patient = patient(abha_address, p.abha_number, p.name, p.gender, p.year_of_birth, p.dob, phone)?;
         Ok(ScanRequest { facility_id, counter_id, priority: None, patient })
     }
 }
@@ -392,10 +410,8 @@ impl ShareV1 {
             .unwrap_or_default()
             .into_iter()
             .filter(|i| i.kind.as_deref().is_some_and(|k| k.trim().eq_ignore_ascii_case("MOBILE")))
-            .find_map(|i| present(i.value))
-            .map(|v| (V1_IDENTIFIERS, v));
-        let patient =
-            patient(abha_address, (V1_NUMBER, p.health_id_number), p.name, p.gender, p.year_of_birth, p.dob, phone)?;
+            .find_map(|i| present(i.value));
+        let patient = patient(abha_address, p.health_id_number, p.name, p.gender, p.year_of_birth, p.dob, phone)?;
         Ok(ScanRequest { facility_id, counter_id, priority: None, patient })
     }
 }
@@ -529,21 +545,28 @@ fn dob_year(s: &str) -> Option<u16> {
 
 fn patient(
     abha_address: String,
-    (number_field, number): (&str, Option<String>),
+    number: Option<String>,
     name: Option<String>,
     gender_in: Option<String>,
     year: Option<String>,
     dob: Option<String>,
-    phone: Option<(&str, String)>,
+    phone: Option<String>,
 ) -> Result<PatientIn, FieldError> {
     Ok(PatientIn {
         abha_address,
-        abha_number: present(number).map(|n| at(number_field, validate::abha_number(n))).transpose()?,
+        // Optional fields: normalised here when valid; an invalid one is passed on as sent,
+        // for `into_input` to drop and count (it must never refuse the share).
+        abha_number: present(number).map(|n| normalised(n, validate::abha_number)),
         name: at(NAME, validate::name(required(name, NAME)?))?,
         gender: gender(gender_in)?,
         year_of_birth: birth_year(year, dob)?,
-        phone: phone.map(|(field, v)| at(field, validate::phone(v))).transpose()?,
+        phone: phone.map(|v| normalised(v, validate::phone)),
     })
+}
+
+/// `v` by `rule` when it passes, else `v` unchanged.
+fn normalised(v: String, rule: fn(String) -> Result<String, FieldError>) -> String {
+    rule(v.clone()).unwrap_or(v)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -968,20 +991,11 @@ mod tests {
             (with(V3_SHARE, "/metaData", "hipId", json!("IN 341")), "metaData.hipId"),
             (with(V3_SHARE, "/metaData", "context", json!("-OPD1")), "metaData.context"),
             (with(V3_SHARE, pat, "abhaAddress", json!("john@gmail.com")), "profile.patient.abhaAddress"),
-            (with(V3_SHARE, pat, "abhaNumber", json!("1234")), "profile.patient.abhaNumber"),
             (with(V3_SHARE, pat, "name", json!("a\u{7}b")), "profile.patient.name"),
             (with(V3_SHARE, pat, "gender", json!("X")), "profile.patient.gender"),
             (with(V3_SHARE, pat, "gender", json!("males")), "profile.patient.gender"),
             (with(V3_SHARE, pat, "yearOfBirth", json!("90")), "profile.patient.yearOfBirth"),
             (with(V3_SHARE, pat, "yearOfBirth", json!(1850)), "profile.patient.yearOfBirth"),
-            (with(V3_SHARE, pat, "phoneNumber", json!("12345")), "profile.patient.phoneNumber"),
-            (
-                edited(V3_SHARE, pat, |m| {
-                    m.remove("phoneNumber");
-                    m.insert("mobile".into(), json!(12345));
-                }),
-                "profile.patient.mobile",
-            ),
             (
                 edited(V3_SHARE, pat, |m| {
                     m.remove("yearOfBirth");
@@ -997,19 +1011,90 @@ mod tests {
             (with(V1_SHARE, "", "intent", json!("other")), "intent"),
             (with(V1_SHARE, "", "requestId", json!("has space")), "requestId"),
             (with(V1_SHARE, "/profile", "hipCode", json!("OPD1.")), "profile.hipCode"),
-            (with(V1_SHARE, pat, "healthId", json!("91-1234-5678-9012")), "profile.patient.healthId"),
+            (with(V1_SHARE, pat, "healthId", json!("-john")), "profile.patient.healthId"),
             (with(V1_SHARE, pat, "healthId", json!("john@ndhm")), "profile.patient.healthId"),
-            (with(V1_SHARE, pat, "healthIdNumber", json!("12")), "profile.patient.healthIdNumber"),
-            (
-                with(V1_SHARE, pat, "identifiers", json!([{"type": "MOBILE", "value": "1"}])),
-                "profile.patient.identifiers",
-            ),
         ];
         for (i, (body, field)) in v1_cases.iter().enumerate() {
             assert_eq!(v1_err(body).field, *field, "case {i}");
         }
         let e = parse_v1(V1_SHARE.as_bytes()).unwrap().into_scan("IN/341").unwrap_err();
         assert_eq!(e.field, "X-HIP-ID");
+    }
+
+    /// Issue 35 item 3: an optional field that breaks its rule never costs the patient the
+    /// token; a phone with a country code (NHA's pattern `^(\+\d{1,3}[- ]?)?\d{10}$`) is
+    /// normalised.
+    #[test]
+    fn optional_fields_are_normalised_or_dropped_never_refused() {
+        let pat = "/profile/patient";
+        let with = |base: &str, at: &str, k: &'static str, v: Value| edited(base, at, |m| drop(m.insert(k.into(), v)));
+        let hasher = PatientHasher::new("a-secret-of-sixteen-chars");
+        let input = |scan: Result<ScanRequest, FieldError>| {
+            let scan = scan.unwrap_or_else(|e| panic!("refused: {e}"));
+            scan.into_input(&hasher, 2026, None).unwrap_or_else(|e| panic!("refused: {e}")).1.profile
+        };
+        for (phone, stored) in [
+            ("+919800083232", Some("9800083232")),
+            ("+91-9800083232", Some("9800083232")),
+            ("+91 98000 83232", Some("9800083232")),
+            ("919800083232", Some("9800083232")),
+            ("09800083232", Some("9800083232")),
+            ("+1-4155550123", Some("+14155550123")),
+            ("12345", None),
+            ("98000832X2", None),
+            ("+9198000832", None),
+        ] {
+            let p = input(v3(&with(V3_SHARE, pat, "phoneNumber", json!(phone))));
+            assert_eq!(p.phone.as_deref(), stored, "v3 phoneNumber {phone}");
+            let p = input(v3(&edited(V3_SHARE, pat, |m| {
+                m.remove("phoneNumber");
+                m.insert("mobile".into(), json!(phone));
+            })));
+            assert_eq!(p.phone.as_deref(), stored, "v3 mobile {phone}");
+            let ids = json!([{"type": "MOBILE", "value": phone}]);
+            let p = input(v1(&with(V1_SHARE, pat, "identifiers", ids)));
+            assert_eq!(p.phone.as_deref(), stored, "v1 identifiers {phone}");
+        }
+        for number in ["1234", "91-1234-5678-901x"] {
+            let p = input(v3(&with(V3_SHARE, pat, "abhaNumber", json!(number))));
+            assert_eq!((p.abha_number, p.abha_address.as_str()), (None, "john@abdm"), "{number}");
+            let p = input(v1(&with(V1_SHARE, pat, "healthIdNumber", json!(number))));
+            assert_eq!(p.abha_number, None, "{number}");
+        }
+    }
+
+    /// Issue 35 item 1: `intent` as the v1.0 schema's object `{"type": "..."}` (fixture from
+    /// NHA's published v1.0 body, see tests/fixtures/protocol/README.md), in either version.
+    #[test]
+    fn intent_may_be_an_object_with_a_type() {
+        const V1_OBJECT: &str = include_str!("../../tests/fixtures/protocol/v1_share_intent_object.json");
+        const V3_OBJECT: &str = include_str!("../../tests/fixtures/protocol/v3_share_intent_object.json");
+        let s = parse_v1(V1_OBJECT.as_bytes()).unwrap();
+        assert_eq!(s.intent.as_deref(), Some("PROFILE_SHARE"));
+        let scan = s.into_scan(HIP).unwrap();
+        assert_eq!((scan.counter_id.as_str(), scan.patient.abha_address.as_str()), ("OPD1", "kavya@sbx"));
+        assert_eq!((scan.patient.abha_number, scan.patient.phone.as_deref()), (None, Some("9876543211")));
+        let scan = parse_v3(V3_OBJECT.as_bytes()).unwrap().into_scan().unwrap();
+        assert_eq!(scan.patient.abha_address, "rohan@sbx");
+        let set = |base: &str, v: Value| edited(base, "", |m| drop(m.insert("intent".into(), v)));
+        for v in
+            [json!({"type": "profile_share"}), json!({"type": "PROFILE_SHARE", "extra": 1}), json!("PROFILE_SHARE")]
+        {
+            assert!(v3(&set(V3_SHARE, v.clone())).is_ok(), "v3 {v}");
+            assert!(v1(&set(V1_SHARE, v.clone())).is_ok(), "v1 {v}");
+        }
+        assert!(v1(&set(V1_SHARE, json!({}))).is_ok(), "v1.0 intent stays optional");
+        assert_eq!(v3_err(&set(V3_SHARE, json!({}))).message, "is required");
+        for base in [V3_SHARE, V1_SHARE] {
+            let e = parse_v3(&serde_json::to_vec(&set(base, json!({"type": "CONSENT"}))).unwrap())
+                .and_then(ShareV3::into_scan)
+                .unwrap_err();
+            assert_eq!((e.field.as_str(), e.message), ("intent", "must be PROFILE_SHARE"));
+            for bad in [json!({"type": ["PROFILE_SHARE"]}), json!(["PROFILE_SHARE"]), json!(true)] {
+                let e = parse_v1(&serde_json::to_vec(&set(base, bad)).unwrap()).unwrap_err();
+                assert_eq!((e.field.as_str(), e.message), ("intent", "has the wrong type"));
+            }
+        }
     }
 
     #[test]
@@ -1059,22 +1144,22 @@ mod tests {
             ("/metaData", "hipId"),
             ("/metaData", "context"),
             (pat, "abhaAddress"),
-            (pat, "abhaNumber"),
             (pat, "gender"),
             (pat, "yearOfBirth"),
-            (pat, "phoneNumber"),
         ] {
             errors.push(v3_err(&with(V3_SHARE, at, k, json!(format!("{SECRET} @-/")))));
             errors.push(v3_err(&with(V3_SHARE, at, k, json!({ SECRET: SECRET }))));
+        }
+        // Optional fields refuse only a value of the wrong JSON type (a bad string is dropped).
+        for k in ["abhaNumber", "phoneNumber"] {
+            errors.push(v3_err(&with(V3_SHARE, pat, k, json!({ SECRET: SECRET }))));
         }
         errors.push(v3_err(&with(V3_SHARE, pat, "name", json!(format!("{SECRET}\u{7}")))));
         errors.push(v3_err(&edited(V3_SHARE, pat, |m| {
             m.remove("yearOfBirth");
             m.insert("dob".into(), json!(SECRET));
         })));
-        for k in ["healthId", "healthIdNumber"] {
-            errors.push(v1_err(&with(V1_SHARE, pat, k, json!(format!("{SECRET} @-/")))));
-        }
+        errors.push(v1_err(&with(V1_SHARE, pat, "healthId", json!(format!("{SECRET} @-/")))));
         errors.push(v1_err(&with(V1_SHARE, "", "requestId", json!(format!("{SECRET} x")))));
         errors.push(parse_v3(format!(r#"{{"intent":"{SECRET}""#).as_bytes()).unwrap_err());
         errors.push(parse_v3(format!(r#"{{"intent":{SECRET}}}"#).as_bytes()).unwrap_err());

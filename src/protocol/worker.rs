@@ -66,6 +66,8 @@ pub fn spawn(state: web::Data<AppState>) {
             client_id: s.hiecm_client_id.clone(),
             client_secret: s.hiecm_client_secret.clone(),
             session_path: s.hiecm_session_path.clone(),
+            v3_on_share_url: s.on_share_url(Version::V3),
+            v1_on_share_url: s.on_share_url(Version::V1),
             timeout: Duration::from_secs(10),
         });
         let consumer = format!("gw-{}-{}", std::process::id(), &super::hiecm::new_request_id()[..8]);

@@ -60,6 +60,11 @@ pub const LB_TOP_DISTRICT: &str = "scangw_leaderboard_top_district_tokens";
 /// `scangw_shares_total{version,outcome}`: protocol share calls (v3, v1), accepted (202) or
 /// rejected (4xx/5xx before the outbox).
 pub const SHARES: &str = "scangw_shares_total";
+/// `scangw_profile_fields_dropped_total{field}`: optional profile fields (`phone`,
+/// `abha_number`) that broke their rule and were dropped so the scan or share still got its
+/// token (native scans and shares alike; a share retried after a transient failure is read
+/// again and counts again).
+pub const PROFILE_FIELDS_DROPPED: &str = "scangw_profile_fields_dropped_total";
 /// `scangw_onshare_callbacks_total{outcome}`: on-share attempts: delivered, retried, gave_up.
 pub const ONSHARE: &str = "scangw_onshare_callbacks_total";
 /// `scangw_onshare_given_up_total{reason}`: shares given up without a delivered on-share, by
@@ -140,6 +145,7 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     def(LB_TOP_DISTRICT, G, "tokens", &["rank", "district", "state"], "Today's top districts by tokens"),
     def(SHARES, C, "requests", &["version", "outcome"], "Protocol share calls, accepted or rejected"),
+    def(PROFILE_FIELDS_DROPPED, C, "fields", &["field"], "Invalid optional profile fields dropped, by field"),
     def(ONSHARE, C, "callbacks", &["outcome"], "On-share attempts: delivered, retried, gave_up"),
     def(ONSHARE_GIVEN_UP, C, "shares", &["reason"], "Shares given up without a delivered on-share, by reason"),
     def(ONSHARE_DELAY, H, "seconds", &[], "Share accepted to on-share delivered"),
@@ -234,6 +240,7 @@ fn describe() {
     describe_gauge!(REDIS_UP, "Redis reachable at the last health ping");
     describe_gauge!(SSE_CLIENTS, "Open server-sent-event streams");
     describe_counter!(SHARES, "Protocol share calls, accepted or rejected");
+    describe_counter!(PROFILE_FIELDS_DROPPED, "Invalid optional profile fields dropped, by field");
     describe_counter!(ONSHARE, "On-share attempts: delivered, retried, gave_up");
     describe_counter!(ONSHARE_GIVEN_UP, "Shares given up without a delivered on-share, by reason");
     describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
@@ -256,6 +263,14 @@ fn scan_table() -> Arc<[Counter]> {
         }
     }
     v.into()
+}
+
+/// The optional profile fields that are dropped rather than refused when invalid.
+pub const DROPPABLE_FIELDS: [&str; 2] = ["phone", "abha_number"];
+
+fn dropped_handles() -> &'static [Counter; 2] {
+    static HANDLES: OnceLock<[Counter; 2]> = OnceLock::new();
+    HANDLES.get_or_init(|| DROPPABLE_FIELDS.map(|f| metrics::counter!(PROFILE_FIELDS_DROPPED, "field" => f)))
 }
 
 /// Pre-registered handles for the hot paths.
@@ -292,6 +307,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         install();
+        dropped_handles();
         Self {
             scans: scan_table(),
             token_issue: metrics::histogram!(TOKEN_ISSUE),
@@ -359,6 +375,16 @@ impl Metrics {
     pub fn share(version: &'static str, accepted: bool) {
         let outcome = if accepted { "accepted" } else { "rejected" };
         metrics::counter!(SHARES, "version" => version, "outcome" => outcome).increment(1);
+    }
+
+    /// An invalid optional profile field dropped instead of refusing the scan; `field` is
+    /// one of [`DROPPABLE_FIELDS`]. The series are registered at zero by [`Metrics::new`].
+    pub fn profile_field_dropped(field: &'static str) {
+        let h = dropped_handles();
+        match DROPPABLE_FIELDS.iter().position(|f| *f == field) {
+            Some(i) => h[i].increment(1),
+            None => metrics::counter!(PROFILE_FIELDS_DROPPED, "field" => field).increment(1),
+        }
     }
 
     pub fn counter_op(op: &'static str) {

@@ -112,7 +112,12 @@ impl Hiecm {
                 .app_data(data.clone())
                 .route("/api/hiecm/gateway/v3/sessions", web::post().to(session))
                 .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
-                .route("/v1.0/patients/profile/on-share", web::post().to(on_share))
+                // NHA's v1.0 callbacks live under the gateway prefix (issue 35 item 2); the
+                // bare `/v1.0/...` path is deliberately not served.
+                .route("/gateway/v1.0/patients/profile/on-share", web::post().to(on_share))
+                // Configured callback URLs (SCANGW_HIECM_V*_ON_SHARE_URL).
+                .route("/custom/v3-on-share", web::post().to(on_share))
+                .route("/custom/v1-on-share", web::post().to(on_share))
                 .route("/jwks", web::get().to(jwks))
         })
         .workers(1)
@@ -417,7 +422,7 @@ async fn a_v1_share_gets_a_v1_on_share() {
     let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&body), &[("X-HIP-ID", &f)]).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let cbs = hiecm.wait_for(1, "the v1.0 on-share").await;
-    assert_eq!(cbs[0].path, "/v1.0/patients/profile/on-share");
+    assert_eq!(cbs[0].path, "/gateway/v1.0/patients/profile/on-share", "NHA's v1.0 callback path");
     assert_eq!(cbs[0].body["resp"]["requestId"], rid.as_str());
     assert_eq!(cbs[0].body["acknowledgement"]["status"], "SUCCESS");
     assert_eq!(cbs[0].body["acknowledgement"]["tokenNumber"], "1");
@@ -796,4 +801,166 @@ async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
     hiecm.wait_for(2, "the two good shares' on-shares").await;
     eventually(Duration::from_secs(5), "outbox emptied", || async { outbox_len(&redis) == 0 }).await;
     assert_eq!(hiecm.rec.delivered().len(), 2, "only the two good shares got through");
+}
+
+/// The stored profile of the live token of `abha_address` at facility `f`, counter OPD1
+/// (found by scanning the same patient again natively: the repeat rule answers its token).
+async fn stored_profile(app: &TestApp, f: &str, abha_address: &str) -> Value {
+    let mut again = scan_body(f, "OPD1", 999);
+    again["patient"]["abha_address"] = json!(abha_address);
+    again["patient"].as_object_mut().unwrap().remove("abha_number");
+    let (st, body) = app.scan(&again).await;
+    assert_eq!(st, 200, "the same patient again is a repeat: {body}");
+    let (_, staff) = app.create_staff_key(f).await;
+    let (st, token) = app.get_token(s(&body, "token_id"), &staff).await;
+    assert_eq!(st, 200, "{token}");
+    token["patient"].clone()
+}
+
+fn dropped(field: &str) -> String {
+    format!("scangw_profile_fields_dropped_total{{field=\"{field}\"}}")
+}
+
+/// Issue 35 item 3: a phone with a country code (`+919800083232`, the v1.0 schema's own
+/// example; `+91-…`) no longer costs the patient the token, in shares and native scans; an
+/// invalid optional field is dropped and counted instead of refusing.
+#[actix_web::test]
+async fn a_phone_with_a_country_code_gets_the_token_and_a_bad_optional_field_is_dropped() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+
+    let v3: Value =
+        serde_json::from_str(include_str!("../fixtures/protocol/v3_share_phone_country_code.json")).unwrap();
+    let (st, _, rid) = app.share_v3(&bearer, &v3, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(1, "the v3 on-share").await;
+    let cb = &for_request(&cbs, &rid)[0].body;
+    assert_eq!(cb["acknowledgement"]["status"], "SUCCESS", "{cb}");
+    assert_eq!(stored_profile(&app, f, "john@abdm").await["phone"], "9800083232", "stored as its 10 digits");
+
+    let mut v1: Value =
+        serde_json::from_str(include_str!("../fixtures/protocol/v1_share_phone_country_code.json")).unwrap();
+    v1["profile"]["patient"]["healthId"] = json!("jane@abdm");
+    v1["profile"]["patient"].as_object_mut().unwrap().remove("healthIdNumber");
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(2, "the v1.0 on-share").await;
+    let cb = &for_request(&cbs, v1["requestId"].as_str().unwrap())[0].body;
+    assert_eq!(cb["acknowledgement"]["status"], "SUCCESS", "{cb}");
+    assert_eq!(cb["acknowledgement"]["tokenNumber"], "2", "{cb}");
+    assert_eq!(stored_profile(&app, f, "jane@abdm").await["phone"], "9800083232");
+
+    // Native scans: the same rule.
+    let mut native = scan_body(f, "OPD1", 3);
+    native["patient"]["phone"] = json!("+919800083232");
+    let (st, body) = app.scan(&native).await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(stored_profile(&app, f, s(&native["patient"], "abha_address")).await["phone"], "9800083232");
+
+    // An invalid optional field is dropped and counted; the patient still gets the token.
+    let (phones, numbers) = (metric(&app, &dropped("phone")).await, metric(&app, &dropped("abha_number")).await);
+    let mut native = scan_body(f, "OPD1", 4);
+    native["patient"]["phone"] = json!("12345");
+    native["patient"]["abha_number"] = json!("91-7777-8888-99A9");
+    let (st, body) = app.scan(&native).await;
+    assert_eq!(st, 201, "{body}");
+    let p = stored_profile(&app, f, s(&native["patient"], "abha_address")).await;
+    assert_eq!((&p["phone"], &p["abha_number"]), (&Value::Null, &Value::Null), "{p}");
+    let mut bad = v3_body(f, "OPD1", 5);
+    bad["profile"]["patient"]["phoneNumber"] = json!("98000");
+    let (st, _, rid) = app.share_v3(&bearer, &bad, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(3, "the on-share of the share with a bad phone").await;
+    let cb = &for_request(&cbs, &rid)[0].body;
+    assert_eq!(cb["acknowledgement"]["status"], "SUCCESS", "{cb}");
+    assert!(metric(&app, &dropped("phone")).await >= phones + 2.0, "both dropped phones are counted");
+    assert!(metric(&app, &dropped("abha_number")).await > numbers, "the dropped number is counted");
+}
+
+/// Issue 35 item 4: ABHA addresses with `-` (and `!`), as the protocol documentation's
+/// pattern `^[a-zA-Z0-9][a-zA-Z0-9_.\-!]+[a-zA-Z0-9]@(abdm|sbx)$` allows, get their token
+/// natively and in v3 and v1.0 shares.
+#[actix_web::test]
+async fn abha_addresses_with_a_hyphen_get_their_token_natively_and_in_shares() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+
+    let v3: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share_hyphen_address.json")).unwrap();
+    let (st, _, rid) = app.share_v3(&bearer, &v3, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(1, "the v3 on-share").await;
+    let ack = &for_request(&cbs, &rid)[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["abhaAddress"]), (&json!("SUCCESS"), &json!("ravi-kumar_1990@sbx")), "{ack}");
+
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_hyphen_address.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(2, "the v1.0 on-share").await;
+    let ack = &for_request(&cbs, v1["requestId"].as_str().unwrap())[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["healthId"]), (&json!("SUCCESS"), &json!("asha-devi!1@sbx")), "{ack}");
+    assert_eq!(ack["tokenNumber"], "2", "{ack}");
+
+    let mut native = scan_body(f, "OPD1", 3);
+    native["patient"]["abha_address"] = json!("Meera-Nair.85@abdm");
+    let (st, body) = app.scan(&native).await;
+    assert_eq!((st, num(&body, "token_number")), (201, 3), "{body}");
+    assert_eq!(stored_profile(&app, f, "meera-nair.85@abdm").await["abha_address"], "meera-nair.85@abdm");
+}
+
+/// Issue 35 item 1: a v1.0 share whose `intent` is the schema's object `{"type": ...}`
+/// (NHA's published v1.0 body) gets its token; so does a v3 share written that way.
+#[actix_web::test]
+async fn a_share_with_an_intent_object_gets_its_token() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let app = TestApp::spawn_with(protocol_settings(&redis, &hiecm), TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_intent_object.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(1, "the v1.0 on-share").await;
+    let ack = &for_request(&cbs, v1["requestId"].as_str().unwrap())[0].body["acknowledgement"];
+    assert_eq!(
+        (&ack["status"], &ack["healthId"], &ack["tokenNumber"]),
+        (&json!("SUCCESS"), &json!("kavya@sbx"), &json!("1"))
+    );
+    let v3: Value = serde_json::from_str(include_str!("../fixtures/protocol/v3_share_intent_object.json")).unwrap();
+    let (st, _, rid) = app.share_v3(&bearer, &v3, None).await;
+    assert_eq!(st, 202);
+    let cbs = hiecm.wait_for(2, "the v3 on-share").await;
+    let ack = &for_request(&cbs, &rid)[0].body["acknowledgement"];
+    assert_eq!((&ack["status"], &ack["profile"]["tokenNumber"]), (&json!("SUCCESS"), &json!("2")), "{ack}");
+}
+
+/// Issue 35 item 2: each version's on-share URL can be configured in full, for a switch whose
+/// v1.0 gateway lives elsewhere than its v3 API.
+#[actix_web::test]
+async fn on_share_urls_are_configurable_per_version() {
+    let redis = RedisServer::start();
+    let hiecm = Hiecm::start().await;
+    let mut settings = protocol_settings(&redis, &hiecm);
+    settings.hiecm_v3_on_share_url = format!("{}/custom/v3-on-share", hiecm.base);
+    settings.hiecm_v1_on_share_url = format!("{}/custom/v1-on-share", hiecm.base);
+    let app = TestApp::spawn_with(settings, TestApp::clock_at(START)).await;
+    let f = "IN3410000260";
+    app.register(f).await;
+    let bearer = jwt(&app, KEY1, "test-key-1", 300, ISSUER);
+    let (st, _, rid) = app.share_v3(&bearer, &v3_body(f, "OPD1", 1), None).await;
+    assert_eq!(st, 202);
+    let v1: Value = serde_json::from_str(include_str!("../fixtures/protocol/v1_share_intent_object.json")).unwrap();
+    let r = app.req("POST", "/v1.0/patients/profile/share", Some(&bearer), Some(&v1), &[("X-HIP-ID", f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cbs = hiecm.wait_for(2, "both on-shares").await;
+    assert_eq!(for_request(&cbs, &rid)[0].path, "/custom/v3-on-share");
+    assert_eq!(for_request(&cbs, v1["requestId"].as_str().unwrap())[0].path, "/custom/v1-on-share");
 }
