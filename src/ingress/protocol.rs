@@ -29,9 +29,15 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiErro
     state.limits.global().map_err(super::auth::limited)?;
     let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let now = state.directory.deps().clock.now();
-    if let Err(e) = p.verify(auth, now).await {
-        state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
-        return Err(ApiError::InvalidToken(e.code()));
+    match p.verify(auth, now).await {
+        Ok(_) => {}
+        // No key set yet (the certs endpoint has not answered since startup): 503, so the
+        // switch retries, rather than a 401 that blames its token.
+        Err(crate::protocol::jwt::JwtError::Jwks(_)) => return Err(ApiError::KeysUnavailable),
+        Err(e) => {
+            state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
+            return Err(ApiError::InvalidToken(e.code()));
+        }
     }
     state.limits.client("hiecm").map_err(super::auth::limited)
 }

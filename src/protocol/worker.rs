@@ -12,7 +12,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::hiecm::{Hiecm, HiecmConfig, SendError, Version};
+use super::hiecm::{Hiecm, SendError, Version};
 use super::shapes::{self, Failure, FailureCode, TokenAck};
 use crate::facility::actor::FacilityError;
 use crate::facility::queue::QueueError;
@@ -59,15 +59,8 @@ impl Ctx {
 /// Starts the worker on the current actix system; it stops when the gateway drains.
 pub fn spawn(state: web::Data<AppState>) {
     actix_rt::spawn(async move {
-        let s = &state.settings;
-        let hiecm = Hiecm::new(HiecmConfig {
-            base_url: s.hiecm_base_url.clone(),
-            cm_id: s.hiecm_cm_id.clone(),
-            client_id: s.hiecm_client_id.clone(),
-            client_secret: s.hiecm_client_secret.clone(),
-            session_path: s.hiecm_session_path.clone(),
-            timeout: Duration::from_secs(10),
-        });
+        let Some(p) = state.protocol.as_ref() else { return };
+        let hiecm = Hiecm::new(p.session.clone());
         let consumer = format!("gw-{}-{}", std::process::id(), &super::hiecm::new_request_id()[..8]);
         let metrics = state.directory.deps().metrics.clone();
         let ctx = Rc::new(Ctx { state: state.clone(), hiecm, consumer, metrics, working: Default::default() });

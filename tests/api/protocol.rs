@@ -761,7 +761,8 @@ async fn an_unknown_kid_refetches_the_jwks_once_per_interval() {
     let f = fid(844);
     app.register(&f).await;
     let fetches = || hiecm.rec.jwks_fetches.load(Ordering::SeqCst);
-    assert_eq!(fetches(), 1, "fetched once at startup");
+    // Fetched once in the background from startup (startup does not wait for it).
+    eventually(Duration::from_secs(10), "the startup fetch", || async { fetches() == 1 }).await;
     let (st, v, _) = app.share_v3(&jwt(&app, KEY1, "test-key-1", 300, ISSUER), &v3_body(&f, "OPD1", 1), None).await;
     assert_eq!(st, 202, "{v}");
 
