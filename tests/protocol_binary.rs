@@ -118,3 +118,74 @@ async fn certs_behind_the_session_bearer_and_down_at_startup_do_not_stop_the_gat
     assert_eq!(r.status, 202, "the last good keys stay after a failed fetch: {}", r.text);
     assert!(gw.output().contains("keeping the last good keys"), "a failed fetch is logged:\n{}", gw.output());
 }
+
+/// Starts the binary against `switch` (certs up) and waits for its first key set.
+async fn gateway_with_keys(redis: &RedisServer, switch: &Switch, extra: &[(&str, &str)]) -> Gateway {
+    let mut env = switch.env();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let gw = Gateway::start(redis, &env_refs(&env));
+    until(Duration::from_secs(20), "the first key set", async || switch.state.certs_served.load(Ordering::SeqCst) > 0)
+        .await;
+    gw
+}
+
+/// The v1.0 share of NHA's sandbox document (tests/fixtures/protocol/v1_share.json) with a
+/// fresh `requestId`, counter `counter`, patient `i`.
+fn v1_share(counter: &str, i: usize) -> Value {
+    let mut v: Value = serde_json::from_str(include_str!("fixtures/protocol/v1_share.json")).expect("v1 share fixture");
+    v["requestId"] = json!(scan_gateway::protocol::hiecm::new_request_id());
+    v["timestamp"] = json!(scan_gateway::protocol::hiecm::timestamp(jiff::Timestamp::now()));
+    v["profile"]["hipCode"] = json!(counter);
+    v["profile"]["patient"]["healthId"] = json!(format!("patient.{}@sbx", alpha(i).to_ascii_lowercase()));
+    v
+}
+
+async fn share_v1(gw: &Gateway, bearer: &str, hip: &str, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let url = format!("{}/v1.0/patients/profile/share", gw.base);
+    http(&gw.client, "POST", &url, Some(bearer), Some("application/json"), Some(bytes), &[("X-HIP-ID", hip)])
+        .await
+        .unwrap_or_else(|e| panic!("v1 share: {e}"))
+}
+
+/// Issue 35 item 8. FAILURE on-shares carry the switch's documented code per version (v3:
+/// the string `ABDM-9999`; v1.0: the integer 1000 its schema requires; sources in
+/// tests/fixtures/protocol/SOURCES.md), with our own code and reason in the message.
+#[actix_web::test]
+async fn failure_on_shares_carry_the_documented_code_per_version() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let gw = gateway_with_keys(&redis, &switch, &[]).await;
+    let f = fid(901);
+    gw.register(&f).await;
+    let bearer = switch_jwt("test-key-1");
+
+    let (r, rid) = share_v3(&gw, &bearer, &v3_share(&f, "Radiology", 1), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let v1 = v1_share("Radiology", 2);
+    let r = share_v1(&gw, &bearer, &f, &v1).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let v1_rid = v1["requestId"].as_str().unwrap().to_string();
+    until(Duration::from_secs(20), "both FAILURE on-shares", async || {
+        !switch.callbacks_for(&rid).is_empty() && !switch.callbacks_for(&v1_rid).is_empty()
+    })
+    .await;
+
+    let v3 = &switch.callbacks_for(&rid)[0];
+    assert_eq!(v3.path, "/api/hiecm/patient-share/v3/on-share");
+    assert_eq!(v3.body["error"]["code"], json!("ABDM-9999"), "{}", v3.body);
+    assert_eq!(
+        v3.body["error"]["message"], "UNKNOWN_COUNTER: the counter is not a counter of this facility",
+        "{}",
+        v3.body
+    );
+    assert_eq!(v3.body["response"]["requestId"], rid.as_str());
+    assert!(v3.body.get("acknowledgement").is_none(), "{}", v3.body);
+
+    let v1 = &switch.callbacks_for(&v1_rid)[0];
+    assert!(v1.path.ends_with("/v1.0/patients/profile/on-share"), "{}", v1.path);
+    assert!(v1.body["error"]["code"].is_u64(), "v1.0 needs an integer code: {}", v1.body);
+    assert_eq!(v1.body["error"]["code"], json!(1000), "{}", v1.body);
+    assert_eq!(v1.body["error"]["message"], "UNKNOWN_COUNTER: the counter is not a counter of this facility");
+    assert_eq!(v1.body["resp"]["requestId"], v1_rid.as_str());
+}

@@ -347,7 +347,10 @@ async fn bad_profiles_and_unknown_places_get_failure_on_shares_never_silence() {
     for (rid, code) in &rids {
         let got = for_request(&cbs, rid);
         assert_eq!(got.len(), 1, "{code}");
-        assert_eq!(got[0].body["error"]["code"], *code, "{}", got[0].body);
+        // The switch's documented v3 code; ours leads the message.
+        assert_eq!(got[0].body["error"]["code"], "ABDM-9999", "{}", got[0].body);
+        let message = got[0].body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.starts_with(&format!("{code}: ")), "{}", got[0].body);
         let text = got[0].body.to_string();
         for i in 1..=3 {
             for v in [abha_address(i), abha_number(i)] {
@@ -359,7 +362,8 @@ async fn bad_profiles_and_unknown_places_get_failure_on_shares_never_silence() {
     // Exactly one of the two went through (their order inside the worker is not fixed).
     let outcome = |rid: &str| {
         let b = &for_request(&cbs, rid)[0].body;
-        b["acknowledgement"]["status"].as_str().or(b["error"]["code"].as_str()).unwrap_or("").to_string()
+        let ours = b["error"]["message"].as_str().and_then(|m| m.split(':').next());
+        b["acknowledgement"]["status"].as_str().or(ours).unwrap_or("").to_string()
     };
     let mut got = [outcome(&first), outcome(&second)];
     got.sort();
