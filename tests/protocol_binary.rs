@@ -189,3 +189,71 @@ async fn failure_on_shares_carry_the_documented_code_per_version() {
     assert_eq!(v1.body["error"]["message"], "UNKNOWN_COUNTER: the counter is not a counter of this facility");
     assert_eq!(v1.body["resp"]["requestId"], v1_rid.as_str());
 }
+
+/// A Prometheus series' value in a scrape (`None` when the series is not exported).
+fn series(scrape: &str, name: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Issue 35 item 9, from tests/fixtures/protocol/v3_share_tolerance.json (sources in
+/// SOURCES.md): a `TIMESTAMP` without `Z`, no counter code (the facility's default OPD
+/// counter: its first counter of kind opd), a large `kycPhoto` (accepted under the protocol
+/// routes' own body limit, dropped before the outbox), an `X-HIP-ID` other than
+/// `metaData.hipId` (routed on the header, counted), and the on-share carrying `X-HIP-ID` and
+/// the ABHA address as received.
+#[actix_web::test]
+async fn what_the_real_switch_sends_is_tolerated() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let gw = gateway_with_keys(&redis, &switch, &[]).await;
+    // The default OPD counter is the first counter of kind opd in the record: OPD2 here,
+    // not the first counter (Pharmacy) and not the one named OPD1.
+    let f = fid(902);
+    let spec = json!({"name": "CHC Tolerance", "state": "Karnataka", "district": "Mysuru", "counters": [
+        {"id": "Pharmacy", "kind": "pharmacy"}, {"id": "OPD2", "kind": "opd"}, {"id": "OPD1", "kind": "opd"}]});
+    let r = gw.call("PUT", &format!("/v1/facilities/{f}"), ADMIN, Some(&spec)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let metrics = gw.call("GET", "/metrics", PLATFORM, None).await.text;
+    assert_eq!(series(&metrics, "scangw_share_hip_mismatch_total "), Some(0.0), "pre-registered at zero");
+
+    let mut share: Value =
+        serde_json::from_str(include_str!("fixtures/protocol/v3_share_tolerance.json")).expect("fixture");
+    let photo = share["profile"]["patient"]["kycPhoto"].as_str().unwrap().to_string();
+    // A real photo's size: far over the native routes' 16 KiB limit.
+    let big_photo = photo.repeat(200_000 / photo.len() + 1);
+    share["profile"]["patient"]["kycPhoto"] = json!(big_photo);
+    // metaData.hipId names another facility than X-HIP-ID (the fixture's own hipId).
+    assert_ne!(share["metaData"]["hipId"], f.as_str());
+    let no_z = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3f").to_string();
+
+    // The on-share endpoint is down at first, so the stored share can be looked at.
+    switch.state.on_share_down.store(true, Ordering::SeqCst);
+    let bearer = switch_jwt("test-key-1");
+    let (r, rid) = share_v3(&gw, &bearer, &share, &[("TIMESTAMP", &no_z), ("X-HIP-ID", &f)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let stored: Vec<redis::Value> =
+        redis::cmd("XRANGE").arg("sg:{outbox}:shares").arg("-").arg("+").query(&mut redis.conn()).unwrap();
+    let stored = format!("{stored:?}");
+    assert!(stored.contains("John.Doe_90@sbx"), "the share is in the outbox");
+    assert!(!stored.contains("kycPhoto") && !stored.contains("/9j/4AAQ"), "the photo is not stored");
+    assert!(stored.len() < 16 * 1024, "the stored share is small: {} bytes", stored.len());
+
+    switch.state.on_share_down.store(false, Ordering::SeqCst);
+    until(Duration::from_secs(30), "the on-share", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let cb = &switch.callbacks_for(&rid)[0];
+    assert_eq!(cb.body["acknowledgement"]["status"], "SUCCESS", "{}", cb.body);
+    assert_eq!(cb.body["acknowledgement"]["profile"]["context"], "OPD2", "the default OPD counter");
+    assert_eq!(cb.body["acknowledgement"]["abhaAddress"], "John.Doe_90@sbx", "the address as received");
+    assert_eq!(cb.headers.get("X-HIP-ID").map(String::as_str), Some(f.as_str()), "X-HIP-ID on the on-share");
+    // Routed on X-HIP-ID: the body's facility is not registered, so only routing on the
+    // header gives this token (its first at that counter); the mismatch is counted.
+    assert_eq!(cb.body["acknowledgement"]["profile"]["tokenNumber"], "1", "{}", cb.body);
+    let metrics = gw.call("GET", "/metrics", PLATFORM, None).await.text;
+    assert_eq!(series(&metrics, "scangw_share_hip_mismatch_total "), Some(1.0));
+
+    // The larger limit is the protocol routes' only: the native API still refuses the size.
+    let mut scan = scan_body(&f, "OPD1", 7);
+    scan["patient"]["name"] = json!("A".repeat(20_000));
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan)).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+}

@@ -1,6 +1,6 @@
 //! The outbound side of the protocol: a client for the national switch (HIE-CM) that keeps
 //! a client-credentials session bearer until it expires and posts on-share callbacks with
-//! the protocol's headers (`Authorization`, a new `REQUEST-ID`, `TIMESTAMP`, `X-CM-ID`).
+//! the protocol's headers (`Authorization`, a new `REQUEST-ID`, `TIMESTAMP`, `X-CM-ID`, `X-HIP-ID`).
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -167,7 +167,9 @@ impl Hiecm {
     }
 
     /// Posts one on-share body. A 401 drops the cached session so the next attempt renews it.
-    pub async fn on_share(&self, version: Version, body: &Value, now: Timestamp) -> Result<(), SendError> {
+    /// `hip` is the share's `X-HIP-ID`, sent back on the on-share as NHA's wrapper does
+    /// (`ProfileShareV3Service`: `Utils.getCustomHeaders(X_HIP_ID, ...)`).
+    pub async fn on_share(&self, version: Version, hip: &str, body: &Value, now: Timestamp) -> Result<(), SendError> {
         let bearer = self.session.bearer(&self.http, now).await?;
         let res = self
             .http
@@ -176,6 +178,7 @@ impl Hiecm {
             .insert_header(("REQUEST-ID", new_request_id()))
             .insert_header(("TIMESTAMP", timestamp(now)))
             .insert_header(("X-CM-ID", self.session.cfg.cm_id.as_str()))
+            .insert_header(("X-HIP-ID", hip))
             .send_json(body)
             .await
             .map_err(|_| SendError::Unreachable)?;

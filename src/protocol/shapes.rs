@@ -668,8 +668,8 @@ impl Failure {
 /// What a success on-share reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenAck<'a> {
-    /// v3 `abhaAddress` / v1.0 `healthId`: the patient's ABHA address (the normalised one
-    /// from the scan, e.g. `john@abdm` also for a v1.0 `healthId` of `john`).
+    /// v3 `abhaAddress` / v1.0 `healthId`: the patient's ABHA address as the share sent it
+    /// (trimmed, case kept; `john@abdm` for a bare v1.0 `healthId` of `john`).
     pub abha_address: &'a str,
     /// v3 `profile.context`: the counter (unused in v1.0).
     pub context: &'a str,

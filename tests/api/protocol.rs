@@ -293,9 +293,10 @@ async fn shares_are_refused_before_the_outbox_without_a_valid_jwt_or_headers() {
         ),
         (vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "2026-11-23T04:00:00.000Z")], "X-HIP-ID", "no X-HIP-ID"),
         (
-            vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", "IN9999999999")],
+            // (One that differs from metaData.hipId is routed on, not refused: issue 35 item 9.)
+            vec![("REQUEST-ID", rid.as_str()), ("TIMESTAMP", "2026-11-23T04:00:00.000Z"), ("X-HIP-ID", "IN 999")],
             "X-HIP-ID",
-            "X-HIP-ID not the body's hipId",
+            "X-HIP-ID not a facility id",
         ),
     ] {
         let r = app.req("POST", "/api/v3/hip/patient/share", Some(&good), Some(&body), &headers).await;

@@ -34,6 +34,8 @@ pub struct SwitchState {
     pub callbacks: Mutex<Vec<Seen>>,
     /// The certs endpoint answers 503 while this is set.
     pub certs_down: AtomicBool,
+    /// The on-share endpoints answer 503 while this is set (the share stays in the outbox).
+    pub on_share_down: AtomicBool,
     /// Certs requests, and how many of them carried the session bearer and got the keys.
     pub certs_requests: AtomicUsize,
     pub certs_served: AtomicUsize,
@@ -76,6 +78,9 @@ async fn certs(req: HttpRequest, st: web::Data<SwitchState>) -> HttpResponse {
 async fn on_share(req: HttpRequest, body: web::Bytes, st: web::Data<SwitchState>) -> HttpResponse {
     if !has_session_bearer(&req) {
         return HttpResponse::Unauthorized().finish();
+    }
+    if st.on_share_down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().finish();
     }
     let body: Value = serde_json::from_slice(&body).expect("on-share body is JSON");
     st.callbacks.lock().unwrap().push(Seen { path: req.path().to_string(), headers: headers(&req), body });
