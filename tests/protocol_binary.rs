@@ -251,6 +251,15 @@ async fn what_the_real_switch_sends_is_tolerated() {
     let metrics = gw.call("GET", "/metrics", PLATFORM, None).await.text;
     assert_eq!(series(&metrics, "scangw_share_hip_mismatch_total "), Some(1.0));
 
+    // No counter code at a facility that is not registered: UNKNOWN_FACILITY, as with one.
+    let mut nowhere = share.clone();
+    nowhere["profile"]["patient"]["abhaAddress"] = json!("someone.else@sbx");
+    let (r, rid) = share_v3(&gw, &bearer, &nowhere, &[("X-HIP-ID", "IN0000000903")]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(30), "the FAILURE on-share", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let message = switch.callbacks_for(&rid)[0].body["error"]["message"].clone();
+    assert!(message.as_str().is_some_and(|m| m.starts_with("UNKNOWN_FACILITY: ")), "{message}");
+
     // The larger limit is the protocol routes' only: the native API still refuses the size.
     let mut scan = scan_body(&f, "OPD1", 7);
     scan["patient"]["name"] = json!("A".repeat(20_000));

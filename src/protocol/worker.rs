@@ -268,7 +268,10 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
                 let meta = s.meta_data.get_or_insert_with(Default::default);
                 meta.hip_id = Some(hip.to_string());
                 if blank(&meta.context) {
-                    meta.context = default_counter(ctx, hip).await?;
+                    match default_counter(ctx, hip).await? {
+                        Some(c) => meta.context = c,
+                        None => return fail(Failure::new(FailureCode::UnknownFacility)),
+                    }
                 }
                 received_address =
                     s.profile.as_ref().and_then(|p| p.patient.as_ref()).and_then(|p| p.abha_address.clone());
@@ -280,7 +283,10 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
             Ok(mut s) => {
                 let profile = s.profile.get_or_insert_with(Default::default);
                 if blank(&profile.hip_code) {
-                    profile.hip_code = default_counter(ctx, hip).await?;
+                    match default_counter(ctx, hip).await? {
+                        Some(c) => profile.hip_code = c,
+                        None => return fail(Failure::new(FailureCode::UnknownFacility)),
+                    }
                 }
                 received_address = profile.patient.as_ref().and_then(|p| p.health_id.clone()).map(|a| {
                     let a = a.trim().to_string();
@@ -345,15 +351,16 @@ fn blank(v: &Option<String>) -> bool {
 
 /// The counter of a share that names none (the 2023 Scan & Share documents make the counter
 /// code optional): the facility's default OPD counter, defined as the first counter of kind
-/// `opd` in its registry record, in the order the record lists them. `None` (the share then
-/// gets a FAILURE naming the missing counter field) when the facility has no OPD counter or
-/// is not registered; a store error is retried.
-async fn default_counter(ctx: &Ctx, hip: &str) -> Result<Option<String>, Transient> {
+/// `opd` in its registry record, in the order the record lists them; without one the share
+/// gets a FAILURE naming the missing counter field. A store error is retried.
+/// `Ok(None)`: the facility is not registered (UNKNOWN_FACILITY, as a share naming a counter
+/// would get); `Ok(Some(None))`: it has no OPD counter.
+async fn default_counter(ctx: &Ctx, hip: &str) -> Result<Option<Option<String>>, Transient> {
     let raw = ctx.state.store.get_info(hip).await.map_err(|_| Transient)?;
     let Some(info) = raw.and_then(|r| serde_json::from_str::<crate::registry::FacilityInfo>(&r).ok()) else {
         return Ok(None);
     };
-    Ok(default_opd_counter(&info))
+    Ok(Some(default_opd_counter(&info)))
 }
 
 /// The first counter of kind `opd` of `info`, in its listed order.
