@@ -53,6 +53,9 @@ pub struct Settings {
     pub redis_timeout_ms: u64,
     pub batch_max: usize,
     pub max_body_bytes: usize,
+    /// Body limit of the protocol's share routes only: a share may carry a `kycPhoto`
+    /// (base64 image), which is dropped before the share is stored.
+    pub protocol_max_body_bytes: usize,
     pub max_import_bytes: usize,
     /// Service time assumed per token before a counter has completed any (estimated wait).
     pub default_service_s: u64,
@@ -156,6 +159,7 @@ impl Default for Settings {
             redis_timeout_ms: 2000,
             batch_max: 512,
             max_body_bytes: 16 * 1024,
+            protocol_max_body_bytes: 1024 * 1024,
             max_import_bytes: 256 * 1024 * 1024,
             default_service_s: 180,
             workers: 0,
@@ -295,6 +299,7 @@ impl Settings {
             redis_timeout_ms,
             batch_max,
             max_body_bytes,
+            protocol_max_body_bytes,
             max_import_bytes,
             default_service_s,
             workers,
@@ -415,6 +420,7 @@ impl Settings {
         positive("SCANGW_IDLE_TIMEOUT_S", self.idle_timeout_s)?;
         positive("SCANGW_PRESSURE_IDLE_S", self.pressure_idle_s)?;
         positive("SCANGW_MAX_BODY_BYTES", self.max_body_bytes as u64)?;
+        positive("SCANGW_PROTOCOL_MAX_BODY_BYTES", self.protocol_max_body_bytes as u64)?;
         positive("SCANGW_LIMITS_SWEEP_S", self.limits_sweep_s)?;
         positive("SCANGW_LEADERBOARD_RETENTION_DAYS", self.leaderboard_retention_days)?;
         positive("SCANGW_LEADERBOARD_REFRESH_MS", self.leaderboard_refresh_ms)?;

@@ -81,6 +81,7 @@ impl Application {
             default_tz: tz.clone(),
         });
         let clock = deps.clock.clone();
+        let deps_clock = deps.clock.clone();
         let metrics_handles = deps.metrics.clone();
         let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
         let redis_up = Arc::new(AtomicBool::new(store.ping().await));
@@ -94,7 +95,7 @@ impl Application {
             shutting_down.clone(),
         );
         let protocol = if settings.protocol_enabled() {
-            Some(crate::protocol::build(&settings, Duration::from_secs(600)).await?)
+            Some(crate::protocol::build(&settings, deps_clock.clone(), Duration::from_secs(600)).await?)
         } else {
             None
         };

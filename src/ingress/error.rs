@@ -64,6 +64,10 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("the token store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// The switch's signing keys have not arrived yet (its certs endpoint has not answered
+    /// since startup): no share can be verified, and it is no fault of the caller.
+    #[error("the switch's signing keys are not loaded yet; retry shortly")]
+    KeysUnavailable,
     #[error("the gateway is overloaded; retry shortly")]
     Overloaded,
     #[error("the facility changed owner; retry")]
@@ -102,6 +106,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::StoreUnavailable => "STORE_UNAVAILABLE",
+            ApiError::KeysUnavailable => "JWKS_UNAVAILABLE",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::OwnerChanged => "OWNER_CHANGED",
             ApiError::OutboxFull => "OUTBOX_FULL",
@@ -151,9 +156,11 @@ impl ResponseError for ApiError {
             | ApiError::InvalidImport(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::StoreUnavailable | ApiError::Overloaded | ApiError::OwnerChanged | ApiError::OutboxFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::StoreUnavailable
+            | ApiError::KeysUnavailable
+            | ApiError::Overloaded
+            | ApiError::OwnerChanged
+            | ApiError::OutboxFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -29,25 +29,79 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiErro
     state.limits.global().map_err(super::auth::limited)?;
     let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let now = state.directory.deps().clock.now();
-    if let Err(e) = p.verify(auth, now).await {
-        state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
-        return Err(ApiError::InvalidToken(e.code()));
+    match p.verify(auth, now).await {
+        Ok(_) => {}
+        // No key set yet (the certs endpoint has not answered since startup): 503, so the
+        // switch retries, rather than a 401 that blames its token.
+        Err(crate::protocol::jwt::JwtError::Jwks(_)) => return Err(ApiError::KeysUnavailable),
+        Err(e) => {
+            state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
+            return Err(ApiError::InvalidToken(e.code()));
+        }
     }
     state.limits.client("hiecm").map_err(super::auth::limited)
 }
 
-/// Reads the JSON body (size limit, content type, well-formed JSON).
+/// A share's `TIMESTAMP`: UTC ISO-8601 with `Z` or an offset, or without any zone (read as
+/// UTC): NHA's ABDM-wrapper writes it without `Z` (`Utils.getCurrentTimeStamp`, a UTC
+/// `LocalDateTime`), and so may the switch.
+pub fn valid_timestamp(v: &str) -> bool {
+    v.parse::<jiff::Timestamp>().is_ok() || v.parse::<jiff::civil::DateTime>().is_ok()
+}
+
+/// Fields of `profile.patient` the gateway reads; any other one may be dropped when large.
+const USED_PATIENT_FIELDS: [&str; 12] = [
+    "abhaNumber",
+    "abhaAddress",
+    "healthId",
+    "healthIdNumber",
+    "name",
+    "gender",
+    "yearOfBirth",
+    "dob",
+    "phoneNumber",
+    "mobile",
+    "identifiers",
+    "address",
+];
+
+/// An unused field larger than this (serialized) is dropped before the share is stored.
+const LARGE_FIELD_BYTES: usize = 1024;
+
+/// Drops the photo (`kycPhoto`, a base64 image the switch may send) and any other unused,
+/// large field of `profile.patient` before the share is stored: the outbox holds each share
+/// until its on-share lands, and a photo is patient data the gateway never uses. True when
+/// something was dropped.
+fn drop_large_optional_fields(v: &mut Value) -> bool {
+    let Some(patient) = v.pointer_mut("/profile/patient").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let before = patient.len();
+    patient.retain(|k, field| {
+        let unused = !USED_PATIENT_FIELDS.contains(&k.as_str());
+        let photo = ["kycPhoto", "profilePhoto", "photo"].iter().any(|p| k.eq_ignore_ascii_case(p));
+        !(unused && (photo || field.to_string().len() > LARGE_FIELD_BYTES))
+    });
+    patient.len() != before
+}
+
+/// Reads the JSON body (the protocol routes' own size limit, content type, well-formed JSON).
 async fn json_body(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
 ) -> Result<(web::Bytes, Value), ApiError> {
     body::require_json(req)?;
-    let bytes = body::read(req, payload, state.settings.max_body_bytes).await?;
+    let bytes = body::read(req, payload, state.settings.protocol_max_body_bytes).await?;
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson("the body is not valid JSON".into()))?;
     if !v.is_object() {
         return Err(ApiError::MalformedJson("the body must be a JSON object".into()));
+    }
+    let mut v = v;
+    if drop_large_optional_fields(&mut v) {
+        let slim = serde_json::to_vec(&v).map_err(|_| ApiError::MalformedJson("the body is not valid JSON".into()))?;
+        return Ok((web::Bytes::from(slim), v));
     }
     Ok((bytes, v))
 }
@@ -90,7 +144,7 @@ async fn share_v3_inner(req: &HttpRequest, payload: web::Payload, state: &AppSta
         return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
     }
     let ts = header(req, "TIMESTAMP")?;
-    if ts.parse::<jiff::Timestamp>().is_err() {
+    if !valid_timestamp(ts) {
         return Err(ApiError::InvalidHeader("TIMESTAMP", "must be a UTC ISO-8601 time, e.g. 2026-11-23T04:00:00.000Z"));
     }
     let hip = header(req, "X-HIP-ID")?;
@@ -98,11 +152,15 @@ async fn share_v3_inner(req: &HttpRequest, payload: web::Payload, state: &AppSta
         return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
     }
     let (bytes, v) = json_body(req, payload, state).await?;
-    // The body names the facility too; a share may not be routed by one and counted by
-    // another. Everything else in the body is judged by the worker (FAILURE on-share).
+    // The body names the facility too. The share is routed on X-HIP-ID, as NHA's wrapper
+    // does (token, patient and on-share all by the header): the switch sets it to the HIP it
+    // delivers to, and the on-share answers for that HIP. A different metaData.hipId is
+    // counted, not refused (refusing would lose the patient's token). The worker reads
+    // everything else in the body (FAILURE on-share).
     if let Some(meta_hip) = v.pointer("/metaData/hipId").and_then(Value::as_str) {
         if meta_hip.trim() != hip {
-            return Err(ApiError::InvalidHeader("X-HIP-ID", "must match metaData.hipId"));
+            state.directory.deps().metrics.share_hip_mismatch.increment(1);
+            tracing::warn!(request_id = %rid, "v3 share: X-HIP-ID differs from metaData.hipId; routed on X-HIP-ID");
         }
     }
     accept(state, Version::V3, rid, hip, &bytes).await
@@ -134,6 +192,35 @@ async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppSta
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_with_or_without_a_zone() {
+        for ok in
+            ["2026-11-23T04:00:00.000Z", "2026-11-23T04:00:00.000", "2026-11-23T09:30:00+05:30", "2026-11-23T04:00:00"]
+        {
+            assert!(super::valid_timestamp(ok), "{ok}");
+        }
+        for bad in ["", "yesterday", "2026-13-23T04:00:00", "1763870400"] {
+            assert!(!super::valid_timestamp(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_photo_and_large_unused_fields_are_dropped_used_ones_kept() {
+        let big = "A".repeat(4096);
+        let mut v = json!({"profile": {"patient": {"name": "John", "kycPhoto": "/9j/4AAQ", "notes": big.clone(),
+            "hint": "small", "address": {"line": big.clone()}}}});
+        assert!(super::drop_large_optional_fields(&mut v));
+        let p = &v["profile"]["patient"];
+        assert!(p.get("kycPhoto").is_none() && p.get("notes").is_none(), "{p}");
+        assert_eq!(p["name"], "John");
+        assert_eq!(p["hint"], "small");
+        assert_eq!(p["address"]["line"], big.as_str(), "a used field is never dropped");
+        let mut plain = json!({"profile": {"patient": {"name": "John"}}});
+        assert!(!super::drop_large_optional_fields(&mut plain));
+    }
+
     #[test]
     fn request_ids_are_uuids() {
         assert!(super::valid_request_id("5f7a3c2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b"));

@@ -1,6 +1,6 @@
 //! The outbound side of the protocol: a client for the national switch (HIE-CM) that keeps
 //! a client-credentials session bearer until it expires and posts on-share callbacks with
-//! the protocol's headers (`Authorization`, a new `REQUEST-ID`, `TIMESTAMP`, `X-CM-ID`).
+//! the protocol's headers (`Authorization`, a new `REQUEST-ID`, `TIMESTAMP`, `X-CM-ID`, `X-HIP-ID`).
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -95,20 +95,28 @@ pub struct HiecmConfig {
     pub timeout: Duration,
 }
 
-/// Shared by the callback tasks of one worker (awc clients live on one thread, so this is
-/// `Clone` but not `Send`). The session bearer is fetched by one task at a time.
-#[derive(Clone)]
-pub struct Hiecm {
-    cfg: std::rc::Rc<HiecmConfig>,
-    http: awc::Client,
+/// The switch's client-credentials session bearer, cached until shortly before it expires.
+/// One per process, shared (`Arc`, `Send + Sync`) by the on-share workers and the JWKS fetch
+/// (the switch's certs endpoint answers 401 without it), so the gateway asks the session
+/// endpoint once per expiry, not once per user. One caller fetches at a time.
+pub struct Session {
+    cfg: HiecmConfig,
     /// The session bearer and when to stop using it.
-    session: std::rc::Rc<tokio::sync::Mutex<Option<(String, std::time::Instant)>>>,
+    cached: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
-impl Hiecm {
+impl Session {
     pub fn new(cfg: HiecmConfig) -> Self {
-        let http = awc::Client::builder().timeout(cfg.timeout).disable_redirects().finish();
-        Hiecm { cfg: std::rc::Rc::new(cfg), http, session: Default::default() }
+        Session { cfg, cached: Default::default() }
+    }
+
+    pub fn config(&self) -> &HiecmConfig {
+        &self.cfg
+    }
+
+    /// A client with the configured timeout and no redirects (awc clients are per thread).
+    pub fn client(&self) -> awc::Client {
+        awc::Client::builder().timeout(self.cfg.timeout).disable_redirects().finish()
     }
 
     fn url(&self, path: &str) -> String {
@@ -116,8 +124,8 @@ impl Hiecm {
     }
 
     /// The cached session bearer, or a fresh one from the session endpoint.
-    async fn bearer(&self, now: Timestamp) -> Result<String, SendError> {
-        let mut session = self.session.lock().await;
+    pub async fn bearer(&self, http: &awc::Client, now: Timestamp) -> Result<String, SendError> {
+        let mut session = self.cached.lock().await;
         if let Some((token, until)) = session.as_ref() {
             if std::time::Instant::now() < *until {
                 return Ok(token.clone());
@@ -128,8 +136,7 @@ impl Hiecm {
             "clientSecret": self.cfg.client_secret,
             "grantType": "client_credentials",
         });
-        let mut res = self
-            .http
+        let mut res = http
             .post(self.url(&self.cfg.session_path))
             .insert_header(("REQUEST-ID", new_request_id()))
             .insert_header(("TIMESTAMP", timestamp(now)))
@@ -150,19 +157,42 @@ impl Hiecm {
         Ok(token.to_string())
     }
 
+    /// Drops the cached bearer (the switch answered 401): the next caller renews it.
+    pub async fn forget(&self) {
+        *self.cached.lock().await = None;
+    }
+}
+
+/// Shared by the callback tasks of one worker (awc clients live on one thread, so this is
+/// `Clone` but not `Send`). The session bearer comes from the process's one [`Session`].
+#[derive(Clone)]
+pub struct Hiecm {
+    session: std::sync::Arc<Session>,
+    http: awc::Client,
+}
+
+impl Hiecm {
+    pub fn new(session: std::sync::Arc<Session>) -> Self {
+        let http = session.client();
+        Hiecm { session, http }
+    }
+
     /// Posts one on-share body. A 401 drops the cached session so the next attempt renews it.
-    pub async fn on_share(&self, version: Version, body: &Value, now: Timestamp) -> Result<(), SendError> {
-        let bearer = self.bearer(now).await?;
+    /// `hip` is the share's `X-HIP-ID`, sent back on the on-share as NHA's wrapper does
+    /// (`ProfileShareV3Service`: `Utils.getCustomHeaders(X_HIP_ID, ...)`).
+    pub async fn on_share(&self, version: Version, hip: &str, body: &Value, now: Timestamp) -> Result<(), SendError> {
+        let bearer = self.session.bearer(&self.http, now).await?;
         let res = self
             .http
             .post(match version {
-                Version::V3 => &self.cfg.v3_on_share_url,
-                Version::V1 => &self.cfg.v1_on_share_url,
+                Version::V3 => &self.session.config().v3_on_share_url,
+                Version::V1 => &self.session.config().v1_on_share_url,
             })
             .insert_header(("Authorization", format!("Bearer {bearer}")))
             .insert_header(("REQUEST-ID", new_request_id()))
             .insert_header(("TIMESTAMP", timestamp(now)))
-            .insert_header(("X-CM-ID", self.cfg.cm_id.as_str()))
+            .insert_header(("X-CM-ID", self.session.cfg.cm_id.as_str()))
+            .insert_header(("X-HIP-ID", hip))
             .send_json(body)
             .await
             .map_err(|_| SendError::Unreachable)?;
@@ -171,7 +201,7 @@ impl Hiecm {
             return Ok(());
         }
         if status == 401 {
-            *self.session.lock().await = None;
+            self.session.forget().await;
         }
         Err(SendError::Status(status))
     }

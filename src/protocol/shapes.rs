@@ -41,7 +41,9 @@
 //! [`v3_on_share`] and [`v1_on_share`] build the callback bodies from a [`TokenAck`] or a
 //! [`Failure`] ([`on_share`] picks by [`Version`]); request ids and timestamps are parameters
 //! (no clock or randomness here).
-//! Failure messages are fixed texts or `<protocol field>: <rule>`, never patient data.
+//! Failure messages are fixed texts or `<protocol field>: <rule>`, never patient data; on the
+//! wire they follow our code (`INVALID_PROFILE: <field>: <rule>`) under the switch's documented
+//! generic code per version ([`V3_ERROR_CODE`], [`V1_ERROR_CODE`]).
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -631,6 +633,19 @@ impl FailureCode {
     }
 }
 
+/// `error.code` of a v3 FAILURE on-share: a string, `ABDM-9999` ("Unknown exception"), the
+/// only code NHA's v3 on-share API documentation lists for the HIP's error object (its
+/// example body and its `error.code` field description); ohcnetwork/care_abdm sends the same
+/// (`patient_share__on_share`, "HIP is not available"). NHA's v3 codes are `ABDM-<digits>`
+/// strings; none is specific to a token failure, hence the reason in the message.
+pub const V3_ERROR_CODE: &str = "ABDM-9999";
+
+/// `error.code` of a v1.0 FAILURE on-share: an integer, as the v0.5/v1.0 gateway schema's
+/// `Error.code` is an integer enum (`ShareProfileResult.error`); 1000 is the code NHA's
+/// ABDM-wrapper sends for a profile share failure (`GatewayConstants.ERROR_CODE`,
+/// "FAILURE at HIP"; the wrapper writes it as the string "1000", which that schema refuses).
+pub const V1_ERROR_CODE: u32 = 1000;
+
 /// A failure on-share's `error`: a code and a message free of patient data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -660,16 +675,24 @@ impl Failure {
         &self.message
     }
 
-    fn to_json(&self) -> Value {
-        json!({ "code": self.code.as_str(), "message": self.message })
+    /// The `error` object in the documented form of `version`: the switch's generic code
+    /// ([`V3_ERROR_CODE`], [`V1_ERROR_CODE`]) with our own code and reason in the message
+    /// (`UNKNOWN_COUNTER: the counter is not a counter of this facility`), so the switch's
+    /// schema validation passes and the reason still reaches whoever reads it.
+    fn to_json(&self, version: Version) -> Value {
+        let message = format!("{}: {}", self.code.as_str(), self.message);
+        match version {
+            Version::V3 => json!({ "code": V3_ERROR_CODE, "message": message }),
+            Version::V1 => json!({ "code": V1_ERROR_CODE, "message": message }),
+        }
     }
 }
 
 /// What a success on-share reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenAck<'a> {
-    /// v3 `abhaAddress` / v1.0 `healthId`: the patient's ABHA address (the normalised one
-    /// from the scan, e.g. `john@abdm` also for a v1.0 `healthId` of `john`).
+    /// v3 `abhaAddress` / v1.0 `healthId`: the patient's ABHA address as the share sent it
+    /// (trimmed, case kept; `john@abdm` for a bare v1.0 `healthId` of `john`).
     pub abha_address: &'a str,
     /// v3 `profile.context`: the counter (unused in v1.0).
     pub context: &'a str,
@@ -694,7 +717,7 @@ pub fn v3_on_share(share_request_id: &str, outcome: Result<&TokenAck<'_>, &Failu
             },
             "response": response,
         }),
-        Err(f) => json!({ "error": f.to_json(), "response": response }),
+        Err(f) => json!({ "error": f.to_json(Version::V3), "response": response }),
     }
 }
 
@@ -718,7 +741,9 @@ pub fn v1_on_share(
             },
             "resp": resp,
         }),
-        Err(f) => json!({ "requestId": request_id, "timestamp": timestamp, "error": f.to_json(), "resp": resp }),
+        Err(f) => {
+            json!({ "requestId": request_id, "timestamp": timestamp, "error": f.to_json(Version::V1), "resp": resp })
+        }
     }
 }
 
@@ -1230,9 +1255,12 @@ mod tests {
         for c in FailureCode::ALL {
             let f = Failure::new(c);
             assert_eq!((f.code(), f.message()), (c, c.message()));
-            assert_eq!(v3_on_share("r", Err(&f))["error"]["code"], c.as_str());
+            // The documented code per version, ours and the reason in the message.
+            assert_eq!(v3_on_share("r", Err(&f))["error"]["code"], json!("ABDM-9999"));
+            assert_eq!(on_share(Version::V1, "n", "t", "r", Err(&f))["error"]["code"], json!(1000));
             for v in [Version::V3, Version::V1] {
-                assert_eq!(on_share(v, "n", "t", "r", Err(&f))["error"]["message"], c.message());
+                let want = format!("{}: {}", c.as_str(), c.message());
+                assert_eq!(on_share(v, "n", "t", "r", Err(&f))["error"]["message"], want.as_str());
             }
         }
     }

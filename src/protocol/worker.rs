@@ -12,7 +12,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::hiecm::{Hiecm, HiecmConfig, SendError, Version};
+use super::hiecm::{Hiecm, SendError, Version};
 use super::shapes::{self, Failure, FailureCode, TokenAck};
 use crate::facility::actor::FacilityError;
 use crate::facility::queue::QueueError;
@@ -59,17 +59,8 @@ impl Ctx {
 /// Starts the worker on the current actix system; it stops when the gateway drains.
 pub fn spawn(state: web::Data<AppState>) {
     actix_rt::spawn(async move {
-        let s = &state.settings;
-        let hiecm = Hiecm::new(HiecmConfig {
-            base_url: s.hiecm_base_url.clone(),
-            cm_id: s.hiecm_cm_id.clone(),
-            client_id: s.hiecm_client_id.clone(),
-            client_secret: s.hiecm_client_secret.clone(),
-            session_path: s.hiecm_session_path.clone(),
-            v3_on_share_url: s.on_share_url(Version::V3),
-            v1_on_share_url: s.on_share_url(Version::V1),
-            timeout: Duration::from_secs(10),
-        });
+        let Some(p) = state.protocol.as_ref() else { return };
+        let hiecm = Hiecm::new(p.session.clone());
         let consumer = format!("gw-{}-{}", std::process::id(), &super::hiecm::new_request_id()[..8]);
         let metrics = state.directory.deps().metrics.clone();
         let ctx = Rc::new(Ctx { state: state.clone(), hiecm, consumer, metrics, working: Default::default() });
@@ -199,7 +190,7 @@ async fn handle(ctx: &Ctx, e: Entry) {
             }
         }
         let now = ctx.state.directory.deps().clock.now();
-        match ctx.hiecm.on_share(version, &answer, now).await {
+        match ctx.hiecm.on_share(version, e.get(F_HIP), &answer, now).await {
             Ok(()) => {
                 ctx.metrics.onshare_delivered.increment(1);
                 ctx.metrics.onshare_delay.record(((now.as_millisecond() - at).max(0) as f64) / 1000.0);
@@ -267,9 +258,48 @@ fn body(ctx: &Ctx, version: Version, rid: &str, outcome: Result<&TokenAck<'_>, &
 /// FAILURE with a code. Transient trouble (store down, facility overloaded) is retried.
 async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) -> Result<Value, Transient> {
     let fail = |f: Failure| Ok(body(ctx, version, rid, Err(&f)));
+    // The ABHA address is answered as the share sent it (trimmed, case kept), not in the
+    // lower case the gateway keys its patients by.
+    let mut received_address = None;
     let scan = match version {
-        Version::V3 => shapes::parse_v3(raw.as_bytes()).and_then(|s| s.into_scan()),
-        Version::V1 => shapes::parse_v1(raw.as_bytes()).and_then(|s| s.into_scan(hip)),
+        Version::V3 => match shapes::parse_v3(raw.as_bytes()) {
+            Ok(mut s) => {
+                // Routed on X-HIP-ID (see `ingress::protocol::share_v3`).
+                let meta = s.meta_data.get_or_insert_with(Default::default);
+                meta.hip_id = Some(hip.to_string());
+                if blank(&meta.context) {
+                    match default_counter(ctx, hip).await? {
+                        Some(c) => meta.context = c,
+                        None => return fail(Failure::new(FailureCode::UnknownFacility)),
+                    }
+                }
+                received_address =
+                    s.profile.as_ref().and_then(|p| p.patient.as_ref()).and_then(|p| p.abha_address.clone());
+                s.into_scan()
+            }
+            Err(e) => Err(e),
+        },
+        Version::V1 => match shapes::parse_v1(raw.as_bytes()) {
+            Ok(mut s) => {
+                let profile = s.profile.get_or_insert_with(Default::default);
+                if blank(&profile.hip_code) {
+                    match default_counter(ctx, hip).await? {
+                        Some(c) => profile.hip_code = c,
+                        None => return fail(Failure::new(FailureCode::UnknownFacility)),
+                    }
+                }
+                received_address = profile.patient.as_ref().and_then(|p| p.health_id.clone()).map(|a| {
+                    let a = a.trim().to_string();
+                    if a.contains('@') {
+                        a
+                    } else {
+                        format!("{a}@abdm")
+                    }
+                });
+                s.into_scan(hip)
+            }
+            Err(e) => Err(e),
+        },
     };
     let scan = match scan {
         Ok(s) => s,
@@ -286,7 +316,10 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
     if !state.redis_up.load(Ordering::Relaxed) {
         return Err(Transient);
     }
-    let abha = input.profile.abha_address.clone();
+    let abha = received_address
+        .map(|a| a.trim().to_string())
+        .filter(|a| a.eq_ignore_ascii_case(&input.profile.abha_address))
+        .unwrap_or_else(|| input.profile.abha_address.clone());
     let counter = input.counter.clone();
     // The facility and patient limits are charged by the actor, only for a new token: a
     // redelivered share answers its token again however often it comes.
@@ -307,6 +340,29 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
         Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),
     }
+}
+
+fn blank(v: &Option<String>) -> bool {
+    v.as_deref().is_none_or(|c| c.trim().is_empty())
+}
+
+/// The counter of a share that names none (the 2023 Scan & Share documents make the counter
+/// code optional): the facility's default OPD counter, defined as the first counter of kind
+/// `opd` in its registry record, in the order the record lists them; without one the share
+/// gets a FAILURE naming the missing counter field. A store error is retried.
+/// `Ok(None)`: the facility is not registered (UNKNOWN_FACILITY, as a share naming a counter
+/// would get); `Ok(Some(None))`: it has no OPD counter.
+async fn default_counter(ctx: &Ctx, hip: &str) -> Result<Option<Option<String>>, Transient> {
+    let raw = ctx.state.store.get_info(hip).await.map_err(|_| Transient)?;
+    let Some(info) = raw.and_then(|r| serde_json::from_str::<crate::registry::FacilityInfo>(&r).ok()) else {
+        return Ok(None);
+    };
+    Ok(Some(default_opd_counter(&info)))
+}
+
+/// The first counter of kind `opd` of `info`, in its listed order.
+pub fn default_opd_counter(info: &crate::registry::FacilityInfo) -> Option<String> {
+    info.counters.iter().find(|c| c.kind == crate::facility::queue::CounterKind::Opd).map(|c| c.id.clone())
 }
 
 #[cfg(test)]

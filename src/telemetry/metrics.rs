@@ -72,6 +72,9 @@ pub const ONSHARE: &str = "scangw_onshare_callbacks_total";
 pub const ONSHARE_GIVEN_UP: &str = "scangw_onshare_given_up_total";
 /// `scangw_onshare_delay_seconds`: share accepted to its on-share delivered (retries included).
 pub const ONSHARE_DELAY: &str = "scangw_onshare_delay_seconds";
+/// `scangw_share_hip_mismatch_total`: v3 shares whose `X-HIP-ID` header named another
+/// facility than their `metaData.hipId` (routed on the header, as NHA's wrapper does).
+pub const SHARE_HIP_MISMATCH: &str = "scangw_share_hip_mismatch_total";
 /// `scangw_outbox_entries`: shares in the outbox not yet answered (all nodes).
 pub const OUTBOX_ENTRIES: &str = "scangw_outbox_entries";
 /// `scangw_leaderboard_apply_lag_seconds`: seconds since this node's leaderboard applier
@@ -245,6 +248,7 @@ fn describe() {
     describe_counter!(ONSHARE_GIVEN_UP, "Shares given up without a delivered on-share, by reason");
     describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
     describe_gauge!(OUTBOX_ENTRIES, "Shares waiting for their on-share");
+    describe_counter!(SHARE_HIP_MISMATCH, "v3 shares whose X-HIP-ID differs from metaData.hipId");
     describe_gauge!(LB_APPLY_LAG, "Age of the leaderboard applier's last complete pass");
     describe_counter!(LB_APPLIED, "Tokens the leaderboard applier added to the boards");
 }
@@ -300,6 +304,7 @@ pub struct Metrics {
     onshare_given_up: [Counter; 4],
     pub onshare_delay: Histogram,
     pub outbox_entries: Gauge,
+    pub share_hip_mismatch: Counter,
     pub leaderboard_apply_lag: Gauge,
     pub leaderboard_applied: Counter,
 }
@@ -333,6 +338,7 @@ impl Metrics {
             onshare_given_up: GIVE_UP_REASONS.map(|r| metrics::counter!(ONSHARE_GIVEN_UP, "reason" => r)),
             onshare_delay: metrics::histogram!(ONSHARE_DELAY),
             outbox_entries: metrics::gauge!(OUTBOX_ENTRIES),
+            share_hip_mismatch: metrics::counter!(SHARE_HIP_MISMATCH),
             leaderboard_apply_lag: metrics::gauge!(LB_APPLY_LAG),
             leaderboard_applied: metrics::counter!(LB_APPLIED),
         }

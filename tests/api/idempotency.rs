@@ -182,7 +182,8 @@ fn outcome(cb: &crate::protocol::Callback) -> String {
     let b = &cb.body;
     match b["acknowledgement"]["status"].as_str() {
         Some("SUCCESS") => format!("SUCCESS {}", token_number(cb)),
-        _ => b["error"]["code"].as_str().unwrap_or("").to_string(),
+        // Our code leads the message (error.code is the switch's generic one).
+        _ => b["error"]["message"].as_str().and_then(|m| m.split(':').next()).unwrap_or("").to_string(),
     }
 }
 
