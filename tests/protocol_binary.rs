@@ -1,6 +1,7 @@
 //! The national protocol through the real binary against a double of the switch
 //! ([`hiecm_double`]): the certs endpoint behind the session bearer and down at startup,
-//! FAILURE on-share bodies per version, and the tolerance of what the real switch sends.
+//! FAILURE on-share bodies per version, the tolerance of what the real switch sends, and
+//! NHA's share bodies and callback paths (v1.0 under `/gateway`).
 #[path = "support/gateway.rs"]
 mod gateway;
 #[path = "api/helpers.rs"]
@@ -265,4 +266,78 @@ async fn what_the_real_switch_sends_is_tolerated() {
     scan["patient"]["name"] = json!("A".repeat(20_000));
     let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan)).await;
     assert_eq!(r.status, 413, "{}", r.text);
+}
+
+fn fixture_json(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/protocol/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Issue 35 items 1-4 through the real binary: a v1.0 share as NHA publishes it (`intent`
+/// object) and a v3 share, with a `+91` phone and a `-` in the ABHA address, get SUCCESS
+/// on-shares at NHA's callback paths (v1.0 under `/gateway`; the double serves nothing at
+/// the bare `/v1.0/...` path the gateway used to call); the native API takes the same phone
+/// and address.
+#[actix_web::test]
+async fn the_binary_accepts_what_the_switch_sends_and_answers_where_it_listens() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let env = switch.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gw = Gateway::start(&redis, &env);
+    let f = "IN3410000260";
+    gw.register(f).await;
+    let bearer = switch_jwt("test-key-1");
+    let post = |path: &'static str, body: Value, rid: String| {
+        let (client, url, bearer) = (gw.client.clone(), format!("{}{path}", gw.base), bearer.clone());
+        async move {
+            let ts = scan_gateway::protocol::hiecm::timestamp(jiff::Timestamp::now());
+            let h = [("REQUEST-ID", rid.as_str()), ("TIMESTAMP", ts.as_str()), ("X-HIP-ID", f)];
+            let bytes = serde_json::to_vec(&body).unwrap();
+            http(&client, "POST", &url, Some(&bearer), Some("application/json"), Some(bytes), &h).await.unwrap()
+        }
+    };
+
+    // v1.0, as NHA published it: intent object (item 1), plus a +91 phone (item 3) and a
+    // hyphenated ABHA address (item 4). The certs arrive in the background: 503 until then.
+    let mut v1 = fixture_json("v1_share_intent_object.json");
+    v1["profile"]["patient"]["healthId"] = json!("kavya-sharma@sbx");
+    v1["profile"]["patient"]["identifiers"][0]["value"] = json!("+919800083232");
+    let rid1 = v1["requestId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post("/v1.0/patients/profile/share", v1.clone(), rid1.clone()).await;
+        if r.status == 202 {
+            break;
+        }
+        assert!(r.status == 503 && Instant::now() < deadline, "{} {}", r.status, r.text);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // v3 with both, too.
+    let mut v3 = fixture_json("v3_share_hyphen_address.json");
+    v3["profile"]["patient"]["phoneNumber"] = json!("+91-9800083232");
+    let rid3 = scan_gateway::protocol::hiecm::new_request_id();
+    let r = post("/api/v3/hip/patient/share", v3, rid3.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while switch.callbacks_for(&rid1).is_empty() || switch.callbacks_for(&rid3).is_empty() {
+        assert!(Instant::now() < deadline, "on-shares not delivered: {:?}\n{}", switch.callbacks(), gw.output());
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v1_cb = &switch.callbacks_for(&rid1)[0];
+    assert_eq!(v1_cb.path, "/gateway/v1.0/patients/profile/on-share", "item 2: NHA's v1.0 callback path");
+    assert_eq!(v1_cb.body["acknowledgement"]["status"], "SUCCESS", "{}", v1_cb.body);
+    assert_eq!(v1_cb.body["acknowledgement"]["healthId"], "kavya-sharma@sbx", "{}", v1_cb.body);
+    let v3_cb = &switch.callbacks_for(&rid3)[0];
+    assert_eq!(v3_cb.path, "/api/hiecm/patient-share/v3/on-share");
+    assert_eq!(v3_cb.body["acknowledgement"]["status"], "SUCCESS", "{}", v3_cb.body);
+    assert_eq!(v3_cb.body["acknowledgement"]["abhaAddress"], "ravi-kumar_1990@sbx", "{}", v3_cb.body);
+
+    // The native API: the same phone and address form.
+    let mut scan = scan_body(f, "OPD1", 3);
+    scan["patient"]["abha_address"] = json!("meera-nair@abdm");
+    scan["patient"]["phone"] = json!("+919800083232");
+    let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan)).await;
+    assert_eq!((r.status, num(&r.body, "token_number")), (201, 3), "{}", r.text);
 }

@@ -100,7 +100,6 @@ impl Switch {
                 .route("/api/hiecm/gateway/v3/sessions", web::post().to(session))
                 .route(CERTS_PATH, web::get().to(certs))
                 .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
-                .route("/v1.0/patients/profile/on-share", web::post().to(on_share))
                 .route("/gateway/v1.0/patients/profile/on-share", web::post().to(on_share))
         })
         .workers(1)
