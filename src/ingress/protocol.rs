@@ -190,6 +190,41 @@ async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppSta
     accept(state, Version::V1, &rid, hip, &bytes).await
 }
 
+/// `POST /api/v3/hip/patient/running-token/status` (NHA's Running Token Status document):
+/// the switch asks for the ongoing token number of counter `context` at `hipId`. Checked as a
+/// share is (the switch's bearer JWT, `REQUEST-ID`, `TIMESTAMP`, `X-HIP-ID`), answered 202 at
+/// once; the on-status callback follows from a background task that reads the facility's
+/// queue (routed on `X-HIP-ID`, as shares are).
+pub async fn running_token_status(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state).await?;
+    let rid = header(&req, "REQUEST-ID")?;
+    if !valid_request_id(rid) {
+        return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
+    }
+    let ts = header(&req, "TIMESTAMP")?;
+    if !valid_timestamp(ts) {
+        return Err(ApiError::InvalidHeader("TIMESTAMP", "must be a UTC ISO-8601 time, e.g. 2026-11-23T04:00:00.000Z"));
+    }
+    let hip = header(&req, "X-HIP-ID")?;
+    if !valid_facility_id(hip) {
+        return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
+    }
+    let (_, v) = json_body(&req, payload, &state).await?;
+    // The document's example sends `context` as a string, its field table as a number.
+    let context = match v.get("context") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(ApiError::InvalidField(crate::registry::field_error("context", "must be a counter id"))),
+        None => return Err(ApiError::MissingField("context".into())),
+    };
+    crate::protocol::running_token::spawn_answer(state.clone(), rid.to_string(), hip.to_string(), context);
+    Ok(HttpResponse::Accepted().json(json!({ "requestId": rid, "status": "ACCEPTED" })))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
