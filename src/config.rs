@@ -122,6 +122,9 @@ pub struct Settings {
     pub jwks_unknown_kid_refetch_s: u64,
     /// Allowed clock skew for `exp` / `nbf`.
     pub jwt_leeway_s: u64,
+    /// A share redelivered with its first delivery's bearer, expired by up to this many
+    /// seconds, is accepted when its request id was accepted before (0 = never).
+    pub jwt_redelivery_grace_s: u64,
     /// `on` (default) or `off`: turning verification off must be explicit and is logged.
     pub jwt_verification: String,
     /// How long a callback is retried after the share arrived before it is given up.
@@ -196,6 +199,7 @@ impl Default for Settings {
             switch_jwt_client_id: String::new(),
             jwks_unknown_kid_refetch_s: 5,
             jwt_leeway_s: 60,
+            jwt_redelivery_grace_s: 1800,
             jwt_verification: "on".into(),
             onshare_deadline_s: 1800,
             onshare_backoff_ms: 500,
@@ -324,6 +328,7 @@ impl Settings {
             board_refresh_ms,
             max_sse_clients,
             jwt_leeway_s,
+            jwt_redelivery_grace_s,
             onshare_deadline_s,
             onshare_backoff_ms,
             onshare_backoff_max_ms,

@@ -445,3 +445,42 @@ async fn running_token_status_answers_the_counters_live_token_on_status() {
     let (r, _) = running_token_status(&gw, "not-a-jwt", &f, "OPD1").await;
     assert_eq!(r.status, 401, "{}", r.text);
 }
+
+/// Issue 35 item 6. The switch redelivers a refused callback about 16 minutes later with the
+/// same, by then expired, bearer (care-abdm's findings). A share whose request id was accepted
+/// before is accepted again with a bearer expired within `SCANGW_JWT_REDELIVERY_GRACE_S`
+/// (default 1800 s) and gets the same token; an expired bearer with a new request id, or
+/// expired beyond the grace, is refused 401 `TOKEN_EXPIRED`.
+#[actix_web::test]
+async fn a_redelivery_with_an_expired_bearer_of_a_known_request_is_accepted_within_the_grace() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let gw = gateway_with_keys(&redis, &switch, &[]).await;
+    let f = fid(908);
+    gw.register(&f).await;
+    let share = v3_share(&f, "OPD1", 5);
+
+    let (r, rid) = share_v3(&gw, &switch_jwt("test-key-1"), &share, &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the on-share", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let token = switch.callbacks_for(&rid)[0].body["acknowledgement"]["profile"]["tokenNumber"].clone();
+    assert!(!token.is_null(), "{}", switch.callbacks_for(&rid)[0].body);
+
+    // 16 minutes after its expiry: the redelivery of the same request is accepted.
+    let stale = switch_jwt_expired("test-key-1", 16 * 60);
+    let (r, _) = share_v3(&gw, &stale, &share, &[("REQUEST-ID", &rid)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the second on-share", async || switch.callbacks_for(&rid).len() >= 2).await;
+    let again = &switch.callbacks_for(&rid)[1].body;
+    assert_eq!(again["acknowledgement"]["profile"]["tokenNumber"], token, "the same token: {again}");
+
+    // The same stale bearer with a new request id: refused.
+    let (r, _) = share_v3(&gw, &stale, &v3_share(&f, "OPD1", 6), &[]).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("TOKEN_EXPIRED"), "{}", r.text);
+    // Expired beyond the grace (and the leeway): refused even for the known request.
+    let too_old = switch_jwt_expired("test-key-1", 1800 + 60 + 120);
+    let (r, _) = share_v3(&gw, &too_old, &share, &[("REQUEST-ID", &rid)]).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("TOKEN_EXPIRED"), "{}", r.text);
+}

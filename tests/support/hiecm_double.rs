@@ -155,3 +155,12 @@ pub fn switch_jwt(kid: &str) -> String {
                         "exp": now + 300, "azp": SWITCH_CLIENT, "clientId": SWITCH_CLIENT});
     scan_gateway::protocol::jwt::sign_rs256_for_tests(KEY1, kid, &claims)
 }
+
+/// A bearer as [`switch_jwt`] signs it, but expired `ago_s` seconds ago (issued five minutes
+/// before that): what the switch sends again on a redelivery.
+pub fn switch_jwt_expired(kid: &str, ago_s: i64) -> String {
+    let exp = jiff::Timestamp::now().as_second() - ago_s;
+    let claims = json!({"iss": ISSUER, "sub": "service-account", "aud": "account", "iat": exp - 300,
+                        "exp": exp, "azp": SWITCH_CLIENT, "clientId": SWITCH_CLIENT});
+    scan_gateway::protocol::jwt::sign_rs256_for_tests(KEY1, kid, &claims)
+}
