@@ -103,6 +103,10 @@ pub struct Settings {
     /// Full URL of the v1.0 on-share callback; empty = `{hiecm_base_url}/gateway/v1.0/patients/profile/on-share`
     /// (see [`crate::protocol::hiecm::Version::default_on_share_url`]).
     pub hiecm_v1_on_share_url: String,
+    /// Full URL of the running-token on-status callback; empty =
+    /// `{hiecm_base_url}/api/hiecm/patient-share/v3/running-token/on-status` (NHA's Running
+    /// Token Status document).
+    pub hiecm_v3_running_token_on_status_url: String,
     /// JWKS to verify the switch's bearer JWTs: a file, or a URL refreshed periodically.
     pub jwks_file: String,
     pub jwks_url: String,
@@ -118,6 +122,9 @@ pub struct Settings {
     pub jwks_unknown_kid_refetch_s: u64,
     /// Allowed clock skew for `exp` / `nbf`.
     pub jwt_leeway_s: u64,
+    /// A share redelivered with its first delivery's bearer, expired by up to this many
+    /// seconds, is accepted when its request id was accepted before (0 = never).
+    pub jwt_redelivery_grace_s: u64,
     /// `on` (default) or `off`: turning verification off must be explicit and is logged.
     pub jwt_verification: String,
     /// How long a callback is retried after the share arrived before it is given up.
@@ -184,6 +191,7 @@ impl Default for Settings {
             hiecm_session_path: "/api/hiecm/gateway/v3/sessions".into(),
             hiecm_v3_on_share_url: String::new(),
             hiecm_v1_on_share_url: String::new(),
+            hiecm_v3_running_token_on_status_url: String::new(),
             jwks_file: String::new(),
             jwks_url: String::new(),
             jwt_issuer: String::new(),
@@ -191,6 +199,7 @@ impl Default for Settings {
             switch_jwt_client_id: String::new(),
             jwks_unknown_kid_refetch_s: 5,
             jwt_leeway_s: 60,
+            jwt_redelivery_grace_s: 1800,
             jwt_verification: "on".into(),
             onshare_deadline_s: 1800,
             onshare_backoff_ms: 500,
@@ -279,6 +288,7 @@ impl Settings {
             hiecm_session_path,
             hiecm_v3_on_share_url,
             hiecm_v1_on_share_url,
+            hiecm_v3_running_token_on_status_url,
             jwks_file,
             jwks_url,
             jwt_issuer,
@@ -318,6 +328,7 @@ impl Settings {
             board_refresh_ms,
             max_sse_clients,
             jwt_leeway_s,
+            jwt_redelivery_grace_s,
             onshare_deadline_s,
             onshare_backoff_ms,
             onshare_backoff_max_ms,
@@ -447,6 +458,7 @@ impl Settings {
         for (key, v) in [
             ("SCANGW_HIECM_V3_ON_SHARE_URL", &self.hiecm_v3_on_share_url),
             ("SCANGW_HIECM_V1_ON_SHARE_URL", &self.hiecm_v1_on_share_url),
+            ("SCANGW_HIECM_V3_RUNNING_TOKEN_ON_STATUS_URL", &self.hiecm_v3_running_token_on_status_url),
         ] {
             if !v.is_empty()
                 && (!(v.starts_with("https://") || v.starts_with("http://")) || v.contains(char::is_whitespace))
@@ -487,6 +499,16 @@ impl Settings {
     /// The Redis deployment `redis_url` and `redis_cluster` name (`None` if malformed).
     pub fn redis_target(&self) -> Option<crate::persistence::conn::Target> {
         crate::persistence::conn::Target::parse(&self.redis_url, self.redis_cluster)
+    }
+
+    /// The full URL running-token on-status callbacks are posted to: its setting, or NHA's
+    /// documented path on `hiecm_base_url`.
+    pub fn running_token_on_status_url(&self) -> String {
+        if self.hiecm_v3_running_token_on_status_url.is_empty() {
+            format!("{}/api/hiecm/patient-share/v3/running-token/on-status", self.hiecm_base_url.trim_end_matches('/'))
+        } else {
+            self.hiecm_v3_running_token_on_status_url.clone()
+        }
     }
 
     /// The full URL the on-shares of `version` are posted to: its setting, or the default

@@ -341,3 +341,146 @@ async fn the_binary_accepts_what_the_switch_sends_and_answers_where_it_listens()
     let r = gw.call("POST", "/v1/scans", PLATFORM, Some(&scan)).await;
     assert_eq!((r.status, num(&r.body, "token_number")), (201, 3), "{}", r.text);
 }
+
+/// Posts a running-token status request (NHA's Running Token Status document: body
+/// `{hipId, context}`, tests/fixtures/protocol/running_token_status.json) for `hip`/`counter`.
+async fn running_token_status(gw: &Gateway, bearer: &str, hip: &str, counter: &str) -> (Resp, String) {
+    let mut body: Value =
+        serde_json::from_str(include_str!("fixtures/protocol/running_token_status.json")).expect("status fixture");
+    body["hipId"] = json!(hip);
+    body["context"] = json!(counter);
+    let rid = scan_gateway::protocol::hiecm::new_request_id();
+    let ts = scan_gateway::protocol::hiecm::timestamp(jiff::Timestamp::now());
+    let url = format!("{}/api/v3/hip/patient/running-token/status", gw.base);
+    let headers = [("REQUEST-ID", rid.as_str()), ("TIMESTAMP", ts.as_str()), ("X-HIP-ID", hip)];
+    let r = http(
+        &gw.client,
+        "POST",
+        &url,
+        Some(bearer),
+        Some("application/json"),
+        Some(serde_json::to_vec(&body).unwrap()),
+        &headers,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("running-token status: {e}"));
+    (r, rid)
+}
+
+/// Issue 35 item 7. Running Token Status through the real binary: share -> token -> a staff
+/// call -> status request (202 at once) -> on-status at NHA's callback path with the number
+/// the counter serves now; a counter without tokens today gets the document's ABDM-1031, an
+/// unknown counter the error form, and a request without the switch's bearer 401.
+#[actix_web::test]
+async fn running_token_status_answers_the_counters_live_token_on_status() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let gw = gateway_with_keys(&redis, &switch, &[]).await;
+    let f = fid(907);
+    gw.register(&f).await;
+    let bearer = switch_jwt("test-key-1");
+
+    // Three tokens: after the first is called the third still has one ahead, which gives the
+    // counter's average service time.
+    let mut rids = Vec::new();
+    for i in 1..=3 {
+        let (r, rid) = share_v3(&gw, &bearer, &v3_share(&f, "OPD1", i), &[]).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        rids.push(rid);
+    }
+    until(Duration::from_secs(20), "the on-shares", async || rids.iter().all(|r| !switch.callbacks_for(r).is_empty()))
+        .await;
+    let first = switch.callbacks_for(&rids[0])[0].body["acknowledgement"]["profile"]["tokenNumber"].clone();
+    assert_eq!(first.to_string().trim_matches('"'), "1", "{first}");
+
+    // Nothing called yet: the counter has tokens, none is served (0).
+    let (r, rid) = running_token_status(&gw, &bearer, &f, "OPD1").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the first on-status", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let cb = &switch.callbacks_for(&rid)[0];
+    assert_eq!(cb.path, ON_STATUS_PATH);
+    assert_eq!(cb.body["token"]["runningTokenNumber"], "0", "{}", cb.body);
+
+    // Staff call the first token: it is the running token now.
+    let r = gw.call("POST", &format!("/v1/facilities/{f}/staff-keys"), ADMIN, None).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let staff = r.body["key"].as_str().expect("staff key").to_string();
+    let r = gw.call("POST", &format!("/v1/facilities/{f}/counters/OPD1/call-next"), &staff, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let (r, rid) = running_token_status(&gw, &bearer, &f, "OPD1").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the on-status", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let cb = &switch.callbacks_for(&rid)[0];
+    assert_eq!(cb.path, ON_STATUS_PATH);
+    assert_eq!(cb.headers.get("X-HIP-ID").map(String::as_str), Some(f.as_str()));
+    assert_eq!(cb.headers.get("AUTHORIZATION").map(String::as_str), Some(format!("Bearer {SESSION_TOKEN}").as_str()));
+    assert_eq!(cb.body["token"]["hipId"], f.as_str(), "{}", cb.body);
+    assert_eq!(cb.body["token"]["context"], "OPD1", "{}", cb.body);
+    assert_eq!(cb.body["token"]["runningTokenNumber"], "1", "{}", cb.body);
+    assert!(cb.body["token"]["averageTokenServiceTimeInMinutes"].as_u64().is_some_and(|m| m >= 1), "{}", cb.body);
+    assert!(cb.body.get("error").is_none(), "{}", cb.body);
+    let text = cb.body.to_string();
+    assert!(!text.contains("@sbx") && !text.contains("91-1000-2000"), "no patient data: {text}");
+
+    // A counter with no token today: the document's ABDM-1031.
+    let (r, rid) = running_token_status(&gw, &bearer, &f, "OPD2").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // A counter the facility does not have: the error form with our reason.
+    let (r, rid2) = running_token_status(&gw, &bearer, &f, "Radiology").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the failure on-statuses", async || {
+        !switch.callbacks_for(&rid).is_empty() && !switch.callbacks_for(&rid2).is_empty()
+    })
+    .await;
+    let none = &switch.callbacks_for(&rid)[0].body;
+    assert_eq!(none["error"]["code"], "ABDM-1031", "{none}");
+    assert!(none.get("token").is_none(), "{none}");
+    let unknown = &switch.callbacks_for(&rid2)[0].body;
+    assert_eq!(unknown["error"]["code"], "ABDM-9999", "{unknown}");
+    assert!(unknown["error"]["message"].as_str().unwrap().starts_with("UNKNOWN_COUNTER"), "{unknown}");
+    assert_eq!(unknown["response"]["requestId"], rid2.as_str());
+
+    // The share routes' authentication: no bearer, no answer.
+    let (r, _) = running_token_status(&gw, "not-a-jwt", &f, "OPD1").await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}
+
+/// Issue 35 item 6. The switch redelivers a refused callback about 16 minutes later with the
+/// same, by then expired, bearer (care-abdm's findings). A share whose request id was accepted
+/// before is accepted again with a bearer expired within `SCANGW_JWT_REDELIVERY_GRACE_S`
+/// (default 1800 s) and gets the same token; an expired bearer with a new request id, or
+/// expired beyond the grace, is refused 401 `TOKEN_EXPIRED`.
+#[actix_web::test]
+async fn a_redelivery_with_an_expired_bearer_of_a_known_request_is_accepted_within_the_grace() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let gw = gateway_with_keys(&redis, &switch, &[]).await;
+    let f = fid(908);
+    gw.register(&f).await;
+    let share = v3_share(&f, "OPD1", 5);
+
+    let (r, rid) = share_v3(&gw, &switch_jwt("test-key-1"), &share, &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the on-share", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let token = switch.callbacks_for(&rid)[0].body["acknowledgement"]["profile"]["tokenNumber"].clone();
+    assert!(!token.is_null(), "{}", switch.callbacks_for(&rid)[0].body);
+
+    // 16 minutes after its expiry: the redelivery of the same request is accepted.
+    let stale = switch_jwt_expired("test-key-1", 16 * 60);
+    let (r, _) = share_v3(&gw, &stale, &share, &[("REQUEST-ID", &rid)]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the second on-share", async || switch.callbacks_for(&rid).len() >= 2).await;
+    let again = &switch.callbacks_for(&rid)[1].body;
+    assert_eq!(again["acknowledgement"]["profile"]["tokenNumber"], token, "the same token: {again}");
+
+    // The same stale bearer with a new request id: refused.
+    let (r, _) = share_v3(&gw, &stale, &v3_share(&f, "OPD1", 6), &[]).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("TOKEN_EXPIRED"), "{}", r.text);
+    // Expired beyond the grace (and the leeway): refused even for the known request.
+    let too_old = switch_jwt_expired("test-key-1", 1800 + 60 + 120);
+    let (r, _) = share_v3(&gw, &too_old, &share, &[("REQUEST-ID", &rid)]).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("TOKEN_EXPIRED"), "{}", r.text);
+}

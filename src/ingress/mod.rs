@@ -66,6 +66,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/facilities:import", web::post().to(facilities::import))
         .route("/api/v3/hip/patient/share", web::post().to(protocol::share_v3))
         .route("/v3/hip/patient/share", web::post().to(protocol::share_v3))
+        .route("/api/v3/hip/patient/running-token/status", web::post().to(protocol::running_token_status))
+        .route("/v3/hip/patient/running-token/status", web::post().to(protocol::running_token_status))
         .route("/v1.0/patients/profile/share", web::post().to(protocol::share_v1))
         .route("/leaderboard", web::get().to(pages::leaderboard_page))
         .route("/leaderboard/events", web::get().to(pages::leaderboard_events))

@@ -23,23 +23,57 @@ pub fn valid_request_id(v: &str) -> bool {
         && v.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
+/// How the switch's credential passed [`authenticate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    Valid,
+    /// Valid in every respect but expired, by no more than `SCANGW_JWT_REDELIVERY_GRACE_S`:
+    /// accepted only for a share whose request id was accepted before ([`redelivery`]).
+    ExpiredInGrace,
+}
+
 /// Checks the switch's credential (before anything else is read) and the per-client limit.
-async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Credential, ApiError> {
     let p = state.protocol.as_ref().ok_or(ApiError::NotFound)?;
     state.limits.global().map_err(super::auth::limited)?;
     let auth = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let now = state.directory.deps().clock.now();
-    match p.verify(auth, now).await {
-        Ok(_) => {}
+    let grace = i64::try_from(state.settings.jwt_redelivery_grace_s).unwrap_or(i64::MAX);
+    let credential = match p.verify(auth, now).await {
+        Ok(_) => Credential::Valid,
         // No key set yet (the certs endpoint has not answered since startup): 503, so the
         // switch retries, rather than a 401 that blames its token.
         Err(crate::protocol::jwt::JwtError::Jwks(_)) => return Err(ApiError::KeysUnavailable),
+        // The switch redelivers a refused callback about 16 minutes later with the first
+        // delivery's bearer, expired by then (care-abdm's findings on sandbox traffic).
+        Err(crate::protocol::jwt::JwtError::Expired)
+            if grace > 0 && p.verifier.verify_expired_within(auth, now.as_second(), grace).is_ok() =>
+        {
+            Credential::ExpiredInGrace
+        }
         Err(e) => {
             state.limits.client(&super::auth::anonymous_key(req, state)).map_err(super::auth::limited)?;
             return Err(ApiError::InvalidToken(e.code()));
         }
+    };
+    state.limits.client("hiecm").map_err(super::auth::limited)?;
+    Ok(credential)
+}
+
+/// A credential expired within the grace passes only for a redelivery: a share whose request
+/// id this gateway accepted before (marked in Redis when it was accepted). Anything else with
+/// it is refused `TOKEN_EXPIRED`, as without the grace. Safe: such a request can only get the
+/// answer the first delivery got (the share's request id is its idempotency key).
+async fn redelivery(state: &AppState, credential: Credential, request_id: &str) -> Result<(), ApiError> {
+    if credential == Credential::Valid {
+        return Ok(());
     }
-    state.limits.client("hiecm").map_err(super::auth::limited)
+    if state.store.share_seen(request_id).await? {
+        state.directory.deps().metrics.share_redelivery_expired_bearer.increment(1);
+        tracing::info!(request_id = %request_id, "share redelivered with an expired bearer within the grace: accepted");
+        return Ok(());
+    }
+    Err(ApiError::InvalidToken(crate::protocol::jwt::JwtError::Expired.code()))
 }
 
 /// A share's `TIMESTAMP`: UTC ISO-8601 with `Z` or an offset, or without any zone (read as
@@ -121,6 +155,14 @@ async fn accept(
         tracing::warn!(limit = state.settings.onshare_outbox_max, "outbox full: a share was refused with OUTBOX_FULL");
         return Err(ApiError::OutboxFull);
     }
+    let grace = state.settings.jwt_redelivery_grace_s;
+    if grace > 0 {
+        // Outlives any bearer the first delivery may carry (the grace counts from its expiry).
+        let ttl = std::time::Duration::from_secs(grace.saturating_add(3600));
+        if let Err(e) = state.store.share_seen_mark(request_id, ttl).await {
+            tracing::warn!(request_id = %request_id, error = %e, "share accepted but not marked seen: a redelivery with an expired bearer will be refused");
+        }
+    }
     Ok(HttpResponse::Accepted().json(json!({ "requestId": request_id, "status": "ACCEPTED" })))
 }
 
@@ -138,11 +180,12 @@ pub async fn share_v3(
 }
 
 async fn share_v3_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
-    authenticate(req, state).await?;
+    let credential = authenticate(req, state).await?;
     let rid = header(req, "REQUEST-ID")?;
     if !valid_request_id(rid) {
         return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
     }
+    redelivery(state, credential, rid).await?;
     let ts = header(req, "TIMESTAMP")?;
     if !valid_timestamp(ts) {
         return Err(ApiError::InvalidHeader("TIMESTAMP", "must be a UTC ISO-8601 time, e.g. 2026-11-23T04:00:00.000Z"));
@@ -175,7 +218,7 @@ pub async fn share_v1(
 }
 
 async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
-    authenticate(req, state).await?;
+    let credential = authenticate(req, state).await?;
     let hip = header(req, "X-HIP-ID")?;
     if !valid_facility_id(hip) {
         return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
@@ -187,7 +230,46 @@ async fn share_v1_inner(req: &HttpRequest, payload: web::Payload, state: &AppSta
         return Err(ApiError::InvalidField(crate::registry::field_error("requestId", "must be a UUID")));
     }
     let rid = rid.to_string();
+    redelivery(state, credential, &rid).await?;
     accept(state, Version::V1, &rid, hip, &bytes).await
+}
+
+/// `POST /api/v3/hip/patient/running-token/status` (NHA's Running Token Status document):
+/// the switch asks for the ongoing token number of counter `context` at `hipId`. Checked as a
+/// share is (the switch's bearer JWT, `REQUEST-ID`, `TIMESTAMP`, `X-HIP-ID`), answered 202 at
+/// once; the on-status callback follows from a background task that reads the facility's
+/// queue (routed on `X-HIP-ID`, as shares are).
+pub async fn running_token_status(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // A status request is new each time: an expired bearer gets no grace here.
+    if authenticate(&req, &state).await? != Credential::Valid {
+        return Err(ApiError::InvalidToken(crate::protocol::jwt::JwtError::Expired.code()));
+    }
+    let rid = header(&req, "REQUEST-ID")?;
+    if !valid_request_id(rid) {
+        return Err(ApiError::InvalidHeader("REQUEST-ID", "must be a UUID"));
+    }
+    let ts = header(&req, "TIMESTAMP")?;
+    if !valid_timestamp(ts) {
+        return Err(ApiError::InvalidHeader("TIMESTAMP", "must be a UTC ISO-8601 time, e.g. 2026-11-23T04:00:00.000Z"));
+    }
+    let hip = header(&req, "X-HIP-ID")?;
+    if !valid_facility_id(hip) {
+        return Err(ApiError::InvalidHeader("X-HIP-ID", "must be a facility id"));
+    }
+    let (_, v) = json_body(&req, payload, &state).await?;
+    // The document's example sends `context` as a string, its field table as a number.
+    let context = match v.get("context") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(ApiError::InvalidField(crate::registry::field_error("context", "must be a counter id"))),
+        None => return Err(ApiError::MissingField("context".into())),
+    };
+    crate::protocol::running_token::spawn_answer(state.clone(), rid.to_string(), hip.to_string(), context);
+    Ok(HttpResponse::Accepted().json(json!({ "requestId": rid, "status": "ACCEPTED" })))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
 //! | `sg:facilities` | set | every registered facility id (admin listing, no hash tag) | forever |
 //! | `sg:{outbox}:shares` | stream, consumer group `onshare` | protocol shares waiting for their on-share callback (patient data: deleted once delivered or given up) | until delivered |
+//! | `sg:{outbox}:seen:<request id>` | string `1` | a protocol share accepted with this request id: a redelivery with an expired bearer is accepted within the grace only for such an id | the redelivery grace + 1 hour |
 //! | `lb:{lb}:<period>:<kind>:<scope>` | sorted set member -> tokens | leaderboards ([`leaderboard`]) | daily: leaderboard retention; `all`: forever |
 //! | `lb:{lb}:<YYYY-MM-DD>:ap` | hash `<F>|<kind>` -> count | the part of each `sg:{F}:lbn` count already added to the boards | leaderboard retention + 7 days |
 //! | `lb:{lb}:dirty` | hash `<F>` -> epoch | facilities whose counts may be ahead of the boards, with the newest activation epoch that marked them | until applied and released |
@@ -32,6 +33,12 @@ pub const FACILITY_SET: &str = "sg:facilities";
 /// The on-share outbox stream and its consumer group (one slot of its own).
 pub const OUTBOX: &str = "sg:{outbox}:shares";
 pub const OUTBOX_GROUP: &str = "onshare";
+
+/// Marks a share's request id as accepted (see the schema table). Request ids are UUIDs
+/// (validated at the edge), so the key is unambiguous.
+pub fn share_seen(request_id: &str) -> String {
+    format!("sg:{{outbox}}:seen:{request_id}")
+}
 
 /// The keys every fenced write of a facility names, built once per facility actor rather
 /// than formatted again for each write; the day's token hash is [`FacilityKeys::day`].

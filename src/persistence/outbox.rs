@@ -85,6 +85,22 @@ impl Store {
         self.call_pub(fut).await
     }
 
+    /// Records that a share with `request_id` was accepted, for `ttl`.
+    pub async fn share_seen_mark(&self, request_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut c = self.connection();
+        let key = super::keys::share_seen(request_id);
+        let fut = async move { c.set_ex::<_, _, ()>(key, 1, ttl.as_secs().max(1)).await };
+        self.call_pub(fut).await
+    }
+
+    /// Whether a share with `request_id` was accepted (within the mark's lifetime).
+    pub async fn share_seen(&self, request_id: &str) -> Result<bool, StoreError> {
+        let mut c = self.connection();
+        let key = super::keys::share_seen(request_id);
+        let fut = async move { c.exists::<_, bool>(key).await };
+        self.call_pub(fut).await
+    }
+
     /// New entries for this consumer, waiting up to `block` for one.
     pub async fn outbox_read(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<Entry>, StoreError> {
         let mut c = self.connection();

@@ -92,6 +92,8 @@ pub struct HiecmConfig {
     /// Full URLs the on-shares of each version are posted to.
     pub v3_on_share_url: String,
     pub v1_on_share_url: String,
+    /// Full URL running-token on-status callbacks are posted to.
+    pub v3_on_status_url: String,
     pub timeout: Duration,
 }
 
@@ -181,13 +183,24 @@ impl Hiecm {
     /// `hip` is the share's `X-HIP-ID`, sent back on the on-share as NHA's wrapper does
     /// (`ProfileShareV3Service`: `Utils.getCustomHeaders(X_HIP_ID, ...)`).
     pub async fn on_share(&self, version: Version, hip: &str, body: &Value, now: Timestamp) -> Result<(), SendError> {
+        let url = match version {
+            Version::V3 => &self.session.config().v3_on_share_url,
+            Version::V1 => &self.session.config().v1_on_share_url,
+        };
+        self.post(url, hip, body, now).await
+    }
+
+    /// Posts one running-token on-status body (NHA's Running Token Status document: the same
+    /// headers as the v3 on-share).
+    pub async fn on_status(&self, hip: &str, body: &Value, now: Timestamp) -> Result<(), SendError> {
+        self.post(&self.session.config().v3_on_status_url, hip, body, now).await
+    }
+
+    async fn post(&self, url: &str, hip: &str, body: &Value, now: Timestamp) -> Result<(), SendError> {
         let bearer = self.session.bearer(&self.http, now).await?;
         let res = self
             .http
-            .post(match version {
-                Version::V3 => &self.session.config().v3_on_share_url,
-                Version::V1 => &self.session.config().v1_on_share_url,
-            })
+            .post(url)
             .insert_header(("Authorization", format!("Bearer {bearer}")))
             .insert_header(("REQUEST-ID", new_request_id()))
             .insert_header(("TIMESTAMP", timestamp(now)))

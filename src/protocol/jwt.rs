@@ -222,6 +222,19 @@ impl Verifier {
 
     /// Verifies the raw `Authorization` header value at the time `now_unix` (seconds).
     pub fn verify(&self, authorization_header: Option<&str>, now_unix: i64) -> Result<Claims, JwtError> {
+        self.verify_expired_within(authorization_header, now_unix, 0)
+    }
+
+    /// [`Self::verify`], except that a token expired by at most `grace_s` seconds (beyond the
+    /// leeway) passes: every other check (signature, key, issuer, audience, client id, `nbf`
+    /// / `iat`) is the same. For redeliveries of a request accepted before, which the switch
+    /// sends with the first delivery's bearer.
+    pub fn verify_expired_within(
+        &self,
+        authorization_header: Option<&str>,
+        now_unix: i64,
+        grace_s: i64,
+    ) -> Result<Claims, JwtError> {
         if self.disabled {
             return Ok(Claims::default());
         }
@@ -254,13 +267,13 @@ impl Verifier {
         })?;
 
         let claims = claims_from(data.claims)?;
-        self.check_claims(&claims, now_unix)?;
+        self.check_claims(&claims, now_unix, grace_s.max(0))?;
         Ok(claims)
     }
 
-    fn check_claims(&self, c: &Claims, now: i64) -> Result<(), JwtError> {
+    fn check_claims(&self, c: &Claims, now: i64, grace_s: i64) -> Result<(), JwtError> {
         let leeway = self.leeway_s;
-        if now >= c.exp.saturating_add(leeway) {
+        if now >= c.exp.saturating_add(leeway).saturating_add(grace_s) {
             return Err(JwtError::Expired);
         }
         let latest_start = now.saturating_add(leeway);
@@ -526,6 +539,24 @@ mod tests {
         // Fractional NumericDate.
         let frac = sign_rs256_for_tests(KEY1, "test-key-1", &with(claims(), "exp", json!(NOW as f64 + 10.5)));
         assert_eq!(check(&v, &frac).unwrap().exp, NOW + 10);
+    }
+
+    #[test]
+    fn a_redelivery_grace_relaxes_only_the_expiry() {
+        let v = verifier();
+        let t = |c: Value| bearer(&sign_rs256_for_tests(KEY1, "test-key-1", &c));
+        // Expired 16 minutes ago (issued 5 minutes before that): within a 1800 s grace.
+        let stale = with(with(claims(), "exp", json!(NOW - 960)), "iat", json!(NOW - 1260));
+        assert_eq!(v.verify(Some(&t(stale.clone())), NOW), Err(JwtError::Expired));
+        assert!(v.verify_expired_within(Some(&t(stale.clone())), NOW, 1800).is_ok());
+        // Beyond grace + leeway: still expired.
+        let old = with(claims(), "exp", json!(NOW - 1800 - 30));
+        assert_eq!(v.verify_expired_within(Some(&t(old)), NOW, 1800), Err(JwtError::Expired));
+        // Every other check still holds.
+        let wrong_iss = with(stale.clone(), "iss", json!("someone-else"));
+        assert_eq!(v.verify_expired_within(Some(&t(wrong_iss)), NOW, 1800), Err(JwtError::WrongIssuer));
+        let forged = sign_rs256_for_tests(KEY2, "test-key-1", &stale);
+        assert_eq!(v.verify_expired_within(Some(&bearer(&forged)), NOW, 1800), Err(JwtError::BadSignature));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! reliable on-share callback path (Redis outbox, retries) built on the same facility actors.
 pub mod hiecm;
 pub mod jwt;
+pub mod running_token;
 pub mod shapes;
 pub mod worker;
 
@@ -142,6 +143,7 @@ pub async fn build(
         session_path: settings.hiecm_session_path.clone(),
         v3_on_share_url: settings.on_share_url(hiecm::Version::V3),
         v1_on_share_url: settings.on_share_url(hiecm::Version::V1),
+        v3_on_status_url: settings.running_token_on_status_url(),
         timeout: Duration::from_secs(10),
     }));
     let cfg = jwt::JwtConfig {

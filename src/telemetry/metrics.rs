@@ -75,6 +75,12 @@ pub const ONSHARE_DELAY: &str = "scangw_onshare_delay_seconds";
 /// `scangw_share_hip_mismatch_total`: v3 shares whose `X-HIP-ID` header named another
 /// facility than their `metaData.hipId` (routed on the header, as NHA's wrapper does).
 pub const SHARE_HIP_MISMATCH: &str = "scangw_share_hip_mismatch_total";
+/// `scangw_share_redelivery_expired_bearer_total`: shares redelivered with a bearer expired
+/// within `SCANGW_JWT_REDELIVERY_GRACE_S` and accepted (their request id was accepted before).
+pub const SHARE_REDELIVERY_EXPIRED: &str = "scangw_share_redelivery_expired_bearer_total";
+/// `scangw_running_token_on_status_total{outcome}`: running-token on-status callbacks
+/// `delivered`, or `failed` (not landed after a few tries, or refused by the switch).
+pub const RUNNING_TOKEN_ON_STATUS: &str = "scangw_running_token_on_status_total";
 /// `scangw_outbox_entries`: shares in the outbox not yet answered (all nodes).
 pub const OUTBOX_ENTRIES: &str = "scangw_outbox_entries";
 /// `scangw_leaderboard_apply_lag_seconds`: seconds since this node's leaderboard applier
@@ -249,6 +255,8 @@ fn describe() {
     describe_histogram!(ONSHARE_DELAY, Unit::Seconds, "Share accepted to on-share delivered");
     describe_gauge!(OUTBOX_ENTRIES, "Shares waiting for their on-share");
     describe_counter!(SHARE_HIP_MISMATCH, "v3 shares whose X-HIP-ID differs from metaData.hipId");
+    describe_counter!(SHARE_REDELIVERY_EXPIRED, "share redeliveries accepted with a bearer expired within the grace");
+    describe_counter!(RUNNING_TOKEN_ON_STATUS, "running-token on-status callbacks, by outcome");
     describe_gauge!(LB_APPLY_LAG, "Age of the leaderboard applier's last complete pass");
     describe_counter!(LB_APPLIED, "Tokens the leaderboard applier added to the boards");
 }
@@ -305,6 +313,9 @@ pub struct Metrics {
     pub onshare_delay: Histogram,
     pub outbox_entries: Gauge,
     pub share_hip_mismatch: Counter,
+    pub running_token_on_status: Counter,
+    pub share_redelivery_expired_bearer: Counter,
+    pub running_token_on_status_failed: Counter,
     pub leaderboard_apply_lag: Gauge,
     pub leaderboard_applied: Counter,
 }
@@ -339,6 +350,9 @@ impl Metrics {
             onshare_delay: metrics::histogram!(ONSHARE_DELAY),
             outbox_entries: metrics::gauge!(OUTBOX_ENTRIES),
             share_hip_mismatch: metrics::counter!(SHARE_HIP_MISMATCH),
+            share_redelivery_expired_bearer: metrics::counter!(SHARE_REDELIVERY_EXPIRED),
+            running_token_on_status: metrics::counter!(RUNNING_TOKEN_ON_STATUS, "outcome" => "delivered"),
+            running_token_on_status_failed: metrics::counter!(RUNNING_TOKEN_ON_STATUS, "outcome" => "failed"),
             leaderboard_apply_lag: metrics::gauge!(LB_APPLY_LAG),
             leaderboard_applied: metrics::counter!(LB_APPLIED),
         }

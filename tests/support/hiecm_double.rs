@@ -1,7 +1,8 @@
 //! A double of the national switch (HIE-CM) for tests of the real binary: the session
 //! endpoint, the certs endpoint as the real one behaves (401 without the session bearer,
 //! observed in sandbox traffic; it can be switched down), and the on-share endpoints, which
-//! record every callback with its headers.
+//! record every callback with its headers, and the running-token on-status endpoint
+//! (recorded the same way).
 #![allow(dead_code)] // each test binary uses its own subset
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -20,6 +21,7 @@ pub const CLIENT_ID: &str = "gateway-client";
 pub const CLIENT_SECRET: &str = "gateway-secret-0123456789";
 pub const SESSION_TOKEN: &str = "cm-session-token-0123456789";
 pub const CERTS_PATH: &str = "/api/hiecm/gateway/v3/certs";
+pub const ON_STATUS_PATH: &str = "/api/hiecm/patient-share/v3/running-token/on-status";
 
 /// One request the double received.
 #[derive(Debug, Clone)]
@@ -101,6 +103,8 @@ impl Switch {
                 .route(CERTS_PATH, web::get().to(certs))
                 .route("/api/hiecm/patient-share/v3/on-share", web::post().to(on_share))
                 .route("/gateway/v1.0/patients/profile/on-share", web::post().to(on_share))
+                // NHA's Running Token Status document: the HIP's answer to a status request.
+                .route(ON_STATUS_PATH, web::post().to(on_share))
         })
         .workers(1)
         .disable_signals()
@@ -149,5 +153,14 @@ pub fn switch_jwt(kid: &str) -> String {
     let now = jiff::Timestamp::now().as_second();
     let claims = json!({"iss": ISSUER, "sub": "service-account", "aud": "account", "iat": now - 5,
                         "exp": now + 300, "azp": SWITCH_CLIENT, "clientId": SWITCH_CLIENT});
+    scan_gateway::protocol::jwt::sign_rs256_for_tests(KEY1, kid, &claims)
+}
+
+/// A bearer as [`switch_jwt`] signs it, but expired `ago_s` seconds ago (issued five minutes
+/// before that): what the switch sends again on a redelivery.
+pub fn switch_jwt_expired(kid: &str, ago_s: i64) -> String {
+    let exp = jiff::Timestamp::now().as_second() - ago_s;
+    let claims = json!({"iss": ISSUER, "sub": "service-account", "aud": "account", "iat": exp - 300,
+                        "exp": exp, "azp": SWITCH_CLIENT, "clientId": SWITCH_CLIENT});
     scan_gateway::protocol::jwt::sign_rs256_for_tests(KEY1, kid, &claims)
 }
