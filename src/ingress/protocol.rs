@@ -151,17 +151,14 @@ async fn accept(
     let body = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("the body is not UTF-8".into()))?;
     let at = state.directory.deps().clock.now().as_millisecond().to_string();
     let fields = [(F_VERSION, version.as_str()), (F_REQUEST_ID, request_id), (F_HIP, hip), (F_BODY, body), (F_AT, &at)];
-    if state.store.outbox_add(&fields, state.settings.onshare_outbox_max).await?.is_none() {
+    // The seen mark outlives any bearer the first delivery may carry (the grace counts from
+    // its expiry): a redelivery with that bearer, expired, is accepted within the grace.
+    let grace = state.settings.jwt_redelivery_grace_s;
+    let seen_for = (grace > 0).then(|| std::time::Duration::from_secs(grace.saturating_add(3600)));
+    let added = state.store.outbox_add(request_id, &fields, state.settings.onshare_outbox_max, seen_for).await?;
+    if added.is_none() {
         tracing::warn!(limit = state.settings.onshare_outbox_max, "outbox full: a share was refused with OUTBOX_FULL");
         return Err(ApiError::OutboxFull);
-    }
-    let grace = state.settings.jwt_redelivery_grace_s;
-    if grace > 0 {
-        // Outlives any bearer the first delivery may carry (the grace counts from its expiry).
-        let ttl = std::time::Duration::from_secs(grace.saturating_add(3600));
-        if let Err(e) = state.store.share_seen_mark(request_id, ttl).await {
-            tracing::warn!(request_id = %request_id, error = %e, "share accepted but not marked seen: a redelivery with an expired bearer will be refused");
-        }
     }
     Ok(HttpResponse::Accepted().json(json!({ "requestId": request_id, "status": "ACCEPTED" })))
 }

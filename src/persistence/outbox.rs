@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 
-use super::keys::{OUTBOX, OUTBOX_GROUP};
+use super::keys::{self, OUTBOX, OUTBOX_GROUP};
 use super::{Store, StoreError};
 
 /// One accepted share, as stored.
@@ -48,12 +48,16 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 ";
 
-/// KEYS: stream. ARGV: limit, then field, value, ... Appends unless the stream already holds
-/// `limit` entries (given-up and delivered entries are deleted, so XLEN counts live ones);
-/// nil when full. One script, so concurrent shares on many nodes cannot overshoot the bound.
+/// KEYS: stream, the share's seen mark. ARGV: limit, mark ttl seconds (0: no mark), then
+/// field, value, ... Appends unless the stream already holds `limit` entries (given-up and
+/// delivered entries are deleted, so XLEN counts live ones); nil when full. One script, so
+/// concurrent shares on many nodes cannot overshoot the bound, and the seen mark (see
+/// [`keys::share_seen`]) lands with the entry or not at all, in the same round trip.
 const ADD_BOUNDED: &str = r"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if ARGV[2] ~= '0' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
+return id
 ";
 
 impl Store {
@@ -70,13 +74,21 @@ impl Store {
     }
 
     /// Appends an accepted share; durable (AOF) before the share is answered 202. `None`
-    /// when the outbox already holds `limit` entries: nothing was written.
-    pub async fn outbox_add(&self, fields: &[(&str, &str)], limit: u64) -> Result<Option<String>, StoreError> {
+    /// when the outbox already holds `limit` entries: nothing was written. With `seen_for`,
+    /// the share's request id is also marked accepted for that long ([`Self::share_seen`]).
+    pub async fn outbox_add(
+        &self,
+        request_id: &str,
+        fields: &[(&str, &str)],
+        limit: u64,
+        seen_for: Option<Duration>,
+    ) -> Result<Option<String>, StoreError> {
         let mut c = self.connection();
         let script = redis::Script::new(ADD_BOUNDED);
+        let seen = keys::share_seen(request_id);
         let fut = async move {
             let mut inv = script.key(OUTBOX);
-            inv.arg(limit);
+            inv.key(seen).arg(limit).arg(seen_for.map_or(0, |d| d.as_secs().max(1)));
             for (k, v) in fields {
                 inv.arg(*k).arg(*v);
             }
@@ -85,18 +97,10 @@ impl Store {
         self.call_pub(fut).await
     }
 
-    /// Records that a share with `request_id` was accepted, for `ttl`.
-    pub async fn share_seen_mark(&self, request_id: &str, ttl: Duration) -> Result<(), StoreError> {
-        let mut c = self.connection();
-        let key = super::keys::share_seen(request_id);
-        let fut = async move { c.set_ex::<_, _, ()>(key, 1, ttl.as_secs().max(1)).await };
-        self.call_pub(fut).await
-    }
-
     /// Whether a share with `request_id` was accepted (within the mark's lifetime).
     pub async fn share_seen(&self, request_id: &str) -> Result<bool, StoreError> {
         let mut c = self.connection();
-        let key = super::keys::share_seen(request_id);
+        let key = keys::share_seen(request_id);
         let fut = async move { c.exists::<_, bool>(key).await };
         self.call_pub(fut).await
     }

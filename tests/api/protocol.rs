@@ -702,13 +702,20 @@ async fn the_outbox_stays_bounded_during_a_switch_outage() {
     hiecm.rec.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
     let bearer = jwt(&app, KEY1, "test-key-1", 600, ISSUER);
     let mut accepted = 0;
+    // A request id is marked accepted (for a redelivery with an expired bearer) with its
+    // outbox entry, in one script: a refused share leaves no mark.
+    let seen = |rid: &str| redis.conn().exists::<_, bool>(format!("sg:{{outbox}}:seen:{rid}")).unwrap();
     for i in 0..15 {
         let (st, v, rid) = app.share_v3(&bearer, &v3_body(&f, "OPD1", i), None).await;
         match st {
-            202 => accepted += 1,
+            202 => {
+                accepted += 1;
+                assert!(seen(&rid), "an accepted share is marked");
+            }
             _ => {
                 assert_error(st, &v, 503, "OUTBOX_FULL");
                 assert!(!v.to_string().contains(&rid), "{v}");
+                assert!(!seen(&rid), "a refused share is not marked");
             }
         }
         assert!(outbox_len(&redis) <= 5, "the outbox never exceeds its bound");
