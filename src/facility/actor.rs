@@ -76,6 +76,10 @@ pub enum FacilityError {
     /// The scan would have issued a new token past the patient's rate limit.
     #[error("rate limited")]
     RateLimited(Limited),
+    /// The scan would have issued a new token after its request's deadline (a protocol
+    /// share whose on-share could no longer be sent).
+    #[error("the request's deadline passed before a token was issued")]
+    Expired,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, FacilityError>>;
@@ -105,10 +109,29 @@ impl Action {
     }
 }
 
-/// Charges a scan's new token to the patient's rate limit. The actor asks only when the scan
-/// would issue a new token (it alone knows): a replay of an Idempotency-Key or a share, and a
-/// repeat, answer what was already issued and spend nothing.
-pub type Admission = Box<dyn FnOnce() -> Result<(), Limited> + Send>;
+/// Admits a scan's new token: charges the rate limits, and for a share checks its deadline.
+/// The actor asks only when the scan would issue a new token (it alone knows), right before
+/// issuing it: a replay of an Idempotency-Key or a share, and a repeat, answer what was
+/// already issued and spend nothing.
+pub type Admission = Box<dyn FnOnce() -> Result<(), Refusal> + Send>;
+
+/// Why an [`Admission`] refused a new token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Limited(Limited),
+    /// The request's deadline passed (see [`before_deadline`]).
+    Expired,
+}
+
+/// The deadline part of an admission: refuses once `clock` reaches `deadline_ms`. Checked by
+/// the actor right before it issues, so a request that waited in the facility's mailbox (or
+/// behind its activation) past its deadline gets no token.
+pub fn before_deadline(clock: &SharedClock, deadline_ms: i64) -> Result<(), Refusal> {
+    if clock.now().as_millisecond() >= deadline_ms {
+        return Err(Refusal::Expired);
+    }
+    Ok(())
+}
 
 pub enum Command {
     Scan {
@@ -633,7 +656,10 @@ impl FacilityActor {
                 let admit = || admit().map_err(|l| refused = Some(l)).is_ok();
                 let result = match r.queue.scan_admitted(input, now, admit) {
                     Ok(Some(out)) => Ok(out),
-                    Ok(None) => Err(FacilityError::RateLimited(refused.expect("a refusal says why"))),
+                    Ok(None) => Err(match refused.expect("a refusal says why") {
+                        Refusal::Limited(l) => FacilityError::RateLimited(l),
+                        Refusal::Expired => FacilityError::Expired,
+                    }),
                     Err(e) => Err(FacilityError::from(e)),
                 };
                 let outcome = match &result {
@@ -642,8 +668,9 @@ impl FacilityActor {
                         ScanKind::Repeat => ScanOutcome::Repeat,
                         ScanKind::Replay | ScanKind::RepeatReplay => ScanOutcome::Replay,
                     }),
-                    // Counted by its limit, as when the edge refused it.
-                    Err(FacilityError::RateLimited(_)) => None,
+                    // Counted by its limit, as when the edge refused it (an expired share by
+                    // the worker's give-up).
+                    Err(FacilityError::RateLimited(_) | FacilityError::Expired) => None,
                     Err(_) => Some(ScanOutcome::Rejected),
                 };
                 if let Some(outcome) = outcome {
@@ -879,6 +906,18 @@ impl Handler<Envelope> for FacilityActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_admits_until_it_is_reached() {
+        let clock = crate::clock::ManualClock::new("2026-11-23T04:00:00Z".parse().unwrap());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let deadline = shared.now().as_millisecond() + 1_000;
+        assert_eq!(before_deadline(&shared, deadline), Ok(()));
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(before_deadline(&shared, deadline), Ok(()));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(before_deadline(&shared, deadline), Err(Refusal::Expired), "refused at the deadline itself");
+    }
 
     #[test]
     fn an_answer_waits_for_its_own_writes_and_an_earlier_failure() {

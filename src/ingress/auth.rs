@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::facility::actor::Admission;
+use crate::facility::actor::{before_deadline, Admission, Refusal};
 use crate::facility::queue::PatientKeys;
 use crate::registry::staff;
 
@@ -97,26 +97,39 @@ pub fn patient_admission(state: &web::Data<AppState>, patient: PatientKeys) -> A
     let state = state.clone();
     Box::new(move || {
         let charge = |d: &[u8; 16]| {
-            state.limits.patient(d).inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))
+            state
+                .limits
+                .patient(d)
+                .inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))
+                .map_err(Refusal::Limited)
         };
         charge(&patient.by_address.0)?;
         patient.by_number.map_or(Ok(()), |n| charge(&n.0))
     })
 }
 
-/// The admission of a protocol share's scan: the facility limit, then the patient limit,
-/// both charged only if the scan issues a new token. The share was accepted (202) before
-/// the worker runs it, so a redelivery of a share that already has its token must answer
-/// that token; a facility limit charged before the actor would turn a redelivery at a
-/// busy facility into a RATE_LIMITED on-share after an earlier SUCCESS.
-pub fn share_admission(state: &web::Data<AppState>, facility: &str, patient: PatientKeys) -> Admission {
+/// The admission of a protocol share's scan: its deadline, then the facility limit, then the
+/// patient limit, all checked only if the scan issues a new token. The share was accepted
+/// (202) before the worker runs it, so a redelivery of a share that already has its token
+/// must answer that token; a facility limit charged before the actor would turn a
+/// redelivery at a busy facility into a RATE_LIMITED on-share after an earlier SUCCESS. The
+/// deadline is checked here too, right before issuing, and not only by the worker before it
+/// asks: the share may wait in the facility's mailbox meanwhile.
+pub fn share_admission(
+    state: &web::Data<AppState>,
+    facility: &str,
+    patient: PatientKeys,
+    deadline_ms: i64,
+) -> Admission {
     let (state, facility) = (state.clone(), facility.to_string());
     let patient = patient_admission(&state, patient);
     Box::new(move || {
+        before_deadline(&state.directory.deps().clock, deadline_ms)?;
         state
             .limits
             .facility(&facility)
-            .inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))?;
+            .inspect_err(|e| crate::telemetry::metrics::Metrics::rate_limited(e.kind.label()))
+            .map_err(Refusal::Limited)?;
         patient()
     })
 }

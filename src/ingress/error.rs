@@ -213,6 +213,9 @@ impl From<FacilityError> for ApiError {
             FacilityError::Overloaded => ApiError::Overloaded,
             // Already counted by its limit where it was charged (see `auth::patient_admission`).
             FacilityError::RateLimited(l) => ApiError::RateLimited(l),
+            // Only a protocol share's admission has a deadline (the worker gives it up); a
+            // native scan never meets it.
+            FacilityError::Expired => ApiError::Overloaded,
             FacilityError::Store(s) => s.into(),
             FacilityError::Queue(q) => match q {
                 QueueError::UnknownCounter => ApiError::UnknownCounter,

@@ -162,7 +162,7 @@ async fn handle(ctx: &Ctx, e: Entry) {
             give_up(ctx, &e.id, &rid, GiveUp::ExpiredBeforeToken, attempt, None).await;
             return;
         }
-        match answer(ctx, version, &rid, e.get(F_HIP), e.get(F_BODY)).await {
+        match answer(ctx, version, &rid, e.get(F_HIP), e.get(F_BODY), deadline).await {
             Ok(v) => break v,
             Err(Transient) => {
                 attempt += 1;
@@ -256,7 +256,14 @@ fn body(ctx: &Ctx, version: Version, rid: &str, outcome: Result<&TokenAck<'_>, &
 
 /// The on-share body for a share: the token (issued now, or the same one again), or a
 /// FAILURE with a code. Transient trouble (store down, facility overloaded) is retried.
-async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) -> Result<Value, Transient> {
+async fn answer(
+    ctx: &Ctx,
+    version: Version,
+    rid: &str,
+    hip: &str,
+    raw: &str,
+    deadline: i64,
+) -> Result<Value, Transient> {
     let fail = |f: Failure| Ok(body(ctx, version, rid, Err(&f)));
     // The ABHA address is answered as the share sent it (trimmed, case kept), not in the
     // lower case the gateway keys its patients by.
@@ -323,7 +330,7 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
     let counter = input.counter.clone();
     // The facility and patient limits are charged by the actor, only for a new token: a
     // redelivered share answers its token again however often it comes.
-    let admit = || crate::ingress::auth::share_admission(&ctx.state, &facility, input.patient);
+    let admit = || crate::ingress::auth::share_admission(&ctx.state, &facility, input.patient, deadline);
     match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await {
         Ok(r) => {
             let ack = TokenAck {
@@ -339,6 +346,9 @@ async fn answer(ctx: &Ctx, version: Version, rid: &str, hip: &str, raw: &str) ->
         Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
         Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
         Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),
+        // The deadline passed while the share waited for its facility: no token was issued;
+        // the caller's deadline check gives it up on its next turn.
+        Err(FacilityError::Expired) => Err(Transient),
     }
 }
 
