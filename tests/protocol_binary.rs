@@ -151,7 +151,7 @@ async fn share_v1(gw: &Gateway, bearer: &str, hip: &str, body: &Value) -> Resp {
 
 /// Issue 35 item 8. FAILURE on-shares carry the switch's documented code per version (v3:
 /// the string `ABDM-9999`; v1.0: the integer 1000 its schema requires; sources in
-/// tests/fixtures/protocol/SOURCES.md), with our own code and reason in the message.
+/// tests/fixtures/protocol/README.md), with our own code and reason in the message.
 #[actix_web::test]
 async fn failure_on_shares_carry_the_documented_code_per_version() {
     let redis = RedisServer::start();
@@ -197,7 +197,7 @@ fn series(scrape: &str, name: &str) -> Option<f64> {
 }
 
 /// Issue 35 item 9, from tests/fixtures/protocol/v3_share_tolerance.json (sources in
-/// SOURCES.md): a `TIMESTAMP` without `Z`, no counter code (the facility's default OPD
+/// README.md): a `TIMESTAMP` without `Z`, no counter code (the facility's default OPD
 /// counter: its first counter of kind opd), a large `kycPhoto` (accepted under the protocol
 /// routes' own body limit, dropped before the outbox), an `X-HIP-ID` other than
 /// `metaData.hipId` (routed on the header, counted), and the on-share carrying `X-HIP-ID` and

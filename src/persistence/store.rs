@@ -325,14 +325,6 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The top `n` members of a sorted set, highest first (all of them when `n` is 0).
-    pub async fn top(&self, key: &str, n: usize) -> Result<Vec<(String, f64)>, StoreError> {
-        let mut c = self.conn.clone();
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(key).arg(0).arg(n as i64 - 1).arg("REV").arg("WITHSCORES");
-        self.call(async move { cmd.query_async::<Vec<(String, f64)>>(&mut c).await }).await
-    }
-
     /// Members of several sorted sets with their scores summed (ZUNION), unordered.
     pub async fn union(&self, keys: &[String]) -> Result<Vec<(String, f64)>, StoreError> {
         if keys.is_empty() {
