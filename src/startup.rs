@@ -1,12 +1,11 @@
-//! Builds the application: Redis handles, facility arbiters with their writers, the
-//! directory, the readiness probe and the HTTP server bound to its listener (port 0 works,
-//! so tests run many instances side by side).
+//! Builds the application: Redis handles, the directory whose facility actors live on the
+//! HTTP workers (each with its writer), the readiness probe and the HTTP server bound to its
+//! listener (port 0 works, so tests run many instances side by side).
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
@@ -15,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::facility::actor::Deps;
+use crate::facility::directory::{Home, MakeHome};
 use crate::facility::patient_keys::PatientHasher;
 use crate::facility::Directory;
 use crate::ingress::{self, auth::digest, AppState};
@@ -25,7 +25,6 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    arbiters: Vec<Arbiter>,
     grace: Duration,
 }
 
@@ -35,7 +34,6 @@ pub struct RunningApp {
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
-    arbiters: Vec<Arbiter>,
 }
 
 impl Application {
@@ -50,20 +48,22 @@ impl Application {
         let target = settings.redis_target().context("SCANGW_REDIS_URL")?;
         let store = Store::open(&target, timeout).context("SCANGW_REDIS_URL")?;
         let n = settings.worker_count();
-        let mut arbiters = Vec::with_capacity(n);
-        let mut writers = Vec::with_capacity(n);
         let touched = writer::Touched::default();
-        for _ in 0..n {
-            let arbiter = Arbiter::new();
-            let (tx, rx) = mpsc::channel(settings.batch_max * 8);
-            // Each writer gets its own connection so flushes of different arbiters overlap.
-            let conn = Store::open(&target, timeout)?.connection();
-            let wm = m.clone();
-            let batch_max = settings.batch_max;
-            arbiter.spawn(writer::run(rx, conn, timeout, batch_max, settings.redis_wait_replicas, touched.clone(), wm));
-            writers.push(tx);
-            arbiters.push(arbiter);
-        }
+        // Each HTTP worker is a home of facility actors, with its own writer and its own
+        // connections, opened lazily on that thread so their replies wake it (see
+        // `Directory`); flushes of different workers overlap.
+        let make_home: MakeHome = {
+            let (target, store, touched, m) = (target.clone(), store.clone(), touched.clone(), m.clone());
+            let (batch_max, wait_replicas) = (settings.batch_max, settings.redis_wait_replicas);
+            Box::new(move || {
+                // The URL opened above already, so this cannot fail; the shared handle would do.
+                let open = || Store::open(&target, timeout).unwrap_or_else(|_| store.clone());
+                let (tx, rx) = mpsc::channel(batch_max * 8);
+                let conn = open().connection();
+                actix_rt::spawn(writer::run(rx, conn, timeout, batch_max, wait_replicas, touched.clone(), m.clone()));
+                Home::here(tx, open())
+            })
+        };
         let tz = jiff::tz::TimeZone::get(&settings.default_timezone).context("SCANGW_DEFAULT_TIMEZONE")?;
         let deps = Arc::new(Deps {
             store: store.clone(),
@@ -83,7 +83,7 @@ impl Application {
         let clock = deps.clock.clone();
         let deps_clock = deps.clock.clone();
         let metrics_handles = deps.metrics.clone();
-        let directory = Arc::new(Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect(), writers));
+        let directory = Arc::new(Directory::new(deps, n, make_home));
         let redis_up = Arc::new(AtomicBool::new(store.ping().await));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let feed = crate::leaderboard::feed::Feed::spawn(
@@ -139,6 +139,8 @@ impl Application {
         let app_state = state.clone();
         let grace = Duration::from_secs(settings.shutdown_grace_s);
         let server = HttpServer::new(move || {
+            // Runs on each worker thread as it starts (and again if the server restarts it).
+            app_state.directory.adopt_current_thread();
             App::new()
                 .app_data(app_state.clone())
                 .wrap(middleware::from_fn(ingress::observe))
@@ -153,7 +155,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, workers = n, "gateway built");
-        Ok(Self { port, server, state, arbiters, grace })
+        Ok(Self { port, server, state, grace })
     }
 
     pub fn port(&self) -> u16 {
@@ -169,9 +171,6 @@ impl Application {
         let drain = crate::shutdown::on_signal(handle, state.shutting_down.clone(), grace);
         let (served, _) = tokio::join!(server, drain);
         served?;
-        for a in &self.arbiters {
-            a.stop();
-        }
         tracing::info!("gateway stopped");
         Ok(())
     }
@@ -180,19 +179,16 @@ impl Application {
     pub fn spawn(self) -> RunningApp {
         let handle = self.server.handle();
         let task = actix_rt::spawn(self.server);
-        RunningApp { port: self.port, handle, task, state: self.state, arbiters: self.arbiters }
+        RunningApp { port: self.port, handle, task, state: self.state }
     }
 }
 
 impl RunningApp {
-    /// Drains in-flight requests, then stops the facility arbiters.
+    /// Drains in-flight requests; the workers, and the facility actors on them, stop with it.
     pub async fn stop(self) {
         self.state.shutting_down.store(true, Ordering::Relaxed);
         self.handle.stop(true).await;
         let _ = self.task.await;
-        for a in &self.arbiters {
-            a.stop();
-        }
     }
 
     /// Facility actors alive now.

@@ -258,6 +258,8 @@ pub struct Slot {
     pub gen: u64,
     pub addr: Addr<FacilityActor>,
     pub queued: Arc<AtomicUsize>,
+    /// The thread the actor lives on (its home).
+    pub thread: std::thread::ThreadId,
 }
 
 pub type ActorMap = DashMap<String, Slot>;
@@ -270,6 +272,8 @@ pub struct FacilityActor {
     actors: Arc<ActorMap>,
     queued: Arc<AtomicUsize>,
     writer: WriterTx,
+    /// Its thread's Redis handle (activation and reads), so their replies land here too.
+    store: Store,
     phase: Phase,
     last_active: Instant,
     /// Count of writes (barriers included) handed to the writer; answers wait on it.
@@ -291,6 +295,7 @@ impl FacilityActor {
         actors: Arc<ActorMap>,
         queued: Arc<AtomicUsize>,
         writer: WriterTx,
+        store: Store,
     ) -> Self {
         Self {
             keys: Arc::new(FacilityKeys::new(&id)),
@@ -300,6 +305,7 @@ impl FacilityActor {
             actors,
             queued,
             writer,
+            store,
             phase: Phase::Loading,
             last_active: Instant::now(),
             submitted: 0,
@@ -358,13 +364,13 @@ impl FacilityActor {
         }
     }
 
-    async fn load(deps: Arc<Deps>, id: String) -> Result<Ready, FacilityError> {
+    async fn load(deps: Arc<Deps>, store: Store, id: String) -> Result<Ready, FacilityError> {
         let started = Instant::now();
         // The day is needed before the registry record names the facility's timezone: guess
         // it in the default one (every facility of a national registry is on IST) and read
         // again only if the record says otherwise.
         let guess = deps.clock.now().to_zoned(deps.default_tz.clone()).date();
-        let act = deps.store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
+        let act = store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
         let fence = act.fence;
         let epoch = fence.epoch;
         let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
@@ -383,14 +389,14 @@ impl FacilityActor {
             if act.marked {
                 Ok(())
             } else {
-                deps.store.lb_mark(&id, epoch).await
+                store.lb_mark(&id, epoch).await
             }
         };
         let read = async {
             if day == guess {
                 Ok(act.day)
             } else {
-                deps.store.load_day(&id, day).await
+                store.load_day(&id, day).await
             }
         };
         let (marked, rows) = tokio::join!(mark, read);
@@ -550,7 +556,7 @@ impl FacilityActor {
             self.commit(ctx, p);
         }
         let durable = self.wait_durable();
-        let store = self.deps.store.clone();
+        let store = self.store.clone();
         let id = self.id.clone();
         actix::spawn(async move {
             let result = match durable.await {
@@ -580,7 +586,7 @@ impl FacilityActor {
         let day = r.queue.service_day_at(now);
         tracing::info!(facility = %self.id, %day, "new service day");
         let then = then.take();
-        let (store, id) = (self.deps.store.clone(), self.id.clone());
+        let (store, id) = (self.store.clone(), self.id.clone());
         let read = async move { store.load_day(&id, day).await };
         ctx.wait(read.into_actor(self).map(move |rows, act, ctx| match rows {
             Ok(rows) => {
@@ -757,7 +763,7 @@ impl FacilityActor {
                     }
                 } else {
                     // An earlier (or unknown) day: read the stored record as it is.
-                    let store = self.deps.store.clone();
+                    let store = self.store.clone();
                     actix::spawn(async move {
                         let key = TokenKey { counter: token.counter.into(), number: token.number };
                         let result =
@@ -861,7 +867,7 @@ impl Actor for FacilityActor {
         ctx.set_mailbox_capacity(self.deps.mailbox_capacity);
         self.deps.metrics.active_actors.increment(1.0);
         self.deps.active.fetch_add(1, Ordering::Relaxed);
-        let fut = Self::load(self.deps.clone(), self.id.clone());
+        let fut = Self::load(self.deps.clone(), self.store.clone(), self.id.clone());
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(ready) => {
                 act.phase = Phase::Ready(Box::new(ready));

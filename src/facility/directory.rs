@@ -1,23 +1,56 @@
-//! Finds a facility's actor, activating it on first use on the arbiter chosen by hashing
-//! the facility id (so a facility always lives on one thread, next to that thread's
-//! writer), and retries once on a fresh activation when the owner was fenced or retired
+//! Finds a facility's actor, activating it on first use on the home chosen by hashing the
+//! facility id. Homes are the HTTP worker threads themselves, each with its own writer and
+//! Redis connections, so a request that arrives on its facility's thread never leaves it
+//! (thread per core); retries once on a fresh activation when the owner was fenced or retired
 //! and the command cannot have been applied.
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::thread::ThreadId;
+use std::time::Duration;
 
 use actix::dev::SendError;
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply, Slot};
 use crate::persistence::writer::WriterTx;
-use crate::persistence::StoreError;
+use crate::persistence::{Store, StoreError};
+
+/// A thread facility actors live on: its arbiter, its group-commit writer and its own Redis
+/// handle (activations and reads). Everything an actor waits for then wakes its own thread.
+#[derive(Clone)]
+pub struct Home {
+    pub thread: ThreadId,
+    pub arbiter: ArbiterHandle,
+    pub writer: WriterTx,
+    pub store: Store,
+}
+
+impl Home {
+    /// A home on the calling thread (an arbiter): `writer` must have been spawned here.
+    pub fn here(writer: WriterTx, store: Store) -> Home {
+        Home { thread: std::thread::current().id(), arbiter: Arbiter::current(), writer, store }
+    }
+
+    /// A home whose thread stopped (its writer went with its runtime).
+    fn is_gone(&self) -> bool {
+        self.writer.is_closed()
+    }
+}
+
+/// Builds a [`Home`] on the calling thread (spawns its writer there).
+pub type MakeHome = Box<dyn Fn() -> Home + Send + Sync>;
+
+/// How long a request waits for the home of its facility to start (the HTTP workers start
+/// with the server; a worker that died is replaced by a new one).
+const HOME_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Directory {
     actors: Arc<ActorMap>,
-    arbiters: Vec<ArbiterHandle>,
-    writers: Vec<WriterTx>,
+    homes: RwLock<Vec<Option<Home>>>,
+    settled: Notify,
+    make_home: MakeHome,
     deps: Arc<Deps>,
     next_gen: AtomicU64,
 }
@@ -30,11 +63,52 @@ fn shard(id: &str, n: usize) -> usize {
 }
 
 impl Directory {
-    /// `arbiters[i]` runs `writers[i]`; both lists have the same length.
-    pub fn new(deps: Arc<Deps>, arbiters: Vec<ArbiterHandle>, writers: Vec<WriterTx>) -> Self {
-        assert_eq!(arbiters.len(), writers.len());
-        assert!(!arbiters.is_empty());
-        Self { actors: Arc::new(ActorMap::default()), arbiters, writers, deps, next_gen: AtomicU64::new(1) }
+    /// A directory of `homes` homes, each built by `make_home` on the thread that adopts it
+    /// ([`Self::adopt_current_thread`]).
+    pub fn new(deps: Arc<Deps>, homes: usize, make_home: MakeHome) -> Self {
+        assert!(homes > 0);
+        Self {
+            actors: Arc::new(ActorMap::default()),
+            homes: RwLock::new(vec![None; homes]),
+            settled: Notify::new(),
+            make_home,
+            deps,
+            next_gen: AtomicU64::new(1),
+        }
+    }
+
+    /// Makes the calling thread (an HTTP worker, as it builds its app) a home of facility
+    /// actors: it takes a free place, or the place of a thread that stopped (a worker the
+    /// server restarted). Calling it again on the same thread changes nothing; a thread
+    /// beyond the number of homes only serves HTTP.
+    pub fn adopt_current_thread(&self) {
+        let me = std::thread::current().id();
+        let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
+        if homes.iter().flatten().any(|h| h.thread == me && !h.is_gone()) {
+            return;
+        }
+        let Some(free) = homes.iter().position(|h| h.as_ref().is_none_or(Home::is_gone)) else {
+            return;
+        };
+        homes[free] = Some((self.make_home)());
+        drop(homes);
+        self.settled.notify_waiters();
+    }
+
+    /// The home of place `i`, once a live thread holds it.
+    async fn home(&self, i: usize) -> Result<Home, FacilityError> {
+        let deadline = tokio::time::Instant::now() + HOME_WAIT;
+        loop {
+            // Created before the check, so an adoption in between still wakes it.
+            let adopted = self.settled.notified();
+            let home = self.homes.read().unwrap_or_else(|e| e.into_inner())[i].clone();
+            if let Some(h) = home.filter(|h| !h.is_gone()) {
+                return Ok(h);
+            }
+            if tokio::time::timeout_at(deadline, adopted).await.is_err() {
+                return Err(FacilityError::Store(StoreError::Unavailable));
+            }
+        }
     }
 
     pub fn deps(&self) -> &Arc<Deps> {
@@ -64,14 +138,16 @@ impl Directory {
         self.actors.is_empty()
     }
 
-    fn get(&self, id: &str) -> Slot {
+    async fn get(&self, id: &str) -> Result<Slot, FacilityError> {
         if let Some(e) = self.actors.get(id) {
-            return e.value().clone();
+            return Ok(e.value().clone());
         }
-        self.actors
+        let n = self.homes.read().unwrap_or_else(|e| e.into_inner()).len();
+        let home = self.home(shard(id, n)).await?;
+        Ok(self
+            .actors
             .entry(id.to_string())
             .or_insert_with(|| {
-                let i = shard(id, self.arbiters.len());
                 let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
                 let queued = Arc::new(AtomicUsize::new(0));
                 let actor = FacilityActor::new(
@@ -80,12 +156,18 @@ impl Directory {
                     self.deps.clone(),
                     self.actors.clone(),
                     queued.clone(),
-                    self.writers[i].clone(),
+                    home.writer.clone(),
+                    home.store.clone(),
                 );
-                Slot { gen, addr: FacilityActor::start_in_arbiter(&self.arbiters[i], move |_| actor), queued }
+                Slot {
+                    gen,
+                    addr: FacilityActor::start_in_arbiter(&home.arbiter, move |_| actor),
+                    queued,
+                    thread: home.thread,
+                }
             })
             .value()
-            .clone()
+            .clone())
     }
 
     fn forget(&self, id: &str, gen: u64) {
@@ -95,8 +177,13 @@ impl Directory {
     /// Sends a command to the facility and awaits its answer.
     pub async fn ask<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
         for attempt in 0..2 {
-            let slot = self.get(id);
+            let slot = self.get(id).await?;
             let gen = slot.gen;
+            if slot.thread == std::thread::current().id() {
+                self.deps.metrics.facility_requests_home.increment(1);
+            } else {
+                self.deps.metrics.facility_requests_other.increment(1);
+            }
             if slot.queued.fetch_add(1, Ordering::Relaxed) >= self.deps.mailbox_capacity {
                 slot.queued.fetch_sub(1, Ordering::Relaxed);
                 self.deps.metrics.overloaded_mailbox.increment(1);
@@ -159,7 +246,15 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use super::shard;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix::prelude::*;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{shard, Deps, Directory, Home};
+    use crate::persistence::conn::Target;
+    use crate::persistence::Store;
 
     #[test]
     fn shard_is_stable_and_spreads() {
@@ -169,5 +264,92 @@ mod tests {
             seen[shard(&format!("IN{i:010}"), 4)] += 1;
         }
         assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+    }
+
+    fn directory(homes: usize) -> Arc<Directory> {
+        // Connects lazily: nothing here talks to Redis.
+        let target = Target { urls: vec!["redis://127.0.0.1:1".into()], cluster: false };
+        let store = Store::open(&target, Duration::from_millis(100)).unwrap();
+        let deps = Arc::new(Deps {
+            store: store.clone(),
+            clock: Arc::new(crate::clock::SystemClock),
+            hasher: crate::facility::patient_keys::PatientHasher::new("test-secret-0123456789"),
+            metrics: crate::telemetry::metrics::Metrics::new(),
+            max_priority_streak: 3,
+            default_service_s: 300,
+            idle_timeout: Duration::from_secs(60),
+            max_active: 0,
+            pressure_idle: Duration::from_secs(60),
+            active: Default::default(),
+            mailbox_capacity: 16,
+            day_retention_s: 0,
+            default_tz: jiff::tz::TimeZone::UTC,
+        });
+        Arc::new(Directory::new(
+            deps,
+            homes,
+            Box::new(move || {
+                // A writer that takes writes and never answers: only its liveness matters here.
+                let (tx, mut rx) = mpsc::channel(4);
+                actix_rt::spawn(async move { while rx.recv().await.is_some() {} });
+                Home::here(tx, store.clone())
+            }),
+        ))
+    }
+
+    /// Runs `adopt_current_thread` on `arbiter`'s thread and returns that thread's id.
+    async fn adopt_on(dir: &Arc<Directory>, arbiter: &Arbiter) -> std::thread::ThreadId {
+        let (tx, rx) = oneshot::channel();
+        let dir = dir.clone();
+        arbiter.spawn(async move {
+            dir.adopt_current_thread();
+            let _ = tx.send(std::thread::current().id());
+        });
+        rx.await.unwrap()
+    }
+
+    fn threads(dir: &Directory) -> Vec<Option<std::thread::ThreadId>> {
+        dir.homes.read().unwrap().iter().map(|h| h.as_ref().map(|h| h.thread)).collect()
+    }
+
+    /// Homes are the worker threads: each takes one place, once; a thread beyond the number
+    /// of homes serves HTTP only; a worker that stopped leaves its place to the next one.
+    #[actix_rt::test]
+    async fn each_worker_thread_takes_one_home_and_a_stopped_ones_place_is_taken_again() {
+        let dir = directory(2);
+        let (a, b, c) = (Arbiter::new(), Arbiter::new(), Arbiter::new());
+        let ta = adopt_on(&dir, &a).await;
+        assert_eq!(adopt_on(&dir, &a).await, ta);
+        assert_eq!(threads(&dir), vec![Some(ta), None], "adopting twice takes one place");
+        let tb = adopt_on(&dir, &b).await;
+        let tc = adopt_on(&dir, &c).await;
+        assert_eq!(threads(&dir), vec![Some(ta), Some(tb)], "a third thread finds no place");
+        a.stop();
+        a.join().unwrap();
+        // The stopped thread's writer went with its runtime.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dir.homes.read().unwrap()[0].as_ref().unwrap().is_gone() {
+            assert!(std::time::Instant::now() < deadline, "the stopped home never closed");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(adopt_on(&dir, &c).await, tc);
+        assert_eq!(threads(&dir), vec![Some(tc), Some(tb)], "the stopped home's place is taken again");
+    }
+
+    /// A request that comes before the home of its facility exists waits for it, then is
+    /// answered by an actor on that home's thread.
+    #[actix_rt::test]
+    async fn a_facility_waits_for_its_home_and_lives_on_that_thread() {
+        let dir = directory(1);
+        let waiting = {
+            let dir = dir.clone();
+            actix_rt::spawn(async move { dir.get("IN0410000183").await.map(|slot| slot.thread) })
+        };
+        actix_rt::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no home yet");
+        let a = Arbiter::new();
+        let ta = adopt_on(&dir, &a).await;
+        assert_eq!(waiting.await.unwrap().ok(), Some(ta));
+        a.stop();
     }
 }

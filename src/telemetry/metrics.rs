@@ -37,6 +37,10 @@ pub const FENCING_CONFLICTS: &str = "scangw_fencing_conflicts_total";
 /// `scangw_redis_write_resends_total`: writes the Redis client sent again after they had
 /// applied (a dropped cluster pipeline), answered `AGAIN` by the script and applied once.
 pub const WRITE_RESENDS: &str = "scangw_redis_write_resends_total";
+/// `scangw_facility_requests_total{thread}`: requests handed to a facility actor, by whether
+/// the actor lives on the thread the request arrived on (`home`: no handoff) or on another
+/// HTTP worker (`other`: one handoff there and back).
+pub const FACILITY_REQUESTS: &str = "scangw_facility_requests_total";
 /// `scangw_store_errors_total`: requests answered 503 STORE_UNAVAILABLE.
 pub const STORE_ERRORS: &str = "scangw_store_errors_total";
 /// `scangw_rate_limited_total{limit}`: requests refused with 429, by limit (global, client, facility, patient, page).
@@ -140,6 +144,13 @@ pub const CATALOG: &[MetricDef] = &[
     def(REDIS_FLUSH, H, "seconds", &[], "Duration of one group-commit round trip"),
     def(FENCING_CONFLICTS, C, "writes", &[], "Writes refused by the fencing epoch"),
     def(WRITE_RESENDS, C, "writes", &[], "Writes sent again after they had applied, applied once"),
+    def(
+        FACILITY_REQUESTS,
+        C,
+        "requests",
+        &["thread"],
+        "Requests handed to a facility actor, on its own thread or another",
+    ),
     def(STORE_ERRORS, C, "requests", &[], "Requests answered 503 STORE_UNAVAILABLE"),
     def(COUNTER_OPS, C, "operations", &["op"], "Counter operations applied"),
     def(REDIS_UP, G, "boolean", &[], "Redis reachable at the last health ping"),
@@ -242,6 +253,7 @@ fn describe() {
     describe_histogram!(REDIS_FLUSH, Unit::Seconds, "Duration of one group-commit round trip");
     describe_counter!(FENCING_CONFLICTS, "Writes refused by the fencing epoch");
     describe_counter!(WRITE_RESENDS, "Writes sent again after they had applied, applied once");
+    describe_counter!(FACILITY_REQUESTS, "Requests handed to a facility actor, on its own thread or another");
     describe_counter!(STORE_ERRORS, "Requests answered 503 STORE_UNAVAILABLE");
     describe_counter!(COUNTER_OPS, "Counter operations applied, by op");
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit");
@@ -302,6 +314,8 @@ pub struct Metrics {
     pub flush: Histogram,
     pub fencing: Counter,
     pub write_resends: Counter,
+    pub facility_requests_home: Counter,
+    pub facility_requests_other: Counter,
     pub store_errors: Counter,
     pub redis_up: Gauge,
     pub mailbox_depth: Gauge,
@@ -339,6 +353,8 @@ impl Metrics {
             flush: metrics::histogram!(REDIS_FLUSH),
             fencing: metrics::counter!(FENCING_CONFLICTS),
             write_resends: metrics::counter!(WRITE_RESENDS),
+            facility_requests_home: metrics::counter!(FACILITY_REQUESTS, "thread" => "home"),
+            facility_requests_other: metrics::counter!(FACILITY_REQUESTS, "thread" => "other"),
             store_errors: metrics::counter!(STORE_ERRORS),
             redis_up: metrics::gauge!(REDIS_UP),
             mailbox_depth: metrics::gauge!(MAILBOX_DEPTH),

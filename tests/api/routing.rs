@@ -128,3 +128,44 @@ async fn token_ids_carry_their_facility_and_first_format_ids_still_work() {
         assert_error(st, &v, 404, "UNKNOWN_TOKEN");
     }
 }
+
+async fn facility_requests(app: &TestApp, thread: &str) -> f64 {
+    let m = app.req("GET", "/metrics", None, None, &[]).await.text;
+    let prefix = format!("scangw_facility_requests_total{{thread=\"{thread}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Facility actors live on the HTTP workers themselves (thread per core): a request that
+/// arrives on the worker of its facility is served there without a handoff, one that
+/// arrives on the other worker is handed over. Two connections land on the two workers
+/// (the server hands connections out in turn) and each scans every facility once. The
+/// metrics are the process's (other tests may add to them), so the check is on the sum
+/// and on `home` moving at all: with actors on threads of their own, nothing is ever
+/// served at home.
+#[actix_web::test]
+async fn facility_actors_live_on_the_http_workers_and_requests_on_their_thread_stay_there() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let ids: Vec<String> = (0..16).map(|i| fid(700 + i)).collect();
+    for f in &ids {
+        app.register(f).await;
+    }
+    let (home0, other0) = (facility_requests(&app, "home").await, facility_requests(&app, "other").await);
+    for c in 0..2 {
+        // One connection per client: two clients, two connections, two workers.
+        let client = awc::Client::builder().connector(awc::Connector::new().limit(1)).finish();
+        for (i, f) in ids.iter().enumerate() {
+            let url = format!("{}/v1/facilities/{f}/scans", app.base);
+            let body = serde_json::to_vec(&scan_body(f, "OPD1", c * 100 + i)).unwrap();
+            let r = http(&client, "POST", &url, Some(&app.platform), Some("application/json"), Some(body), &[])
+                .await
+                .expect("scan");
+            assert_scan_reply(r.status, &r.body);
+        }
+    }
+    let (home, other) =
+        (facility_requests(&app, "home").await - home0, facility_requests(&app, "other").await - other0);
+    assert!(home + other >= 32.0, "every scan asked its facility: home {home}, other {other}");
+    assert!(home >= 1.0, "some scans were served on the thread they arrived on: home {home}, other {other}");
+    assert!(other >= 1.0, "the other worker's scans were handed over: home {home}, other {other}");
+}
