@@ -1,16 +1,21 @@
 //! Finds a facility's actor, activating it on first use on the arbiter chosen by hashing
 //! the facility id (so a facility always lives on one thread, next to that thread's
 //! writer), and retries once on a fresh activation when the owner was fenced or retired
-//! and the command cannot have been applied.
+//! and the command cannot have been applied. With ownership leases it also remembers, for a
+//! short while, which facilities another node owns, so requests for them are forwarded
+//! without an activation attempt each.
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
+use dashmap::DashMap;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply, Slot};
+use super::lease::Ownership;
 use crate::persistence::writer::WriterTx;
 use crate::persistence::StoreError;
 
@@ -20,6 +25,10 @@ pub struct Directory {
     writers: Vec<WriterTx>,
     deps: Arc<Deps>,
     next_gen: AtomicU64,
+    /// Facilities another node owned under a live lease when last looked, with its URL and
+    /// until when to believe it (a third of the lease: a dead owner is noticed when the
+    /// forward fails, a moved one at the next look).
+    owners: DashMap<String, (Arc<str>, Instant)>,
 }
 
 fn shard(id: &str, n: usize) -> usize {
@@ -34,7 +43,14 @@ impl Directory {
     pub fn new(deps: Arc<Deps>, arbiters: Vec<ArbiterHandle>, writers: Vec<WriterTx>) -> Self {
         assert_eq!(arbiters.len(), writers.len());
         assert!(!arbiters.is_empty());
-        Self { actors: Arc::new(ActorMap::default()), arbiters, writers, deps, next_gen: AtomicU64::new(1) }
+        Self {
+            actors: Arc::new(ActorMap::default()),
+            arbiters,
+            writers,
+            deps,
+            next_gen: AtomicU64::new(1),
+            owners: DashMap::new(),
+        }
     }
 
     pub fn deps(&self) -> &Arc<Deps> {
@@ -64,7 +80,31 @@ impl Directory {
         self.actors.is_empty()
     }
 
-    fn get(&self, id: &str) -> Slot {
+    /// The owner node's URL when the facility is not active here and another node held it
+    /// at the last look (see `owners`).
+    pub fn owner_elsewhere(&self, id: &str) -> Option<Arc<str>> {
+        let e = self.owners.get(id)?;
+        (e.1 > Instant::now() && !self.actors.contains_key(id)).then(|| e.0.clone())
+    }
+
+    /// Forgets what was seen of the facility's owner (it did not answer).
+    pub fn forget_owner(&self, id: &str) {
+        self.owners.remove(id);
+    }
+
+    /// Drops owner entries past their time (the lease heartbeat calls this), so a node
+    /// that forwards for many facilities holds only the recent ones.
+    pub fn prune_owners(&self) {
+        let now = Instant::now();
+        self.owners.retain(|_, (_, until)| *until > now);
+    }
+
+    fn remember_owner(&self, id: &str, url: &str) {
+        let believe = self.deps.node.as_ref().map_or(Duration::ZERO, |n| n.renew_every());
+        self.owners.insert(id.to_string(), (url.into(), Instant::now() + believe));
+    }
+
+    fn get(&self, id: &str, ownership: Ownership) -> Slot {
         if let Some(e) = self.actors.get(id) {
             return e.value().clone();
         }
@@ -77,6 +117,7 @@ impl Directory {
                 let actor = FacilityActor::new(
                     id.to_string(),
                     gen,
+                    ownership,
                     self.deps.clone(),
                     self.actors.clone(),
                     queued.clone(),
@@ -92,10 +133,33 @@ impl Directory {
         self.actors.remove_if(id, |_, slot| slot.gen == gen);
     }
 
-    /// Sends a command to the facility and awaits its answer.
+    /// Sends a command to the facility and awaits its answer, taking the facility over from
+    /// any other node if it must (today's behaviour of a single node; with leases, what a
+    /// request forwarded here and background work that cannot forward do).
     pub async fn ask<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
-        for attempt in 0..2 {
-            let slot = self.get(id);
+        self.ask_as(id, Ownership::TakeOver, make).await
+    }
+
+    /// [`Self::ask`] that answers [`FacilityError::OwnedElsewhere`] instead of taking the
+    /// facility from a node whose lease lives: the caller forwards the request there.
+    pub async fn ask_routed<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
+        self.ask_as(id, Ownership::Forward, make).await
+    }
+
+    async fn ask_as<T>(
+        &self,
+        id: &str,
+        ownership: Ownership,
+        make: impl Fn(Reply<T>) -> Command,
+    ) -> Result<T, FacilityError> {
+        let mut refenced = false;
+        for _ in 0..3 {
+            if ownership == Ownership::Forward {
+                if let Some(url) = self.owner_elsewhere(id) {
+                    return Err(FacilityError::OwnedElsewhere { url: url.to_string() });
+                }
+            }
+            let slot = self.get(id, ownership);
             let gen = slot.gen;
             if slot.queued.fetch_add(1, Ordering::Relaxed) >= self.deps.mailbox_capacity {
                 slot.queued.fetch_sub(1, Ordering::Relaxed);
@@ -130,7 +194,16 @@ impl Directory {
                     self.forget(id, gen);
                     return Err(FacilityError::Store(StoreError::Unavailable));
                 }
-                Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if attempt == 0 => {
+                Ok(Err(FacilityError::OwnedElsewhere { url })) => {
+                    self.remember_owner(id, &url);
+                    if ownership == Ownership::Forward {
+                        return Err(FacilityError::OwnedElsewhere { url });
+                    }
+                    // A routed request's activation found the owner; this caller takes over.
+                    self.forget(id, gen);
+                }
+                Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if !refenced => {
+                    refenced = true;
                     // Another activation took over before this request's write was sent (a
                     // single Redis never resends), or an earlier write is missing (GAP: this
                     // one was not applied, see `store::WRITE`): nothing of this request was

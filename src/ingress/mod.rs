@@ -6,6 +6,7 @@ pub mod body;
 pub mod counters;
 pub mod error;
 pub mod facilities;
+pub mod forward;
 pub mod health;
 pub mod leaderboards;
 pub mod limits;

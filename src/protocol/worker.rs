@@ -346,6 +346,8 @@ async fn answer(
         Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
         Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
         Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),
+        // Not answered by `ask`, which takes the facility over; retried if it ever is.
+        Err(FacilityError::OwnedElsewhere { .. }) => Err(Transient),
         // The deadline passed while the share waited for its facility: no token was issued;
         // the caller's deadline check gives it up on its next turn.
         Err(FacilityError::Expired) => Err(Transient),
