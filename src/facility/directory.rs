@@ -26,8 +26,8 @@ pub struct Directory {
     deps: Arc<Deps>,
     next_gen: AtomicU64,
     /// Facilities another node owned under a live lease when last looked, with its URL and
-    /// until when to believe it (a third of the lease: a dead owner is noticed when the
-    /// forward fails, a moved one at the next look).
+    /// until when to believe it (a third of the lease, at most a second: a dead owner is
+    /// noticed when the forward fails, a moved one at the next look).
     owners: DashMap<String, (Arc<str>, Instant)>,
 }
 
@@ -100,7 +100,9 @@ impl Directory {
     }
 
     fn remember_owner(&self, id: &str, url: &str) {
-        let believe = self.deps.node.as_ref().map_or(Duration::ZERO, |n| n.renew_every());
+        // Long enough to spare a look per request, short enough that a moved owner is found
+        // again soon (a long lease must not mean a long detour).
+        let believe = self.deps.node.as_ref().map_or(Duration::ZERO, |n| n.renew_every().min(Duration::from_secs(1)));
         self.owners.insert(id.to_string(), (url.into(), Instant::now() + believe));
     }
 
