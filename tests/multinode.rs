@@ -725,7 +725,11 @@ async fn round_robin_with_leases(nodes: usize, first_facility: usize) {
     assert_eq!(taken_over, 0, "every owner was reachable");
     // A scan reaches its facility's owner first 1 time in `nodes`; the others are forwarded.
     let forwarded_at_least = (n * (nodes - 1) / nodes) as u64 * 9 / 10;
-    assert!(served_by_owner >= forwarded_at_least, "{served_by_owner} forwarded, expected about {}", n * (nodes - 1) / nodes);
+    assert!(
+        served_by_owner >= forwarded_at_least,
+        "{served_by_owner} forwarded, expected about {}",
+        n * (nodes - 1) / nodes
+    );
     verify(&c, &t.acks, 2 * n).await;
 }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
-use dashmap::DashMap;
 use actix::prelude::*;
+use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply, Slot};

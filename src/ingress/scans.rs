@@ -9,8 +9,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{authenticate, limit_scan, patient_admission};
 use super::error::ApiError;
-use super::validate::ScanRequest;
 use super::forward::{self, Rerun, Served};
+use super::validate::ScanRequest;
 use super::{body, AppState};
 use crate::facility::queue::ScanKind;
 use crate::facility::view::TokenView;

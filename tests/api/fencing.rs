@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use redis::Commands;
 use scan_gateway::persistence::conn::Target;
-use scan_gateway::persistence::store::{Activated, Claim};
 use scan_gateway::persistence::keys;
+use scan_gateway::persistence::store::{Activated, Claim};
 use scan_gateway::persistence::writer::{self, Touched, WriteOp};
 use scan_gateway::persistence::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
