@@ -911,6 +911,70 @@ async fn a_gracefully_stopped_owner_gives_its_lease_up_and_another_node_takes_ov
     assert_eq!((got.status, num(&got.body, "token_number")), (200, 1), "{}", got.text);
 }
 
+/// Reads server-sent events until `want` accepts one (or the deadline passes).
+async fn wait_for_event(
+    res: &mut awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for an event: {what}");
+        let chunk = match actix_rt::time::timeout(left, res.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(other) => panic!("event stream ended while waiting for {what}: {other:?}"),
+            Err(_) => panic!("timed out waiting for an event: {what}"),
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let v: Value = serde_json::from_str(data).expect("event data is JSON");
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+}
+
+/// A display board watched on a node that does not own its facility shows the owner's
+/// queue, read from the owner on every poll, and never takes the facility over.
+#[actix_web::test]
+#[allow(clippy::await_holding_lock)] // a test-wide lock held by one runtime thread
+async fn a_board_watched_on_a_non_owner_reads_the_owner_and_leaves_the_facility_where_it_is() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fid(980);
+    let (redis, [a, b], [id_a, _]) = leased_pair(3000, &f).await;
+    let r = scan_at(&a, &f, 1, &[]).await;
+    assert_eq!((r.status, r.header(NODE_HEADER)), (201, Some(id_a.clone())), "{}", r.text);
+    let mut hall = b.client.get(format!("{}/facilities/{f}/board/events", b.base)).send().await.unwrap();
+    assert_eq!(hall.status().as_u16(), 200);
+    let first = wait_for_event(&mut hall, "one waiting", |v| v["counters"][0]["waiting"] == 1).await;
+    assert_eq!(first["name"], format!("District Hospital {f}"), "{first}");
+    assert_eq!(first["counters"][0]["kind"], "opd");
+    for i in 2..4 {
+        let r = scan_at(&a, &f, i, &[]).await;
+        assert_eq!((r.status, r.header(NODE_HEADER)), (201, Some(id_a.clone())), "{}", r.text);
+    }
+    let now = wait_for_event(&mut hall, "three waiting", |v| v["counters"][0]["waiting"] == 3).await;
+    assert_eq!(now["counters"][0]["next"][2], "OPD1-003", "{now}");
+    assert!(!now.to_string().contains("abha"), "numbers only: {now}");
+    assert_eq!(fence_epoch(&redis, &f), 1, "the board's polls moved nothing");
+    // The owner still serves scans without a takeover.
+    let r = scan_at(&a, &f, 4, &[]).await;
+    assert_eq!((r.status, num(&r.body, "token_number")), (201, 4), "{}", r.text);
+    assert_eq!(fence_epoch(&redis, &f), 1);
+    // The internal route is for nodes only.
+    let anon = http(&b.client, "GET", &format!("{}/internal/v1/boards/{f}", a.base), None, None, None, &[]).await;
+    assert_eq!(anon.unwrap().status, 401);
+}
+
 // ---------------------------------------------------------------------------------------
 // Client addresses and the public pages' limit, through nginx
 // ---------------------------------------------------------------------------------------

@@ -110,6 +110,23 @@ pub async fn ask<T>(
     }
 }
 
+/// GETs `url` from another node as a forwarded request (bearer `bearer`): its JSON answer,
+/// `None` when it answered with an error status.
+pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str, bearer: &str, me: &str) -> Result<Option<T>, ()> {
+    let req = CLIENT.with(|c| c.get(url));
+    let mut res = req
+        .insert_header((header::AUTHORIZATION, format!("Bearer {bearer}")))
+        .insert_header((FORWARDED_BY, me))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if !res.status().is_success() {
+        return Ok(None);
+    }
+    let bytes = res.body().limit(MAX_ANSWER_BYTES).await.map_err(|_| ())?;
+    Ok(serde_json::from_slice(&bytes).ok())
+}
+
 /// Sends the request to `<base><same path and query>`. Never logs the body (a scan's
 /// carries patient fields).
 async fn forward(req: &HttpRequest, body: Bytes, base: &str, me: &str) -> Result<HttpResponse, Unanswered> {

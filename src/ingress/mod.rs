@@ -92,6 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key)),
         )
         .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
+        .route("/internal/v1/boards/{facility_id}", web::get().to(pages::board_for_node))
         .service(
             web::scope("/facilities/{facility_id}")
                 .route("/board", web::get().to(pages::board_page))
