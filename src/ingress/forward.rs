@@ -127,6 +127,20 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str, bearer: &str, m
     Ok(serde_json::from_slice(&bytes).ok())
 }
 
+/// POSTs `body` as JSON to `url` on another node as a forwarded request (bearer `bearer`):
+/// the status and body of its answer, `Err` when it gave none (connection or timeout).
+pub async fn post_json(url: &str, bearer: &str, me: &str, body: &impl serde::Serialize) -> Result<(u16, Bytes), ()> {
+    let req = CLIENT.with(|c| c.post(url));
+    let mut res = req
+        .insert_header((header::AUTHORIZATION, format!("Bearer {bearer}")))
+        .insert_header((FORWARDED_BY, me))
+        .send_json(body)
+        .await
+        .map_err(|_| ())?;
+    let bytes = res.body().limit(MAX_ANSWER_BYTES).await.map_err(|_| ())?;
+    Ok((res.status().as_u16(), bytes))
+}
+
 /// Sends the request to `<base><same path and query>`. Never logs the body (a scan's
 /// carries patient fields).
 async fn forward(req: &HttpRequest, body: Bytes, base: &str, me: &str) -> Result<HttpResponse, Unanswered> {
