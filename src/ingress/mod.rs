@@ -94,6 +94,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
         .route("/internal/v1/boards/{facility_id}", web::get().to(pages::board_for_node))
         .route("/internal/v1/shares/scan", web::post().to(protocol::share_scan_for_node))
+        .route("/internal/v1/running-token", web::post().to(protocol::running_token_for_node))
         .service(
             web::scope("/facilities/{facility_id}")
                 .route("/board", web::get().to(pages::board_page))

@@ -333,3 +333,21 @@ pub async fn share_scan_for_node(
         .await?;
     Ok(HttpResponse::Ok().json(ShareTicket::of(&r.view)))
 }
+
+/// `POST /internal/v1/running-token`: a counter's running token for another node whose
+/// status request names a facility this node owns (platform credential; not part of the
+/// public API). Read here whoever owns the facility: the asker chose us.
+pub async fn running_token_for_node(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::protocol::running_token::{answer_here, RunningAnswer, RunningAsk};
+    super::auth::authenticate(&req, &state).await?.require_platform()?;
+    let ask: RunningAsk = body::json(&req, payload, state.settings.max_body_bytes).await?;
+    if !valid_facility_id(&ask.hip_id) {
+        return Err(ApiError::UnknownFacility);
+    }
+    let outcome = answer_here(&state, &ask.hip_id, &ask.context).await;
+    Ok(HttpResponse::Ok().json(RunningAnswer::of(&outcome)))
+}
