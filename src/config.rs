@@ -615,6 +615,31 @@ mod tests {
     }
 
     #[test]
+    fn the_advertised_url_is_named_derived_from_the_bound_port_or_off() {
+        let load = |pairs: &[(&'static str, &'static str)]| {
+            let mut e = good();
+            e.extend_from_slice(pairs);
+            Settings::from_sources(None, &env(&e))
+        };
+        let off = load(&[]).unwrap();
+        assert_eq!((off.advertised_url(8080), off.node_lease_ms), (None, 3000), "leases are off by default");
+        let auto = load(&[("SCANGW_LISTEN", "10.0.3.7:0"), ("SCANGW_ADVERTISE_URL", "auto")]).unwrap();
+        assert_eq!(auto.advertised_url(41_234).as_deref(), Some("http://10.0.3.7:41234"));
+        let named = load(&[("SCANGW_ADVERTISE_URL", "http://gw-2.internal:8080/"), ("SCANGW_NODE_LEASE_MS", "900")]);
+        let named = named.unwrap();
+        assert_eq!((named.advertised_url(1).as_deref(), named.node_lease_ms), (Some("http://gw-2.internal:8080"), 900));
+        for (pairs, key) in [
+            (&[("SCANGW_ADVERTISE_URL", "gw-2:8080")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_ADVERTISE_URL", "https://gw-2:8080")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_LISTEN", "0.0.0.0:8080"), ("SCANGW_ADVERTISE_URL", "auto")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_NODE_LEASE_MS", "100")][..], "SCANGW_NODE_LEASE_MS"),
+        ] {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
     fn missing_token_names_the_key() {
         let e: Vec<_> = good().into_iter().filter(|(k, _)| *k != "SCANGW_ADMIN_TOKEN").collect();
         let err = Settings::from_sources(None, &env(&e)).unwrap_err().to_string();

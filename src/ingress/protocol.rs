@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{body, AppState};
-use crate::protocol::hiecm::Version;
 use crate::facility::Command;
+use crate::protocol::hiecm::Version;
 use crate::protocol::worker::{ShareScan, ShareTicket, F_AT, F_BODY, F_HIP, F_REQUEST_ID, F_VERSION};
 use crate::registry::valid_facility_id;
 use crate::telemetry::metrics::Metrics;
@@ -327,10 +327,8 @@ pub async fn share_scan_for_node(
     let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
     let (facility, input) = share.scan.into_input(&deps.hasher, year, Some(&share.idempotency_key))?;
     let admit = || super::auth::share_admission(&state, &facility, input.patient, share.deadline_ms);
-    let r = state
-        .directory
-        .ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply })
-        .await?;
+    let r =
+        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await?;
     Ok(HttpResponse::Ok().json(ShareTicket::of(&r.view)))
 }
 

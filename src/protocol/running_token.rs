@@ -96,7 +96,12 @@ pub struct RunningAnswer {
 impl RunningAnswer {
     pub fn of(outcome: &Result<Running, StatusError>) -> Self {
         match outcome {
-            Ok(r) => Self { number: Some(r.number), average_minutes: r.average_minutes, error_code: None, error_message: None },
+            Ok(r) => Self {
+                number: Some(r.number),
+                average_minutes: r.average_minutes,
+                error_code: None,
+                error_message: None,
+            },
             Err(e) => Self {
                 number: None,
                 average_minutes: None,

@@ -436,7 +436,8 @@ fn local_outcome(r: Result<crate::facility::ScanReply, FacilityError>) -> ShareO
 /// The owner's answer to [`ShareScan`], read as [`local_outcome`] reads the actor's (the
 /// owner maps those errors to statuses and codes in `ingress::error`).
 fn remote_outcome(status: u16, body: &[u8]) -> ShareOutcome {
-    let code = || serde_json::from_slice::<Value>(body).ok().and_then(|v| v["error"]["code"].as_str().map(String::from));
+    let code =
+        || serde_json::from_slice::<Value>(body).ok().and_then(|v| v["error"]["code"].as_str().map(String::from));
     match status {
         200 => serde_json::from_slice::<ShareTicket>(body).ok().map(Ok),
         404 if code().as_deref() == Some("UNKNOWN_COUNTER") => Some(Err(FailureCode::UnknownCounter)),
