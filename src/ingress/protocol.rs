@@ -270,6 +270,45 @@ pub async fn running_token_status(
     Ok(HttpResponse::Accepted().json(json!({ "requestId": rid, "status": "ACCEPTED" })))
 }
 
+/// `POST /internal/v1/shares/scan`: a protocol share's scan for a facility this node owns,
+/// sent by the node whose outbox worker holds the share (platform credential; not part of
+/// the public API). Runs with the share's own admission (deadline, facility and patient
+/// limits, only for a new token) and Idempotency-Key, so a redelivery answers the same
+/// token wherever it runs. Served here whoever owns the facility: the sender chose us.
+pub async fn share_scan_for_node(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    super::auth::authenticate(&req, &state).await?.require_platform()?;
+    let share: ShareScan = body::json(&req, payload, state.settings.protocol_max_body_bytes).await?;
+    let deps = state.directory.deps();
+    let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
+    let (facility, input) = share.scan.into_input(&deps.hasher, year, Some(&share.idempotency_key))?;
+    let admit = || super::auth::share_admission(&state, &facility, input.patient, share.deadline_ms);
+    let r =
+        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await?;
+    Ok(HttpResponse::Ok().json(ShareTicket::of(&r.view)))
+}
+
+/// `POST /internal/v1/running-token`: a counter's running token for another node whose
+/// status request names a facility this node owns (platform credential; not part of the
+/// public API). Read here whoever owns the facility: the asker chose us.
+pub async fn running_token_for_node(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::protocol::running_token::{answer_here, RunningAnswer, RunningAsk};
+    super::auth::authenticate(&req, &state).await?.require_platform()?;
+    let ask: RunningAsk = body::json(&req, payload, state.settings.max_body_bytes).await?;
+    if !valid_facility_id(&ask.hip_id) {
+        return Err(ApiError::UnknownFacility);
+    }
+    let outcome = answer_here(&state, &ask.hip_id, &ask.context).await;
+    Ok(HttpResponse::Ok().json(RunningAnswer::of(&outcome)))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -309,43 +348,4 @@ mod tests {
             assert!(!super::valid_request_id(bad), "{bad}");
         }
     }
-}
-
-/// `POST /internal/v1/shares/scan`: a protocol share's scan for a facility this node owns,
-/// sent by the node whose outbox worker holds the share (platform credential; not part of
-/// the public API). Runs with the share's own admission (deadline, facility and patient
-/// limits, only for a new token) and Idempotency-Key, so a redelivery answers the same
-/// token wherever it runs. Served here whoever owns the facility: the sender chose us.
-pub async fn share_scan_for_node(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    super::auth::authenticate(&req, &state).await?.require_platform()?;
-    let share: ShareScan = body::json(&req, payload, state.settings.protocol_max_body_bytes).await?;
-    let deps = state.directory.deps();
-    let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
-    let (facility, input) = share.scan.into_input(&deps.hasher, year, Some(&share.idempotency_key))?;
-    let admit = || super::auth::share_admission(&state, &facility, input.patient, share.deadline_ms);
-    let r =
-        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await?;
-    Ok(HttpResponse::Ok().json(ShareTicket::of(&r.view)))
-}
-
-/// `POST /internal/v1/running-token`: a counter's running token for another node whose
-/// status request names a facility this node owns (platform credential; not part of the
-/// public API). Read here whoever owns the facility: the asker chose us.
-pub async fn running_token_for_node(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    use crate::protocol::running_token::{answer_here, RunningAnswer, RunningAsk};
-    super::auth::authenticate(&req, &state).await?.require_platform()?;
-    let ask: RunningAsk = body::json(&req, payload, state.settings.max_body_bytes).await?;
-    if !valid_facility_id(&ask.hip_id) {
-        return Err(ApiError::UnknownFacility);
-    }
-    let outcome = answer_here(&state, &ask.hip_id, &ask.context).await;
-    Ok(HttpResponse::Ok().json(RunningAnswer::of(&outcome)))
 }
