@@ -836,6 +836,44 @@ async fn a_request_to_a_non_owner_is_served_by_the_owner_and_a_forwarded_one_is_
     assert_eq!(fence_epoch(&redis, &f), 2);
 }
 
+/// Redis calls of one command so far (`INFO commandstats`).
+fn calls_of(redis: &RedisServer, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// A non-owner believes what it saw of a facility's owner for a moment (a third of the
+/// lease here), then looks again at the fence and the owner's lease only: it never tries an
+/// activation (which reads the whole day from Redis) for a facility it already knows is
+/// owned elsewhere.
+#[actix_web::test]
+#[allow(clippy::await_holding_lock)] // a test-wide lock held by one runtime thread
+async fn a_non_owner_rechecks_a_known_owner_without_trying_an_activation() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fid(955);
+    // A 300 ms lease: b believes what it saw for 100 ms.
+    let (redis, [a, b], [id_a, _]) = leased_pair(300, &f).await;
+    let r = scan_at(&a, &f, 0, &[]).await;
+    assert_eq!((r.status, r.header(NODE_HEADER)), (201, Some(id_a.clone())), "{}", r.text);
+    let r = scan_at(&b, &f, 1, &[]).await;
+    assert_eq!(r.header(NODE_HEADER), Some(id_a.clone()), "{}", r.text);
+    // The day reads so far: a's activation and b's one look.
+    let day_reads = calls_of(&redis, "hgetall");
+    let started = Instant::now();
+    let mut i = 2;
+    // Scans to b for well over the 100 ms b believes what it saw, several times over.
+    while started.elapsed() < Duration::from_millis(600) {
+        let r = scan_at(&b, &f, i, &[]).await;
+        assert_eq!((r.status, r.header(NODE_HEADER)), (201, Some(id_a.clone())), "{}", r.text);
+        i += 1;
+    }
+    assert_eq!(calls_of(&redis, "hgetall"), day_reads, "no activation was tried for {} scans", i - 2);
+    assert_eq!(fence_epoch(&redis, &f), 1);
+}
+
 /// kill -9 the owner: its lease runs out, and the other node then takes the facility over
 /// by itself (no failed forward) and serves it with every acknowledged token. A second
 /// facility asked for before the lease ran out is taken over when the forward finds the

@@ -86,7 +86,7 @@ pub enum FacilityError {
     /// Another node holds the facility under a live lease: forward to it at `url`. Only
     /// [`Ownership::Forward`] activations answer this.
     #[error("the facility is owned by another node")]
-    OwnedElsewhere { url: String },
+    OwnedElsewhere { url: String, owner: String },
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, FacilityError>>;
@@ -386,7 +386,7 @@ impl FacilityActor {
                 Activated::Taken(act) => return Ok(act),
                 Activated::Unknown => return Err(FacilityError::UnknownFacility),
                 Activated::OwnedBy(owner) => match deps.store.node_url(&owner).await? {
-                    Some(url) => return Err(FacilityError::OwnedElsewhere { url }),
+                    Some(url) => return Err(FacilityError::OwnedElsewhere { url, owner }),
                     None => from = Some(owner),
                 },
             }

@@ -25,11 +25,28 @@ pub struct Directory {
     writers: Vec<WriterTx>,
     deps: Arc<Deps>,
     next_gen: AtomicU64,
-    /// Facilities another node owned under a live lease when last looked, with its URL and
-    /// until when to believe it (a third of the lease, at most a second: a dead owner is
-    /// noticed when the forward fails, a moved one at the next look).
-    owners: DashMap<String, (Arc<str>, Instant)>,
+    /// Facilities another node owned under a live lease when last looked, with that node
+    /// and until when to believe it (a third of the lease, at most a second: a dead owner is
+    /// noticed when the forward fails, a moved one at the next look, which reads only the
+    /// fence's owner and that owner's lease).
+    owners: DashMap<String, Owner>,
 }
+
+#[derive(Clone)]
+struct Owner {
+    node: Arc<str>,
+    url: Arc<str>,
+    until: Instant,
+}
+
+impl Owner {
+    fn elsewhere(&self) -> FacilityError {
+        FacilityError::OwnedElsewhere { url: self.url.to_string(), owner: self.node.to_string() }
+    }
+}
+
+/// How long an owner entry past its time is kept for a cheap second look (see `owners`).
+const OWNER_KEPT: Duration = Duration::from_secs(60);
 
 fn shard(id: &str, n: usize) -> usize {
     // SipHash with fixed keys: stable for the life of the process, which is all we need.
@@ -80,30 +97,53 @@ impl Directory {
         self.actors.is_empty()
     }
 
-    /// The owner node's URL when the facility is not active here and another node held it
-    /// at the last look (see `owners`).
-    pub fn owner_elsewhere(&self, id: &str) -> Option<Arc<str>> {
-        let e = self.owners.get(id)?;
-        (e.1 > Instant::now() && !self.actors.contains_key(id)).then(|| e.0.clone())
-    }
-
     /// Forgets what was seen of the facility's owner (it did not answer).
     pub fn forget_owner(&self, id: &str) {
         self.owners.remove(id);
     }
 
-    /// Drops owner entries past their time (the lease heartbeat calls this), so a node
+    /// Drops owner entries long past their time (the lease heartbeat calls this), so a node
     /// that forwards for many facilities holds only the recent ones.
     pub fn prune_owners(&self) {
         let now = Instant::now();
-        self.owners.retain(|_, (_, until)| *until > now);
+        self.owners.retain(|_, o| o.until + OWNER_KEPT > now);
     }
 
-    fn remember_owner(&self, id: &str, url: &str) {
+    fn remember_owner(&self, id: &str, node: &str, url: &str) {
         // Long enough to spare a look per request, short enough that a moved owner is found
         // again soon (a long lease must not mean a long detour).
         let believe = self.deps.node.as_ref().map_or(Duration::ZERO, |n| n.renew_every().min(Duration::from_secs(1)));
-        self.owners.insert(id.to_string(), (url.into(), Instant::now() + believe));
+        self.owners
+            .insert(id.to_string(), Owner { node: node.into(), url: url.into(), until: Instant::now() + believe });
+    }
+
+    /// Another node that owns the facility while it is not active here, from what was seen
+    /// of it: believed for a moment, then looked at again with two small reads (the fence's
+    /// owner, that owner's lease) rather than an activation attempt, which reads the whole
+    /// day. `None`: not known to be owned elsewhere (any more); activate to find out.
+    async fn owned_elsewhere(&self, id: &str) -> Option<FacilityError> {
+        if self.actors.contains_key(id) {
+            return None;
+        }
+        let seen = self.owners.get(id)?.clone();
+        if seen.until > Instant::now() {
+            return Some(seen.elsewhere());
+        }
+        let store = &self.deps.store;
+        let still = match store.fence_owner(id).await {
+            Ok(Some(o)) if *o == *seen.node => store.node_url(&o).await.ok().flatten(),
+            _ => None,
+        };
+        match still {
+            Some(url) => {
+                self.remember_owner(id, &seen.node, &url);
+                Some(FacilityError::OwnedElsewhere { url, owner: seen.node.to_string() })
+            }
+            None => {
+                self.owners.remove(id);
+                None
+            }
+        }
     }
 
     fn get(&self, id: &str, ownership: Ownership) -> Slot {
@@ -157,8 +197,8 @@ impl Directory {
         let mut refenced = false;
         for _ in 0..3 {
             if ownership == Ownership::Forward {
-                if let Some(url) = self.owner_elsewhere(id) {
-                    return Err(FacilityError::OwnedElsewhere { url: url.to_string() });
+                if let Some(e) = self.owned_elsewhere(id).await {
+                    return Err(e);
                 }
             }
             let slot = self.get(id, ownership);
@@ -196,10 +236,10 @@ impl Directory {
                     self.forget(id, gen);
                     return Err(FacilityError::Store(StoreError::Unavailable));
                 }
-                Ok(Err(FacilityError::OwnedElsewhere { url })) => {
-                    self.remember_owner(id, &url);
+                Ok(Err(FacilityError::OwnedElsewhere { url, owner })) => {
+                    self.remember_owner(id, &owner, &url);
                     if ownership == Ownership::Forward {
-                        return Err(FacilityError::OwnedElsewhere { url });
+                        return Err(FacilityError::OwnedElsewhere { url, owner });
                     }
                     // A routed request's activation found the owner; this caller takes over.
                     self.forget(id, gen);

@@ -86,7 +86,7 @@ pub async fn ask<T>(
         return dir.ask(facility, make).await.map(Served::Here);
     }
     let url = match dir.ask_routed(facility, &make).await {
-        Err(FacilityError::OwnedElsewhere { url }) => url,
+        Err(FacilityError::OwnedElsewhere { url, .. }) => url,
         r => return r.map(Served::Here),
     };
     let metrics = &dir.deps().metrics;

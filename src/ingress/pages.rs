@@ -106,7 +106,7 @@ impl Boards {
         let dir = &state.directory;
         let read = |reply| Command::Queue { counter: None, reply };
         let q = match dir.ask_routed(id, read).await {
-            Err(FacilityError::OwnedElsewhere { url }) => {
+            Err(FacilityError::OwnedElsewhere { url, .. }) => {
                 let me = dir.deps().node.as_ref().map_or("", |n| n.id.as_str());
                 let path = format!("{url}/internal/v1/boards/{id}");
                 match forward::get_json::<BoardView>(&path, &state.settings.platform_token, me).await {

@@ -283,6 +283,12 @@ impl Store {
         })
     }
 
+    /// The node the facility's fence names as its owner (with leases on).
+    pub async fn fence_owner(&self, facility: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move { c.hget::<_, _, Option<String>>(keys::fence(facility), "o").await }).await
+    }
+
     /// The advertised URL of a node whose lease is alive, `None` once it has expired.
     pub async fn node_url(&self, node_id: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.conn.clone();

@@ -132,7 +132,7 @@ async fn answer(state: &AppState, hip: &str, context: &str) -> Result<Running, S
         let read = |reply| Command::Queue { counter: Some(context.to_string()), reply };
         match dir.ask_routed(hip, read).await {
             Ok(view) => return running(&view),
-            Err(FacilityError::OwnedElsewhere { url }) => {
+            Err(FacilityError::OwnedElsewhere { url, .. }) => {
                 let ask = RunningAsk { hip_id: hip.to_string(), context: context.to_string() };
                 let path = format!("{url}/internal/v1/running-token");
                 let metrics = &dir.deps().metrics;

@@ -396,7 +396,7 @@ async fn scan_here_or_at_owner(
     let make = |reply| Command::Scan { input: input.clone(), admit: admit(), reply };
     let dir = &state.directory;
     let url = match dir.ask_routed(facility, make).await {
-        Err(FacilityError::OwnedElsewhere { url }) => url,
+        Err(FacilityError::OwnedElsewhere { url, .. }) => url,
         r => return local_outcome(r),
     };
     let me = dir.deps().node.as_ref().map_or("", |n| n.id.as_str());
