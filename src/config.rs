@@ -139,6 +139,12 @@ pub struct Settings {
     /// Most shares the outbox holds (all nodes); beyond it a share is refused with 503
     /// `OUTBOX_FULL` rather than stored, so a long switch outage cannot fill Redis.
     pub onshare_outbox_max: u64,
+    /// The base URL other nodes reach this one at (`http://10.0.3.7:8080`), or `auto` for
+    /// `http://<listen host>:<bound port>`; empty = no ownership leases (a node takes over
+    /// any facility it is asked for, as a single node does).
+    pub advertise_url: String,
+    /// How long a node's ownership lease lives without a heartbeat (renewed every third).
+    pub node_lease_ms: u64,
 }
 
 impl Default for Settings {
@@ -207,6 +213,8 @@ impl Default for Settings {
             onshare_claim_idle_ms: 60_000,
             onshare_concurrency: 256,
             onshare_outbox_max: 100_000,
+            advertise_url: String::new(),
+            node_lease_ms: 3000,
         }
     }
 }
@@ -294,7 +302,8 @@ impl Settings {
             jwt_issuer,
             jwt_audience,
             switch_jwt_client_id,
-            jwt_verification
+            jwt_verification,
+            advertise_url
         );
         number!(
             shutdown_grace_s,
@@ -335,7 +344,8 @@ impl Settings {
             onshare_claim_idle_ms,
             onshare_concurrency,
             onshare_outbox_max,
-            jwks_unknown_kid_refetch_s
+            jwks_unknown_kid_refetch_s,
+            node_lease_ms
         );
         if let Some(v) = get("redis_cluster") {
             s.redis_cluster = match v.trim() {
@@ -437,6 +447,28 @@ impl Settings {
         positive("SCANGW_LEADERBOARD_REFRESH_MS", self.leaderboard_refresh_ms)?;
         positive("SCANGW_LEADERBOARD_APPLY_MS", self.leaderboard_apply_ms)?;
         positive("SCANGW_BOARD_REFRESH_MS", self.board_refresh_ms)?;
+        if self.node_lease_ms < 300 {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_NODE_LEASE_MS".into(),
+                reason: "must be at least 300 (the heartbeat renews it every third)".into(),
+            });
+        }
+        let url = self.advertise_url.trim_end_matches('/');
+        if !url.is_empty()
+            && url != "auto"
+            && (!url.starts_with("http://") || url.len() <= "http://".len() || url.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_ADVERTISE_URL".into(),
+                reason: "expected http://host:port (what the other nodes reach this one at) or auto".into(),
+            });
+        }
+        if url == "auto" && self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+            return Err(ConfigError::Invalid {
+                key: "SCANGW_ADVERTISE_URL".into(),
+                reason: "auto needs SCANGW_LISTEN on a real address, not 0.0.0.0 or [::]; name the URL".into(),
+            });
+        }
         for p in self.trusted_proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if crate::ingress::limits::ProxyNet::parse(p).is_none() {
                 return Err(ConfigError::Invalid {
@@ -446,6 +478,22 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The base URL this node advertises to the others once it listens on `port`; `None`
+    /// when leases are off. `auto` uses the listen host, which must then be a real address.
+    pub fn advertised_url(&self, port: u16) -> Option<String> {
+        match self.advertise_url.trim_end_matches('/') {
+            "" => None,
+            "auto" => {
+                let ip = self.listen.parse::<std::net::SocketAddr>().ok()?.ip();
+                Some(match ip {
+                    std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+                    v4 => format!("http://{v4}:{port}"),
+                })
+            }
+            url => Some(url.to_string()),
+        }
     }
 
     /// The protocol settings, checked only when the protocol is on (`hiecm_base_url` set).
@@ -564,6 +612,31 @@ mod tests {
         assert_eq!(s.idle_timeout_s, 5);
         assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(s.default_token_validity_s, 1800);
+    }
+
+    #[test]
+    fn the_advertised_url_is_named_derived_from_the_bound_port_or_off() {
+        let load = |pairs: &[(&'static str, &'static str)]| {
+            let mut e = good();
+            e.extend_from_slice(pairs);
+            Settings::from_sources(None, &env(&e))
+        };
+        let off = load(&[]).unwrap();
+        assert_eq!((off.advertised_url(8080), off.node_lease_ms), (None, 3000), "leases are off by default");
+        let auto = load(&[("SCANGW_LISTEN", "10.0.3.7:0"), ("SCANGW_ADVERTISE_URL", "auto")]).unwrap();
+        assert_eq!(auto.advertised_url(41_234).as_deref(), Some("http://10.0.3.7:41234"));
+        let named = load(&[("SCANGW_ADVERTISE_URL", "http://gw-2.internal:8080/"), ("SCANGW_NODE_LEASE_MS", "900")]);
+        let named = named.unwrap();
+        assert_eq!((named.advertised_url(1).as_deref(), named.node_lease_ms), (Some("http://gw-2.internal:8080"), 900));
+        for (pairs, key) in [
+            (&[("SCANGW_ADVERTISE_URL", "gw-2:8080")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_ADVERTISE_URL", "https://gw-2:8080")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_LISTEN", "0.0.0.0:8080"), ("SCANGW_ADVERTISE_URL", "auto")][..], "SCANGW_ADVERTISE_URL"),
+            (&[("SCANGW_NODE_LEASE_MS", "100")][..], "SCANGW_NODE_LEASE_MS"),
+        ] {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

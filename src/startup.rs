@@ -15,6 +15,7 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::facility::actor::Deps;
 use crate::facility::directory::{Home, MakeHome};
+use crate::facility::lease::{Heartbeat, Node};
 use crate::facility::patient_keys::PatientHasher;
 use crate::facility::Directory;
 use crate::ingress::{self, auth::digest, AppState};
@@ -26,6 +27,7 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     grace: Duration,
+    heartbeat: Option<Heartbeat>,
 }
 
 /// A running application (tests): stop it gracefully with [`RunningApp::stop`].
@@ -34,6 +36,7 @@ pub struct RunningApp {
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Application {
@@ -47,6 +50,13 @@ impl Application {
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
         let target = settings.redis_target().context("SCANGW_REDIS_URL")?;
         let store = Store::open(&target, timeout).context("SCANGW_REDIS_URL")?;
+        // Bound first: with `SCANGW_ADVERTISE_URL=auto` the advertised URL names the port.
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let node = settings
+            .advertised_url(port)
+            .map(|url| Arc::new(Node::new(url, Duration::from_millis(settings.node_lease_ms))));
         let n = settings.worker_count();
         let touched = writer::Touched::default();
         // Each HTTP worker is a home of facility actors, with its own writer and its own
@@ -79,6 +89,7 @@ impl Application {
             mailbox_capacity: settings.mailbox_capacity,
             day_retention_s: settings.day_retention_s as i64,
             default_tz: tz.clone(),
+            node: node.clone(),
         });
         let clock = deps.clock.clone();
         let deps_clock = deps.clock.clone();
@@ -130,12 +141,22 @@ impl Application {
             stop: state.shutting_down.clone(),
         }
         .spawn();
-        spawn_health_probe(store, redis_up, metrics_handles);
+        spawn_health_probe(store.clone(), redis_up, metrics_handles);
         spawn_limit_sweeper(state.clone(), Duration::from_secs(settings.limits_sweep_s));
 
-        let listener = TcpListener::bind(&settings.listen)
-            .with_context(|| format!("SCANGW_LISTEN: cannot bind {}", settings.listen))?;
-        let port = listener.local_addr()?.port();
+        let heartbeat = match &node {
+            Some(n) => {
+                // The lease exists before the first activation names this node in a fence
+                // (if Redis is down, the heartbeat keeps trying).
+                let _ = store.renew_lease(&n.id, &n.url, n.lease).await;
+                let dir = state.directory.clone();
+                tracing::info!(node = %n.id, url = %n.url, lease_ms = n.lease.as_millis() as u64, "ownership leases on");
+                Some(Heartbeat::spawn(store.clone(), n.clone(), move || dir.prune_owners()))
+            }
+            None => None,
+        };
+        // Every answer names the node that produced it (a forwarded one keeps its owner's).
+        let node_header = node.as_ref().map(|n| n.id.clone());
         let app_state = state.clone();
         let grace = Duration::from_secs(settings.shutdown_grace_s);
         let server = HttpServer::new(move || {
@@ -143,6 +164,10 @@ impl Application {
             app_state.directory.adopt_current_thread();
             App::new()
                 .app_data(app_state.clone())
+                .wrap(match &node_header {
+                    Some(id) => middleware::DefaultHeaders::new().add((ingress::forward::NODE_HEADER, id.as_str())),
+                    None => middleware::DefaultHeaders::new(),
+                })
                 .wrap(middleware::from_fn(ingress::observe))
                 .configure(ingress::routes)
                 .default_service(web::to(ingress::not_found))
@@ -155,7 +180,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, workers = n, "gateway built");
-        Ok(Self { port, server, state, grace })
+        Ok(Self { port, server, state, grace, heartbeat })
     }
 
     pub fn port(&self) -> u16 {
@@ -170,6 +195,9 @@ impl Application {
         let server = self.server;
         let drain = crate::shutdown::on_signal(handle, state.shutting_down.clone(), grace);
         let (served, _) = tokio::join!(server, drain);
+        if let Some(h) = self.heartbeat {
+            h.stop().await;
+        }
         served?;
         tracing::info!("gateway stopped");
         Ok(())
@@ -179,7 +207,7 @@ impl Application {
     pub fn spawn(self) -> RunningApp {
         let handle = self.server.handle();
         let task = actix_rt::spawn(self.server);
-        RunningApp { port: self.port, handle, task, state: self.state }
+        RunningApp { port: self.port, handle, task, state: self.state, heartbeat: self.heartbeat }
     }
 }
 
@@ -189,6 +217,9 @@ impl RunningApp {
         self.state.shutting_down.store(true, Ordering::Relaxed);
         self.handle.stop(true).await;
         let _ = self.task.await;
+        if let Some(h) = self.heartbeat {
+            h.stop().await;
+        }
     }
 
     /// Facility actors alive now.

@@ -539,3 +539,43 @@ async fn a_fenced_counter_operation_on_a_cluster_is_answered_503_and_not_run_aga
     let after = b.call("GET", &format!("/v1/tokens/{}", s(&second.body, "token_id")), PLATFORM, None).await;
     assert_eq!(s(&after.body, "status"), "waiting", "and nobody else: {}", after.text);
 }
+
+/// Issue 36 item 1 on a Redis Cluster, where a node's lease key lives in another slot than
+/// the facility's fence: the activation reads the owner's lease first, then claims the
+/// facility on condition that the owner is still the one it checked. A request to the
+/// other gateway is served by the owner and moves nothing; one forwarded once (the hop
+/// header) takes the facility over, and the first owner then forwards to the new one.
+#[actix_web::test]
+async fn with_leases_on_a_cluster_a_non_owner_forwards_to_the_owner() {
+    let cluster = Cluster::start();
+    let leases = [("SCANGW_ADVERTISE_URL", "auto")];
+    let a = Gateway::start_url(&cluster.url_list(), &leases);
+    let b = Gateway::start_url(&cluster.url_list(), &leases);
+    let f = fid(9500);
+    a.register(&f).await;
+    let epoch = || -> u64 {
+        let e: Option<u64> = redis::Commands::hget(&mut cluster.conn(), format!("sg:{{{f}}}:fence"), "e").unwrap();
+        e.unwrap_or(0)
+    };
+    let node = |r: &Resp| r.header("X-Scangw-Node").expect("the serving node");
+    let first = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 1))).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let owner = node(&first);
+    for i in 2..5 {
+        let r = b.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", i))).await;
+        assert_eq!((r.status, num(&r.body, "token_number")), (201, i as u64), "{}", r.text);
+        assert_eq!(node(&r), owner, "served by the owner");
+    }
+    assert_eq!(epoch(), 1, "nothing moved");
+    let hop = [("X-Scangw-Forwarded-By", owner.as_str())];
+    let body = serde_json::to_vec(&scan_body(&f, "OPD1", 5)).unwrap();
+    let url = format!("{}/v1/scans", b.base);
+    let r = http(&b.client, "POST", &url, Some(PLATFORM), Some("application/json"), Some(body), &hop).await.unwrap();
+    assert_eq!((r.status, num(&r.body, "token_number")), (201, 5), "{}", r.text);
+    let taker = node(&r);
+    assert_ne!(taker, owner, "served where it landed");
+    assert_eq!(epoch(), 2, "taken over once");
+    let r = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 6))).await;
+    assert_eq!((r.status, num(&r.body, "token_number"), node(&r)), (201, 6, taker), "{}", r.text);
+    assert_eq!(epoch(), 2);
+}

@@ -484,3 +484,61 @@ async fn a_redelivery_with_an_expired_bearer_of_a_known_request_is_accepted_with
     assert_eq!(r.status, 401, "{}", r.text);
     assert!(r.text.contains("TOKEN_EXPIRED"), "{}", r.text);
 }
+
+/// Issue 36 item 1. With ownership leases, the outbox worker runs a share on whatever node
+/// claimed it; for a facility another live node owns, the share's scan is sent to that owner
+/// (one hop, the share's own Idempotency-Key and deadline) instead of taking the facility
+/// over: the token follows the owner's numbering and the fence does not move. A running-token
+/// status for it is read from the owner too.
+#[actix_web::test]
+async fn a_share_and_a_running_token_status_for_a_facility_another_node_owns_are_served_by_the_owner() {
+    let redis = RedisServer::start();
+    let switch = Switch::start();
+    let leases = [("SCANGW_ADVERTISE_URL", "auto")];
+    // Only b runs the protocol, so only b's worker can take the share.
+    let a = Gateway::start(&redis, &leases);
+    let b = gateway_with_keys(&redis, &switch, &leases).await;
+    let f = fid(990);
+    a.register(&f).await;
+    let r = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 1))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let owner = r.header("X-Scangw-Node").expect("the serving node");
+    let epoch = || -> u64 {
+        let e: Option<u64> = redis::Commands::hget(&mut redis.conn(), format!("sg:{{{f}}}:fence"), "e").unwrap();
+        e.unwrap_or(0)
+    };
+    assert_eq!(epoch(), 1);
+
+    let (r, rid) = share_v3(&b, &switch_jwt("test-key-1"), &v3_share(&f, "OPD1", 2), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_ne!(r.header("X-Scangw-Node").as_deref(), Some(owner.as_str()), "the share reached the other node");
+    until(Duration::from_secs(20), "the on-share", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let cb = &switch.callbacks_for(&rid)[0];
+    assert_eq!(cb.body["acknowledgement"]["profile"]["tokenNumber"], "2", "{}", cb.body);
+    assert_eq!(epoch(), 1, "the share moved nothing");
+    let scrape = b.call("GET", "/metrics", PLATFORM, None).await.text;
+    assert_eq!(series(&scrape, "scangw_forwarded_total{outcome=\"served_by_owner\"}"), Some(1.0), "forwarded once");
+    // The owner keeps numbering: the share's token is in its queue.
+    let r = a.call("POST", "/v1/scans", PLATFORM, Some(&scan_body(&f, "OPD1", 3))).await;
+    assert_eq!((r.status, num(&r.body, "token_number")), (201, 3), "{}", r.text);
+    assert_eq!(r.header("X-Scangw-Node"), Some(owner));
+
+    // Staff call token 1 on the owner; the switch asks b for the running token.
+    let r = a.call("POST", &format!("/v1/facilities/{f}/staff-keys"), ADMIN, None).await;
+    let staff = r.body["key"].as_str().expect("staff key").to_string();
+    let r = a.call("POST", &format!("/v1/facilities/{f}/counters/OPD1/call-next"), &staff, None).await;
+    assert_eq!((r.status, num(&r.body, "token_number")), (200, 1), "{}", r.text);
+    let (r, rid) = running_token_status(&b, &switch_jwt("test-key-1"), &f, "OPD1").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the on-status", async || !switch.callbacks_for(&rid).is_empty()).await;
+    let cb = &switch.callbacks_for(&rid)[0];
+    assert_eq!(cb.body["token"]["runningTokenNumber"], "1", "{}", cb.body);
+    assert!(cb.body["token"]["averageTokenServiceTimeInMinutes"].as_u64().is_some(), "{}", cb.body);
+    let (r, rid) = running_token_status(&b, &switch_jwt("test-key-1"), &f, "OPD2").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    until(Duration::from_secs(20), "the on-status", async || !switch.callbacks_for(&rid).is_empty()).await;
+    assert_eq!(switch.callbacks_for(&rid)[0].body["error"]["code"], "ABDM-1031", "the owner's refusal, as it was");
+    assert_eq!(epoch(), 1, "the status reads moved nothing");
+    let scrape = b.call("GET", "/metrics", PLATFORM, None).await.text;
+    assert_eq!(series(&scrape, "scangw_forwarded_total{outcome=\"served_by_owner\"}"), Some(3.0));
+}

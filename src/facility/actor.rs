@@ -14,6 +14,7 @@ use jiff::civil::Date;
 use jiff::Timestamp;
 use tokio::sync::oneshot;
 
+use super::lease::{Node, Ownership};
 use super::patient_keys::PatientHasher;
 use super::queue::{CounterKind, FacilityQueue, Lookup, QueueError, ReplayCheck, ScanInput, ScanKind, Token, TokenKey};
 use super::token_id::TokenRef;
@@ -21,7 +22,7 @@ use super::view::{CounterQueueView, QueueView, TokenView};
 use crate::clock::SharedClock;
 use crate::ingress::limits::Limited;
 use crate::persistence::keys::{self, FacilityKeys};
-use crate::persistence::store::Fence;
+use crate::persistence::store::{Activated, Activation, Claim, Fence};
 use crate::persistence::writer::{BoardOwner, WriteOp, WriterTx};
 use crate::persistence::{record, Store, StoreError};
 use crate::registry::FacilityInfo;
@@ -46,6 +47,8 @@ pub struct Deps {
     pub day_retention_s: i64,
     /// `SCANGW_DEFAULT_TIMEZONE`: an activation's guess of the facility's timezone.
     pub default_tz: jiff::tz::TimeZone,
+    /// This node when ownership leases are on (`SCANGW_ADVERTISE_URL`), else `None`.
+    pub node: Option<Arc<Node>>,
 }
 
 impl Deps {
@@ -80,6 +83,10 @@ pub enum FacilityError {
     /// share whose on-share could no longer be sent).
     #[error("the request's deadline passed before a token was issued")]
     Expired,
+    /// Another node holds the facility under a live lease: forward to it at `url`. Only
+    /// [`Ownership::Forward`] activations answer this.
+    #[error("the facility is owned by another node")]
+    OwnedElsewhere { url: String, owner: String },
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, FacilityError>>;
@@ -268,6 +275,8 @@ pub struct FacilityActor {
     id: String,
     keys: Arc<FacilityKeys>,
     gen: u64,
+    /// How this actor's activation treats a facility another node holds.
+    ownership: Ownership,
     deps: Arc<Deps>,
     actors: Arc<ActorMap>,
     queued: Arc<AtomicUsize>,
@@ -291,6 +300,7 @@ impl FacilityActor {
     pub fn new(
         id: String,
         gen: u64,
+        ownership: Ownership,
         deps: Arc<Deps>,
         actors: Arc<ActorMap>,
         queued: Arc<AtomicUsize>,
@@ -301,6 +311,7 @@ impl FacilityActor {
             keys: Arc::new(FacilityKeys::new(&id)),
             id,
             gen,
+            ownership,
             deps,
             actors,
             queued,
@@ -364,13 +375,44 @@ impl FacilityActor {
         }
     }
 
-    async fn load(deps: Arc<Deps>, store: Store, id: String) -> Result<Ready, FacilityError> {
+    /// Takes the facility's fence for this node. With leases, a [`Ownership::Forward`]
+    /// activation leaves a facility alone while the node its fence names holds a live lease
+    /// (one round trip more, to read that lease: on a cluster it lives in another slot), and
+    /// takes it from that node only once the lease has expired.
+    async fn take(
+        deps: &Deps,
+        store: &Store,
+        id: &str,
+        day: Date,
+        ownership: Ownership,
+    ) -> Result<Activation, FacilityError> {
+        let mut from: Option<String> = None;
+        // Twice is enough unless ownership keeps moving while we look; then give up (503).
+        for _ in 0..3 {
+            let claim = match (&deps.node, ownership) {
+                (None, _) => Claim::Anonymous,
+                (Some(n), Ownership::TakeOver) => Claim::TakeOver { me: &n.id },
+                (Some(n), Ownership::Forward) => Claim::IfFree { me: &n.id, from: from.as_deref() },
+            };
+            match store.activate(id, day, claim).await? {
+                Activated::Taken(act) => return Ok(act),
+                Activated::Unknown => return Err(FacilityError::UnknownFacility),
+                Activated::OwnedBy(owner) => match store.node_url(&owner).await? {
+                    Some(url) => return Err(FacilityError::OwnedElsewhere { url, owner }),
+                    None => from = Some(owner),
+                },
+            }
+        }
+        Err(FacilityError::Store(StoreError::Unavailable))
+    }
+
+    async fn load(deps: Arc<Deps>, store: Store, id: String, ownership: Ownership) -> Result<Ready, FacilityError> {
         let started = Instant::now();
         // The day is needed before the registry record names the facility's timezone: guess
         // it in the default one (every facility of a national registry is on IST) and read
         // again only if the record says otherwise.
         let guess = deps.clock.now().to_zoned(deps.default_tz.clone()).date();
-        let act = store.activate(&id, guess).await?.ok_or(FacilityError::UnknownFacility)?;
+        let act = Self::take(&deps, &store, &id, guess, ownership).await?;
         let fence = act.fence;
         let epoch = fence.epoch;
         let info: FacilityInfo = serde_json::from_str(&act.info).map_err(|_| {
@@ -867,7 +909,7 @@ impl Actor for FacilityActor {
         ctx.set_mailbox_capacity(self.deps.mailbox_capacity);
         self.deps.metrics.active_actors.increment(1.0);
         self.deps.active.fetch_add(1, Ordering::Relaxed);
-        let fut = Self::load(self.deps.clone(), self.store.clone(), self.id.clone());
+        let fut = Self::load(self.deps.clone(), self.store.clone(), self.id.clone(), self.ownership);
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(ready) => {
                 act.phase = Phase::Ready(Box::new(ready));

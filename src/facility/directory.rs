@@ -2,18 +2,22 @@
 //! facility id. Homes are the HTTP worker threads themselves, each with its own writer and
 //! Redis connections, so a request that arrives on its facility's thread never leaves it
 //! (thread per core); retries once on a fresh activation when the owner was fenced or retired
-//! and the command cannot have been applied.
+//! and the command cannot have been applied. With ownership leases it also remembers, for a
+//! short while, which facilities another node owns, so requests for them are forwarded
+//! without an activation attempt each.
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::dev::SendError;
 use actix::prelude::*;
+use dashmap::DashMap;
 use tokio::sync::{oneshot, Notify};
 
 use super::actor::{ActorMap, Command, Deps, Envelope, FacilityActor, FacilityError, Reply, Slot};
+use super::lease::Ownership;
 use crate::persistence::writer::WriterTx;
 use crate::persistence::{Store, StoreError};
 
@@ -53,7 +57,28 @@ pub struct Directory {
     make_home: MakeHome,
     deps: Arc<Deps>,
     next_gen: AtomicU64,
+    /// Facilities another node owned under a live lease when last looked, with that node
+    /// and until when to believe it (a third of the lease, at most a second: a dead owner is
+    /// noticed when the forward fails, a moved one at the next look, which reads only the
+    /// fence's owner and that owner's lease).
+    owners: DashMap<String, Owner>,
 }
+
+#[derive(Clone)]
+struct Owner {
+    node: Arc<str>,
+    url: Arc<str>,
+    until: Instant,
+}
+
+impl Owner {
+    fn elsewhere(&self) -> FacilityError {
+        FacilityError::OwnedElsewhere { url: self.url.to_string(), owner: self.node.to_string() }
+    }
+}
+
+/// How long an owner entry past its time is kept for a cheap second look (see `owners`).
+const OWNER_KEPT: Duration = Duration::from_secs(60);
 
 fn shard(id: &str, n: usize) -> usize {
     // SipHash with fixed keys: stable for the life of the process, which is all we need.
@@ -74,6 +99,7 @@ impl Directory {
             make_home,
             deps,
             next_gen: AtomicU64::new(1),
+            owners: DashMap::new(),
         }
     }
 
@@ -138,7 +164,56 @@ impl Directory {
         self.actors.is_empty()
     }
 
-    async fn get(&self, id: &str) -> Result<Slot, FacilityError> {
+    /// Forgets what was seen of the facility's owner (it did not answer).
+    pub fn forget_owner(&self, id: &str) {
+        self.owners.remove(id);
+    }
+
+    /// Drops owner entries long past their time (the lease heartbeat calls this), so a node
+    /// that forwards for many facilities holds only the recent ones.
+    pub fn prune_owners(&self) {
+        let now = Instant::now();
+        self.owners.retain(|_, o| o.until + OWNER_KEPT > now);
+    }
+
+    fn remember_owner(&self, id: &str, node: &str, url: &str) {
+        // Long enough to spare a look per request, short enough that a moved owner is found
+        // again soon (a long lease must not mean a long detour).
+        let believe = self.deps.node.as_ref().map_or(Duration::ZERO, |n| n.renew_every().min(Duration::from_secs(1)));
+        self.owners
+            .insert(id.to_string(), Owner { node: node.into(), url: url.into(), until: Instant::now() + believe });
+    }
+
+    /// Another node that owns the facility while it is not active here, from what was seen
+    /// of it: believed for a moment, then looked at again with two small reads (the fence's
+    /// owner, that owner's lease) rather than an activation attempt, which reads the whole
+    /// day. `None`: not known to be owned elsewhere (any more); activate to find out.
+    async fn owned_elsewhere(&self, id: &str) -> Option<FacilityError> {
+        if self.actors.contains_key(id) {
+            return None;
+        }
+        let seen = self.owners.get(id)?.clone();
+        if seen.until > Instant::now() {
+            return Some(seen.elsewhere());
+        }
+        let store = &self.deps.store;
+        let still = match store.fence_owner(id).await {
+            Ok(Some(o)) if *o == *seen.node => store.node_url(&o).await.ok().flatten(),
+            _ => None,
+        };
+        match still {
+            Some(url) => {
+                self.remember_owner(id, &seen.node, &url);
+                Some(FacilityError::OwnedElsewhere { url, owner: seen.node.to_string() })
+            }
+            None => {
+                self.owners.remove(id);
+                None
+            }
+        }
+    }
+
+    async fn get(&self, id: &str, ownership: Ownership) -> Result<Slot, FacilityError> {
         if let Some(e) = self.actors.get(id) {
             return Ok(e.value().clone());
         }
@@ -153,6 +228,7 @@ impl Directory {
                 let actor = FacilityActor::new(
                     id.to_string(),
                     gen,
+                    ownership,
                     self.deps.clone(),
                     self.actors.clone(),
                     queued.clone(),
@@ -174,10 +250,33 @@ impl Directory {
         self.actors.remove_if(id, |_, slot| slot.gen == gen);
     }
 
-    /// Sends a command to the facility and awaits its answer.
+    /// Sends a command to the facility and awaits its answer, taking the facility over from
+    /// any other node if it must (today's behaviour of a single node; with leases, what a
+    /// request forwarded here and background work that cannot forward do).
     pub async fn ask<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
-        for attempt in 0..2 {
-            let slot = self.get(id).await?;
+        self.ask_as(id, Ownership::TakeOver, make).await
+    }
+
+    /// [`Self::ask`] that answers [`FacilityError::OwnedElsewhere`] instead of taking the
+    /// facility from a node whose lease lives: the caller forwards the request there.
+    pub async fn ask_routed<T>(&self, id: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, FacilityError> {
+        self.ask_as(id, Ownership::Forward, make).await
+    }
+
+    async fn ask_as<T>(
+        &self,
+        id: &str,
+        ownership: Ownership,
+        make: impl Fn(Reply<T>) -> Command,
+    ) -> Result<T, FacilityError> {
+        let mut refenced = false;
+        for _ in 0..3 {
+            if ownership == Ownership::Forward {
+                if let Some(e) = self.owned_elsewhere(id).await {
+                    return Err(e);
+                }
+            }
+            let slot = self.get(id, ownership).await?;
             let gen = slot.gen;
             if slot.thread == std::thread::current().id() {
                 self.deps.metrics.facility_requests_home.increment(1);
@@ -217,7 +316,16 @@ impl Directory {
                     self.forget(id, gen);
                     return Err(FacilityError::Store(StoreError::Unavailable));
                 }
-                Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if attempt == 0 => {
+                Ok(Err(FacilityError::OwnedElsewhere { url, owner })) => {
+                    self.remember_owner(id, &owner, &url);
+                    if ownership == Ownership::Forward {
+                        return Err(FacilityError::OwnedElsewhere { url, owner });
+                    }
+                    // A routed request's activation found the owner; this caller takes over.
+                    self.forget(id, gen);
+                }
+                Ok(Err(FacilityError::Store(StoreError::Fenced | StoreError::Gap))) if !refenced => {
+                    refenced = true;
                     // Another activation took over before this request's write was sent (a
                     // single Redis never resends), or an earlier write is missing (GAP: this
                     // one was not applied, see `store::WRITE`): nothing of this request was

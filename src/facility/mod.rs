@@ -3,6 +3,7 @@
 //! ([`directory`]). Token ids, views and patient digests live beside them.
 pub mod actor;
 pub mod directory;
+pub mod lease;
 pub mod patient_keys;
 pub mod queue;
 pub mod token_id;

@@ -1,11 +1,13 @@
 //! Counter work and token reads: call next, recall, complete, no-show, transfer, the
 //! queue view for staff, and `GET /v1/tokens/{id}` for the platform and staff.
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{authenticate, Principal};
 use super::error::ApiError;
+use super::forward::{self, Rerun, Served};
 use super::{body, AppState};
 use crate::facility::token_id::TokenRef;
 use crate::facility::view::{QueueView, TokenView};
@@ -33,11 +35,12 @@ pub async fn get_token(
         return Err(ApiError::Forbidden);
     }
     let facility = token.facility.clone();
-    let mut view = state
-        .directory
-        .ask(&facility, |reply| Command::Get { token: token.clone(), patient: staff, reply })
-        .await
-        .map_err(not_found_as_token)?;
+    let get = |reply| Command::Get { token: token.clone(), patient: staff, reply };
+    let mut view = match forward::ask(&state, &req, Bytes::new(), &facility, Rerun::Harmless, get).await {
+        Ok(Served::Here(view)) => view,
+        Ok(Served::There(answer)) => return Ok(answer),
+        Err(e) => return Err(not_found_as_token(e)),
+    };
     // The actor leaves the profile out for anyone but staff; clear it here too, so the
     // answer never depends on that alone.
     if !staff {
@@ -75,6 +78,7 @@ pub async fn act(
 ) -> Result<HttpResponse, ApiError> {
     let (id, action) = path.into_inner();
     let who = authenticate(&req, &state).await?;
+    let mut raw = Bytes::new();
     let action = match action.as_str() {
         "recall" => Action::Recall,
         "complete" => Action::Complete,
@@ -85,7 +89,10 @@ pub async fn act(
             if let Ok(t) = &t {
                 who.require_staff_of(&t.facility)?;
             }
-            let body: TransferRequest = body::json(&req, payload, state.settings.max_body_bytes).await?;
+            body::require_json(&req)?;
+            // Kept raw too, for the facility's owner if that is another node.
+            raw = body::read(&req, payload, state.settings.max_body_bytes).await?;
+            let body: TransferRequest = body::decode(&raw)?;
             if !valid_counter_id(&body.counter_id) {
                 return Err(crate::registry::field_error(
                     "counter_id",
@@ -100,12 +107,12 @@ pub async fn act(
     let token = token_ref(&id)?;
     who.require_staff_of(&token.facility)?;
     let facility = token.facility.clone();
-    let view = state
-        .directory
-        .ask(&facility, |reply| Command::Act { token: token.clone(), action: action.clone(), reply })
-        .await
-        .map_err(not_found_as_token)?;
-    Ok(HttpResponse::Ok().json(view))
+    let act = |reply| Command::Act { token: token.clone(), action: action.clone(), reply };
+    match forward::ask(&state, &req, raw, &facility, Rerun::Harmful, act).await {
+        Ok(Served::Here(view)) => Ok(HttpResponse::Ok().json(view)),
+        Ok(Served::There(answer)) => Ok(answer),
+        Err(e) => Err(not_found_as_token(e)),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/facilities/{facility_id}/counters/{counter_id}/call-next", tag = "counters",
@@ -121,7 +128,11 @@ pub async fn call_next(
 ) -> Result<HttpResponse, ApiError> {
     let (facility, counter) = path.into_inner();
     authenticate(&req, &state).await?.require_staff_of(&facility)?;
-    let called = state.directory.ask(&facility, |reply| Command::CallNext { counter: counter.clone(), reply }).await?;
+    let call = |reply| Command::CallNext { counter: counter.clone(), reply };
+    let called = match forward::ask(&state, &req, Bytes::new(), &facility, Rerun::Harmful, call).await? {
+        Served::Here(called) => called,
+        Served::There(answer) => return Ok(answer),
+    };
     Ok(match called {
         Some(view) => HttpResponse::Ok().json(view),
         None => HttpResponse::NoContent().finish(),
@@ -150,6 +161,9 @@ pub async fn queue(
     let q =
         web::Query::<QueueQuery>::from_query(req.query_string()).map_err(|_| ApiError::UnknownField("query".into()))?;
     let counter = q.into_inner().counter_id;
-    let view = state.directory.ask(&facility, |reply| Command::Queue { counter: counter.clone(), reply }).await?;
-    Ok(HttpResponse::Ok().json(view))
+    let read = |reply| Command::Queue { counter: counter.clone(), reply };
+    match forward::ask(&state, &req, Bytes::new(), &facility, Rerun::Harmless, read).await? {
+        Served::Here(view) => Ok(HttpResponse::Ok().json(view)),
+        Served::There(answer) => Ok(answer),
+    }
 }

@@ -217,6 +217,9 @@ impl From<FacilityError> for ApiError {
             // native scan never meets it.
             FacilityError::Expired => ApiError::Overloaded,
             FacilityError::Store(s) => s.into(),
+            // Only routed asks answer it, and their callers forward; should one reach the
+            // client, it is what a request that met a moving owner gets: retry.
+            FacilityError::OwnedElsewhere { .. } => ApiError::OwnerChanged,
             FacilityError::Queue(q) => match q {
                 QueueError::UnknownCounter => ApiError::UnknownCounter,
                 QueueError::UnknownToken => ApiError::UnknownToken,

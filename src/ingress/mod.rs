@@ -6,6 +6,7 @@ pub mod body;
 pub mod counters;
 pub mod error;
 pub mod facilities;
+pub mod forward;
 pub mod health;
 pub mod leaderboards;
 pub mod limits;
@@ -91,6 +92,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/staff-keys/{key_id}", web::delete().to(facilities::revoke_staff_key)),
         )
         .route("/v1/leaderboards/{board}", web::get().to(leaderboards::get))
+        .route("/internal/v1/boards/{facility_id}", web::get().to(pages::board_for_node))
+        .route("/internal/v1/shares/scan", web::post().to(protocol::share_scan_for_node))
+        .route("/internal/v1/running-token", web::post().to(protocol::running_token_for_node))
         .service(
             web::scope("/facilities/{facility_id}")
                 .route("/board", web::get().to(pages::board_page))

@@ -11,13 +11,14 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, Stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::auth::authenticate;
 use super::error::ApiError;
-use super::AppState;
+use super::{forward, AppState};
 use crate::facility::view::QueueView;
-use crate::facility::{Command, Directory};
+use crate::facility::{Command, FacilityError};
 use crate::registry::{valid_facility_id, FacilityInfo};
 use crate::telemetry::metrics::Metrics;
 
@@ -41,10 +42,10 @@ fn html(body: &'static str) -> HttpResponse {
 }
 
 /// One counter on the display board.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoardCounter {
     pub counter_id: String,
-    pub kind: &'static str,
+    pub kind: String,
     /// Tokens called and not yet finished, latest first.
     pub now_serving: Vec<String>,
     /// The next tokens in call order.
@@ -53,7 +54,7 @@ pub struct BoardCounter {
 }
 
 /// What a waiting hall sees: numbers only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoardView {
     pub facility_id: String,
     pub name: String,
@@ -75,7 +76,7 @@ impl BoardView {
                     c.waiting.sort_by_key(|t| t.ahead);
                     BoardCounter {
                         counter_id: c.counter_id,
-                        kind: c.kind.as_str(),
+                        kind: c.kind.as_str().to_string(),
                         now_serving: c.called.iter().map(|t| t.display.clone()).collect(),
                         next: c.waiting.iter().take(BOARD_NEXT).map(|t| t.display.clone()).collect(),
                         waiting: c.waiting.len(),
@@ -98,14 +99,37 @@ impl Boards {
         Boards { feeds: Mutex::new(HashMap::new()), every }
     }
 
-    async fn fetch(directory: &Directory, id: &str, name: &str) -> Result<BoardView, ApiError> {
-        let q = directory.ask(id, |reply| Command::Queue { counter: None, reply }).await?;
+    /// The board now. With ownership leases, a facility another live node owns is read
+    /// from that node ([`board_for_node`]) rather than taken over by every poll; an owner
+    /// that cannot be reached is taken over (a read is harmless to run here).
+    async fn fetch(state: &AppState, id: &str, name: &str) -> Result<BoardView, ApiError> {
+        let dir = &state.directory;
+        let read = |reply| Command::Queue { counter: None, reply };
+        let q = match dir.ask_routed(id, read).await {
+            Err(FacilityError::OwnedElsewhere { url, .. }) => {
+                let me = dir.deps().node.as_ref().map_or("", |n| n.id.as_str());
+                let path = format!("{url}/internal/v1/boards/{id}");
+                match forward::get_json::<BoardView>(&path, &state.settings.platform_token, me).await {
+                    Ok(Some(mut view)) => {
+                        view.name = name.to_string();
+                        return Ok(view);
+                    }
+                    // The owner answered, but not with a board: keep the last one on screen.
+                    Ok(None) => return Err(ApiError::StoreUnavailable),
+                    Err(_) => {
+                        dir.forget_owner(id);
+                        dir.ask(id, read).await?
+                    }
+                }
+            }
+            r => r?,
+        };
         Ok(BoardView::of(name, q))
     }
 
     fn subscribe(
         self: &Arc<Self>,
-        directory: Arc<Directory>,
+        state: web::Data<AppState>,
         stop: Arc<AtomicBool>,
         first: BoardView,
     ) -> watch::Receiver<Arc<BoardView>> {
@@ -131,7 +155,7 @@ impl Boards {
                     }
                 }
                 // A failed read keeps the last board on screen; the next tick tries again.
-                if let Ok(view) = Self::fetch(&directory, &id, &name).await {
+                if let Ok(view) = Self::fetch(&state, &id, &name).await {
                     tx.send_if_modified(|cur| {
                         let changed = **cur != view;
                         if changed {
@@ -263,7 +287,24 @@ pub async fn board_events(
     let id = path.into_inner();
     let name = facility_name(&state, &id).await?;
     let slot = take_sse_slot(&state)?;
-    let first = Boards::fetch(&state.directory, &id, &name).await?;
-    let rx = state.boards.subscribe(state.directory.clone(), state.shutting_down.clone(), first);
+    let first = Boards::fetch(&state, &id, &name).await?;
+    let rx = state.boards.subscribe(state.clone(), state.shutting_down.clone(), first);
     Ok(event_stream(sse(rx, state.shutting_down.clone(), slot)))
+}
+
+/// `GET /internal/v1/boards/{facility_id}`: the display board (numbers only, no name) of a
+/// facility, for another node's board stream when this node owns it (platform credential;
+/// not part of the public API). Served here whoever owns it: the asking node chose us.
+pub async fn board_for_node(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state).await?.require_platform()?;
+    let id = path.into_inner();
+    if !valid_facility_id(&id) {
+        return Err(ApiError::UnknownFacility);
+    }
+    let q = state.directory.ask(&id, |reply| Command::Queue { counter: None, reply }).await?;
+    Ok(HttpResponse::Ok().json(BoardView::of("", q)))
 }

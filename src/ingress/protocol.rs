@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{body, AppState};
+use crate::facility::Command;
 use crate::protocol::hiecm::Version;
-use crate::protocol::worker::{F_AT, F_BODY, F_HIP, F_REQUEST_ID, F_VERSION};
+use crate::protocol::worker::{ShareScan, ShareTicket, F_AT, F_BODY, F_HIP, F_REQUEST_ID, F_VERSION};
 use crate::registry::valid_facility_id;
 use crate::telemetry::metrics::Metrics;
 
@@ -267,6 +268,45 @@ pub async fn running_token_status(
     };
     crate::protocol::running_token::spawn_answer(state.clone(), rid.to_string(), hip.to_string(), context);
     Ok(HttpResponse::Accepted().json(json!({ "requestId": rid, "status": "ACCEPTED" })))
+}
+
+/// `POST /internal/v1/shares/scan`: a protocol share's scan for a facility this node owns,
+/// sent by the node whose outbox worker holds the share (platform credential; not part of
+/// the public API). Runs with the share's own admission (deadline, facility and patient
+/// limits, only for a new token) and Idempotency-Key, so a redelivery answers the same
+/// token wherever it runs. Served here whoever owns the facility: the sender chose us.
+pub async fn share_scan_for_node(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    super::auth::authenticate(&req, &state).await?.require_platform()?;
+    let share: ShareScan = body::json(&req, payload, state.settings.protocol_max_body_bytes).await?;
+    let deps = state.directory.deps();
+    let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
+    let (facility, input) = share.scan.into_input(&deps.hasher, year, Some(&share.idempotency_key))?;
+    let admit = || super::auth::share_admission(&state, &facility, input.patient, share.deadline_ms);
+    let r =
+        state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await?;
+    Ok(HttpResponse::Ok().json(ShareTicket::of(&r.view)))
+}
+
+/// `POST /internal/v1/running-token`: a counter's running token for another node whose
+/// status request names a facility this node owns (platform credential; not part of the
+/// public API). Read here whoever owns the facility: the asker chose us.
+pub async fn running_token_for_node(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::protocol::running_token::{answer_here, RunningAnswer, RunningAsk};
+    super::auth::authenticate(&req, &state).await?.require_platform()?;
+    let ask: RunningAsk = body::json(&req, payload, state.settings.max_body_bytes).await?;
+    if !valid_facility_id(&ask.hip_id) {
+        return Err(ApiError::UnknownFacility);
+    }
+    let outcome = answer_here(&state, &ask.hip_id, &ask.context).await;
+    Ok(HttpResponse::Ok().json(RunningAnswer::of(&outcome)))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{authenticate, limit_scan, patient_admission};
 use super::error::ApiError;
+use super::forward::{self, Rerun, Served};
 use super::validate::ScanRequest;
 use super::{body, AppState};
 use crate::facility::queue::ScanKind;
@@ -92,7 +93,10 @@ async fn scan(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?.require_platform()?;
     let header_facility = routing_header(&req)?;
-    let scan: ScanRequest = body::json(&req, payload, state.settings.max_body_bytes).await?;
+    body::require_json(&req)?;
+    // Kept raw too: the facility's owner may be another node, which gets it as it came.
+    let raw = body::read(&req, payload, state.settings.max_body_bytes).await?;
+    let scan: ScanRequest = body::decode(&raw)?;
     let idem = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::InvalidField(crate::registry::field_error(
@@ -126,13 +130,17 @@ async fn scan(
     let _slot = InFlight(&state);
     // The patient limit is the actor's to charge: only a new token spends it.
     let scan = |reply| Command::Scan { input: input.clone(), admit: patient_admission(&state, input.patient), reply };
-    let reply = state.directory.ask(&facility, scan).await.map_err(|e| {
+    let served = forward::ask(&state, &req, raw, &facility, Rerun::Harmless, scan).await.map_err(|e| {
         let e = ApiError::from(e);
         if matches!(e, ApiError::StoreUnavailable) {
             deps.metrics.store_errors.increment(1);
         }
         e
     })?;
+    let reply = match served {
+        Served::Here(reply) => reply,
+        Served::There(answer) => return Ok(answer),
+    };
     let status = match reply.kind {
         ScanKind::New | ScanKind::Replay => StatusCode::CREATED,
         ScanKind::Repeat | ScanKind::RepeatReplay => StatusCode::OK,

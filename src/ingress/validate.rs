@@ -1,13 +1,14 @@
 //! Field rules for scans (ABHA address and number, gender, year of birth, phone, names,
 //! Idempotency-Key), turning a request into a normalised queue input.
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::facility::patient_keys::PatientHasher;
 use crate::facility::queue::{PriorityClass, Profile, ScanInput};
 use crate::registry::{field_error, valid_counter_id, valid_facility_id, FieldError};
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+// Serialize: a protocol share's scan goes to the facility's owner node as it was read.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientIn {
     /// ABHA address, `name@abdm` (or `@sbx` in the sandbox).
@@ -25,7 +26,7 @@ pub struct PatientIn {
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScanRequest {
     pub facility_id: String,

@@ -5,7 +5,8 @@
 //! | key | type | holds | lifetime |
 //! |---|---|---|---|
 //! | `sg:{F}:info` | string (JSON) | facility registry record | forever |
-//! | `sg:{F}:fence` | hash `e`, `n`, `w`, `r` | the fence: epoch counter (HINCRBY per activation) and the activation's random nonce, compared together by every write; the write sequence of the current owner; the fence (`<e>:<n>`) of the owner that released (stopped normally) | forever |
+//! | `sg:{F}:fence` | hash `e`, `n`, `w`, `r`, `o` | the fence: epoch counter (HINCRBY per activation) and the activation's random nonce, compared together by every write; the write sequence of the current owner; the fence (`<e>:<n>`) of the owner that released (stopped normally); the node id of the owner when leases are on (absent otherwise) | forever |
+//! | `sg:node:<node id>` | string: the node's advertised base URL | a node's ownership lease: while it lives, other nodes forward requests for the facilities whose fence names the node instead of taking them over | `SCANGW_NODE_LEASE_MS`, renewed by the node's heartbeat, deleted at graceful shutdown |
 //! | `sg:{F}:d:<YYYY-MM-DD>:t` | hash `<counter>#<number>` -> token record | the day's tokens ([`super::record`]), patient profile included | expires at the end of the local service day + retention |
 //! | `sg:{F}:lbn` | hash `<YYYY-MM-DD>|<kind>` -> count | tokens issued per counter kind and day, cumulative: what the leaderboards must show | a day's field is pruned once applied and two days old |
 //! | `sg:{F}:staff` | hash `<key_id>` -> SHA-256 hex | staff key hashes | until revoked |
@@ -29,6 +30,12 @@
 use jiff::civil::Date;
 
 pub const FACILITY_SET: &str = "sg:facilities";
+
+/// A node's ownership lease (see the schema table). Node ids are 16 hex digits, which the
+/// node makes up itself at start.
+pub fn node(node_id: &str) -> String {
+    format!("sg:node:{node_id}")
+}
 
 /// The on-share outbox stream and its consumer group (one slot of its own).
 pub const OUTBOX: &str = "sg:{outbox}:shares";

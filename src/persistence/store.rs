@@ -44,9 +44,16 @@ impl Fence {
 }
 
 /// Takes ownership of a facility: refuses unknown facilities without writing anything,
-/// otherwise bumps the epoch, records the activation's nonce, resets the write sequence and
-/// returns the epoch and the registry record.
-/// KEYS: info, fence, and on a single Redis the leaderboard dirty hash. ARGV: facility, nonce.
+/// otherwise bumps the epoch, records the activation's nonce and owner node, resets the write
+/// sequence and returns the epoch and the registry record.
+/// KEYS: info, fence, and on a single Redis the leaderboard dirty hash.
+/// ARGV: facility, nonce, owner node id (`''` when leases are off: the field is removed),
+/// the owner it may take the facility from (`*`: any; otherwise only from itself, from no
+/// owner, or from this node id, which the caller found without a live lease).
+/// A facility owned by another node is left alone: the answer is `{0, <that node id>}`
+/// (epochs start at 1), and the caller checks that node's lease (another slot on a
+/// cluster) before it asks again naming it. A race between the check and the second call
+/// is harmless: fencing still keeps two owners from both writing.
 /// With the dirty hash it also marks the facility there with the new epoch, keeping the
 /// newest (the rule of `lbcounts::MARK`), in the same atomic step: the mark then always
 /// lands before the owner's first write, without a round trip of its own. On a cluster the
@@ -54,8 +61,17 @@ impl Fence {
 const ACTIVATE: &str = r"
 local info = redis.call('GET', KEYS[1])
 if not info then return false end
+if ARGV[4] ~= '*' then
+  local o = redis.call('HGET', KEYS[2], 'o')
+  if o and o ~= ARGV[3] and o ~= ARGV[4] then return {0, o} end
+end
 local epoch = redis.call('HINCRBY', KEYS[2], 'e', 1)
-redis.call('HSET', KEYS[2], 'n', ARGV[2], 'w', 0)
+if ARGV[3] == '' then
+  redis.call('HSET', KEYS[2], 'n', ARGV[2], 'w', 0)
+  redis.call('HDEL', KEYS[2], 'o')
+else
+  redis.call('HSET', KEYS[2], 'n', ARGV[2], 'w', 0, 'o', ARGV[3])
+end
 if KEYS[3] then
   local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
   if epoch > cur then redis.call('HSET', KEYS[3], ARGV[1], epoch) end
@@ -115,6 +131,28 @@ return counted
 pub struct Store {
     conn: Conn,
     timeout: Duration,
+}
+
+/// Who an activation claims the facility for, and from whom it may take it.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// No leases (a single node, or leases off): take it whoever had it; no owner recorded.
+    Anonymous,
+    /// Take it for node `me` from whoever had it.
+    TakeOver { me: &'a str },
+    /// Take it for node `me` only if no other node owns it, or `from` (a node found without
+    /// a live lease) does.
+    IfFree { me: &'a str, from: Option<&'a str> },
+}
+
+/// How an activation ended.
+#[derive(Debug)]
+pub enum Activated {
+    Taken(Activation),
+    /// The facility is not registered (nothing was written).
+    Unknown,
+    /// Node `.0` owns the facility (nothing was written); see [`Claim::IfFree`].
+    OwnedBy(String),
 }
 
 /// What an activation read: the new fence, the registry record, and the stored tokens of
@@ -207,20 +245,25 @@ impl Store {
     /// Takes a new fencing epoch for the facility and reads the tokens of `day` (the caller's
     /// guess of its service day, before the registry record tells the timezone), in one
     /// round trip: the script and the HGETALL go in one pipeline, so Redis runs the read
-    /// right after the epoch moved, when no older owner can write any more. `None` when the
-    /// facility is not registered.
-    pub async fn activate(&self, facility: &str, day: Date) -> Result<Option<Activation>, StoreError> {
+    /// right after the epoch moved, when no older owner can write any more. `claim` says
+    /// whose it becomes and from whom it may be taken (see [`ACTIVATE`]).
+    pub async fn activate(&self, facility: &str, day: Date, claim: Claim<'_>) -> Result<Activated, StoreError> {
         let marked = !self.conn.is_cluster();
         static SHA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Script::new(ACTIVATE).get_hash().into());
         let sha = &*SHA;
         let nonce = Fence::nonce();
+        let (me, from) = match claim {
+            Claim::Anonymous => ("", "*"),
+            Claim::TakeOver { me } => (me, "*"),
+            Claim::IfFree { me, from } => (me, from.unwrap_or("")),
+        };
         let build = || {
             let mut script = redis::cmd("EVALSHA");
             script.arg(sha).arg(if marked { 3 } else { 2 }).arg(keys::info(facility)).arg(keys::fence(facility));
             if marked {
                 script.arg(keys::LB_DIRTY);
             }
-            script.arg(facility).arg(&nonce);
+            script.arg(facility).arg(&nonce).arg(me).arg(from);
             let mut read = redis::cmd("HGETALL");
             read.arg(keys::day_tokens(facility, day));
             // Both keys carry the facility's hash tag: one pipeline on a cluster too.
@@ -233,7 +276,37 @@ impl Store {
         };
         let taken: Option<(u64, String)> = parse(taken)?;
         let day: Vec<(String, String)> = parse(read)?;
-        Ok(taken.map(|(epoch, info)| Activation { fence: Fence { epoch, nonce }, info, day, marked }))
+        Ok(match taken {
+            None => Activated::Unknown,
+            Some((0, owner)) => Activated::OwnedBy(owner),
+            Some((epoch, info)) => Activated::Taken(Activation { fence: Fence { epoch, nonce }, info, day, marked }),
+        })
+    }
+
+    /// The node the facility's fence names as its owner (with leases on).
+    pub async fn fence_owner(&self, facility: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move { c.hget::<_, _, Option<String>>(keys::fence(facility), "o").await }).await
+    }
+
+    /// The advertised URL of a node whose lease is alive, `None` once it has expired.
+    pub async fn node_url(&self, node_id: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move { c.get::<_, Option<String>>(keys::node(node_id)).await }).await
+    }
+
+    /// Renews this node's lease: `url` for `lease` from now.
+    pub async fn renew_lease(&self, node_id: &str, url: &str, lease: Duration) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let ms = lease.as_millis() as u64;
+        self.call(async move { c.pset_ex::<_, _, ()>(keys::node(node_id), url, ms).await }).await
+    }
+
+    /// Gives this node's lease up (graceful shutdown): the others take its facilities over
+    /// at once instead of after the lease.
+    pub async fn drop_lease(&self, node_id: &str) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        self.call(async move { c.del::<_, ()>(keys::node(node_id)).await }).await
     }
 
     /// All stored tokens of a facility's day, as (field, record).

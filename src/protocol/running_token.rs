@@ -3,6 +3,7 @@
 //! context}`), and the gateway answers on `.../running-token/on-status` from the queue state.
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::hiecm::{Hiecm, SendError};
@@ -76,8 +77,90 @@ fn other(code: &str, reason: &str) -> StatusError {
     StatusError { code: OTHER_CODE, message: format!("{code}: {reason}") }
 }
 
-/// Reads the counter's queue from its facility actor (a read: nothing is written).
+/// A running-token read as another node asks the facility's owner for it
+/// ([`crate::ingress::protocol::running_token_for_node`]), and its answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunningAsk {
+    pub hip_id: String,
+    pub context: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunningAnswer {
+    pub number: Option<u32>,
+    pub average_minutes: Option<u64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl RunningAnswer {
+    pub fn of(outcome: &Result<Running, StatusError>) -> Self {
+        match outcome {
+            Ok(r) => Self {
+                number: Some(r.number),
+                average_minutes: r.average_minutes,
+                error_code: None,
+                error_message: None,
+            },
+            Err(e) => Self {
+                number: None,
+                average_minutes: None,
+                error_code: Some(e.code.to_string()),
+                error_message: Some(e.message.clone()),
+            },
+        }
+    }
+
+    fn outcome(self) -> Result<Running, StatusError> {
+        match (self.number, self.error_code) {
+            (Some(number), None) => Ok(Running { number, average_minutes: self.average_minutes }),
+            (_, code) => Err(StatusError {
+                code: if code.as_deref() == Some(NO_TOKENS_CODE) { NO_TOKENS_CODE } else { OTHER_CODE },
+                message: self.error_message.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// The counter's running token: with ownership leases, read from the node that owns the
+/// facility under a live lease (reading it here would take the facility over); otherwise,
+/// or when that owner cannot be reached, from this node's actor ([`answer_here`]).
 async fn answer(state: &AppState, hip: &str, context: &str) -> Result<Running, StatusError> {
+    use super::shapes::FailureCode as F;
+    let dir = &state.directory;
+    if let Some(node) = &dir.deps().node {
+        let read = |reply| Command::Queue { counter: Some(context.to_string()), reply };
+        match dir.ask_routed(hip, read).await {
+            Ok(view) => return running(&view),
+            Err(FacilityError::OwnedElsewhere { url, .. }) => {
+                let ask = RunningAsk { hip_id: hip.to_string(), context: context.to_string() };
+                let path = format!("{url}/internal/v1/running-token");
+                let metrics = &dir.deps().metrics;
+                match crate::ingress::forward::post_json(&path, &state.settings.platform_token, &node.id, &ask).await {
+                    Ok((status, body)) => {
+                        metrics.forwarded_served.increment(1);
+                        let answer = (status == 200).then(|| serde_json::from_slice::<RunningAnswer>(&body).ok());
+                        return match answer.flatten() {
+                            Some(a) => a.outcome(),
+                            None => Err(other(F::Overloaded.as_str(), F::Overloaded.message())),
+                        };
+                    }
+                    Err(()) => {
+                        metrics.forwarded_taken_over.increment(1);
+                        dir.forget_owner(hip);
+                    }
+                }
+            }
+            // Told apart, and retried when transient, by the read here.
+            Err(_) => {}
+        }
+    }
+    answer_here(state, hip, context).await
+}
+
+/// Reads the counter's queue from its facility actor on this node (a read: nothing is
+/// written), taking the facility over if it must.
+pub async fn answer_here(state: &AppState, hip: &str, context: &str) -> Result<Running, StatusError> {
     use super::shapes::FailureCode as F;
     let mut attempt = 0;
     loop {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::web;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -18,6 +19,7 @@ use crate::facility::actor::FacilityError;
 use crate::facility::queue::QueueError;
 use crate::facility::view::ApiTime;
 use crate::facility::Command;
+use crate::ingress::validate::ScanRequest;
 use crate::ingress::AppState;
 use crate::persistence::outbox::Entry;
 use crate::telemetry::metrics::{GiveUp, Metrics, GIVE_UP_REASONS};
@@ -316,6 +318,8 @@ async fn answer(
     let deps = state.directory.deps();
     let year = deps.clock.now().to_zoned(jiff::tz::TimeZone::UTC).year();
     let idem = format!("share:{rid}");
+    // Kept as read, for the facility's owner if that is another node (see `ShareScan`).
+    let forwardable = scan.clone();
     let (facility, input) = match scan.into_input(&deps.hasher, year, Some(&idem)) {
         Ok(x) => x,
         Err(e) => return fail(Failure::invalid(&e, version)),
@@ -328,27 +332,119 @@ async fn answer(
         .filter(|a| a.eq_ignore_ascii_case(&input.profile.abha_address))
         .unwrap_or_else(|| input.profile.abha_address.clone());
     let counter = input.counter.clone();
-    // The facility and patient limits are charged by the actor, only for a new token: a
-    // redelivered share answers its token again however often it comes.
-    let admit = || crate::ingress::auth::share_admission(&ctx.state, &facility, input.patient, deadline);
-    match state.directory.ask(&facility, |reply| Command::Scan { input: input.clone(), admit: admit(), reply }).await {
-        Ok(r) => {
+    let outcome = match scan_here_or_at_owner(state, &facility, input, &forwardable, &idem, deadline).await {
+        Some(o) => o,
+        None => return Err(Transient),
+    };
+    match outcome {
+        Ok(ticket) => {
             let ack = TokenAck {
                 abha_address: &abha,
                 context: &counter,
-                token_number: r.view.token_number,
-                expiry_s: validity_s(r.view.issued_at, r.view.expires_at),
+                token_number: ticket.token_number,
+                expiry_s: ticket.validity_s,
             };
             Ok(body(ctx, version, rid, Ok(&ack)))
         }
-        Err(FacilityError::UnknownFacility) => fail(Failure::new(FailureCode::UnknownFacility)),
-        Err(FacilityError::RateLimited(_)) => fail(Failure::new(FailureCode::RateLimited)),
-        Err(FacilityError::Queue(QueueError::UnknownCounter)) => fail(Failure::new(FailureCode::UnknownCounter)),
-        Err(FacilityError::Queue(_)) => fail(Failure::new(FailureCode::InvalidProfile)),
-        Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => Err(Transient),
+        Err(code) => fail(Failure::new(code)),
+    }
+}
+
+/// A share's scan as another node runs it for the node whose worker holds the share
+/// ([`crate::ingress::protocol::share_scan_for_node`]): the scan as read from the share, its
+/// Idempotency-Key (`share:<request id>`) and its deadline.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShareScan {
+    pub scan: ScanRequest,
+    pub idempotency_key: String,
+    pub deadline_ms: i64,
+}
+
+/// What an on-share needs of the token.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ShareTicket {
+    pub token_number: u32,
+    pub validity_s: u64,
+}
+
+impl ShareTicket {
+    pub fn of(view: &crate::facility::view::TokenView) -> Self {
+        ShareTicket { token_number: view.token_number, validity_s: validity_s(view.issued_at, view.expires_at) }
+    }
+}
+
+/// The share's token, or the failure its on-share reports; `None`: transient trouble (store
+/// down, facility overloaded, owner answering 5xx), tried again later.
+type ShareOutcome = Option<Result<ShareTicket, FailureCode>>;
+
+/// Runs a share's scan on this node, or, with ownership leases, on the node that owns the
+/// facility under a live lease (the worker runs on whatever node claimed the share, so
+/// running it here would take the facility from the node the load balancer routes to). An
+/// owner that cannot be reached is taken over: the share's Idempotency-Key makes a second
+/// run answer the same token.
+async fn scan_here_or_at_owner(
+    state: &web::Data<AppState>,
+    facility: &str,
+    input: crate::facility::queue::ScanInput,
+    forwardable: &ScanRequest,
+    idem: &str,
+    deadline: i64,
+) -> ShareOutcome {
+    // The facility and patient limits are charged by the actor, only for a new token: a
+    // redelivered share answers its token again however often it comes.
+    let admit = || crate::ingress::auth::share_admission(state, facility, input.patient, deadline);
+    let make = |reply| Command::Scan { input: input.clone(), admit: admit(), reply };
+    let dir = &state.directory;
+    let url = match dir.ask_routed(facility, make).await {
+        Err(FacilityError::OwnedElsewhere { url, .. }) => url,
+        r => return local_outcome(r),
+    };
+    let me = dir.deps().node.as_ref().map_or("", |n| n.id.as_str());
+    let metrics = &dir.deps().metrics;
+    let share = ShareScan { scan: forwardable.clone(), idempotency_key: idem.to_string(), deadline_ms: deadline };
+    let path = format!("{url}/internal/v1/shares/scan");
+    match crate::ingress::forward::post_json(&path, &state.settings.platform_token, me, &share).await {
+        Ok((status, body)) => {
+            metrics.forwarded_served.increment(1);
+            remote_outcome(status, &body)
+        }
+        Err(()) => {
+            tracing::warn!(owner = %url, "facility owner unreachable; taking the facility over for a share");
+            metrics.forwarded_taken_over.increment(1);
+            dir.forget_owner(facility);
+            local_outcome(dir.ask(facility, make).await)
+        }
+    }
+}
+
+fn local_outcome(r: Result<crate::facility::ScanReply, FacilityError>) -> ShareOutcome {
+    match r {
+        Ok(r) => Some(Ok(ShareTicket::of(&r.view))),
+        Err(FacilityError::UnknownFacility) => Some(Err(FailureCode::UnknownFacility)),
+        Err(FacilityError::RateLimited(_)) => Some(Err(FailureCode::RateLimited)),
+        Err(FacilityError::Queue(QueueError::UnknownCounter)) => Some(Err(FailureCode::UnknownCounter)),
+        Err(FacilityError::Queue(_)) => Some(Err(FailureCode::InvalidProfile)),
+        Err(FacilityError::Overloaded) | Err(FacilityError::Store(_)) => None,
+        // Not answered by `ask`, which takes the facility over; retried if it ever is.
+        Err(FacilityError::OwnedElsewhere { .. }) => None,
         // The deadline passed while the share waited for its facility: no token was issued;
         // the caller's deadline check gives it up on its next turn.
-        Err(FacilityError::Expired) => Err(Transient),
+        Err(FacilityError::Expired) => None,
+    }
+}
+
+/// The owner's answer to [`ShareScan`], read as [`local_outcome`] reads the actor's (the
+/// owner maps those errors to statuses and codes in `ingress::error`).
+fn remote_outcome(status: u16, body: &[u8]) -> ShareOutcome {
+    let code =
+        || serde_json::from_slice::<Value>(body).ok().and_then(|v| v["error"]["code"].as_str().map(String::from));
+    match status {
+        200 => serde_json::from_slice::<ShareTicket>(body).ok().map(Ok),
+        404 if code().as_deref() == Some("UNKNOWN_COUNTER") => Some(Err(FailureCode::UnknownCounter)),
+        404 => Some(Err(FailureCode::UnknownFacility)),
+        429 => Some(Err(FailureCode::RateLimited)),
+        400..=499 => Some(Err(FailureCode::InvalidProfile)),
+        _ => None,
     }
 }
 

@@ -92,6 +92,12 @@ pub const OUTBOX_ENTRIES: &str = "scangw_outbox_entries";
 pub const LB_APPLY_LAG: &str = "scangw_leaderboard_apply_lag_seconds";
 /// `scangw_leaderboard_applied_tokens_total`: tokens this node's applier added to the boards.
 pub const LB_APPLIED: &str = "scangw_leaderboard_applied_tokens_total";
+/// `scangw_forwarded_total{outcome}`: requests for a facility whose lease is alive on another
+/// node, sent on to that owner: `served_by_owner` (its answer passed back), `taken_over` (the
+/// owner could not be reached before the request was sent, or sending again is harmless:
+/// this node took the facility over and served it), `failed` (the owner may have received a
+/// counter operation but did not answer: 503, as the outcome is unknown).
+pub const FORWARDED: &str = "scangw_forwarded_total";
 /// `process_resident_memory_bytes`: resident set size of the process.
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// `process_cpu_seconds_total`: user + system CPU time of the process.
@@ -172,6 +178,7 @@ pub const CATALOG: &[MetricDef] = &[
     def(OUTBOX_ENTRIES, G, "entries", &[], "Shares waiting for their on-share"),
     def(LB_APPLY_LAG, G, "seconds", &[], "Age of the leaderboard applier's last complete pass"),
     def(LB_APPLIED, C, "tokens", &[], "Tokens the leaderboard applier added to the boards"),
+    def(FORWARDED, C, "requests", &["outcome"], "Requests forwarded to the facility's owner node, by outcome"),
     def(PROCESS_RSS, G, "bytes", &[], "Resident set size"),
     def(PROCESS_CPU, C, "seconds", &[], "User and system CPU time"),
 ];
@@ -271,6 +278,7 @@ fn describe() {
     describe_counter!(RUNNING_TOKEN_ON_STATUS, "running-token on-status callbacks, by outcome");
     describe_gauge!(LB_APPLY_LAG, "Age of the leaderboard applier's last complete pass");
     describe_counter!(LB_APPLIED, "Tokens the leaderboard applier added to the boards");
+    describe_counter!(FORWARDED, "Requests forwarded to the facility's owner node, by outcome");
 }
 
 /// One handle per (state, counter kind, outcome), registered up front: the label set is
@@ -332,6 +340,9 @@ pub struct Metrics {
     pub running_token_on_status_failed: Counter,
     pub leaderboard_apply_lag: Gauge,
     pub leaderboard_applied: Counter,
+    pub forwarded_served: Counter,
+    pub forwarded_taken_over: Counter,
+    pub forwarded_failed: Counter,
 }
 
 impl Metrics {
@@ -371,6 +382,9 @@ impl Metrics {
             running_token_on_status_failed: metrics::counter!(RUNNING_TOKEN_ON_STATUS, "outcome" => "failed"),
             leaderboard_apply_lag: metrics::gauge!(LB_APPLY_LAG),
             leaderboard_applied: metrics::counter!(LB_APPLIED),
+            forwarded_served: metrics::counter!(FORWARDED, "outcome" => "served_by_owner"),
+            forwarded_taken_over: metrics::counter!(FORWARDED, "outcome" => "taken_over"),
+            forwarded_failed: metrics::counter!(FORWARDED, "outcome" => "failed"),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use redis::Commands;
 use scan_gateway::persistence::conn::Target;
 use scan_gateway::persistence::keys;
+use scan_gateway::persistence::store::{Activated, Claim};
 use scan_gateway::persistence::writer::{self, Touched, WriteOp};
 use scan_gateway::persistence::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -134,7 +135,10 @@ async fn a_write_sent_again_after_it_was_applied_is_answered_applied_and_applied
     let target = Target { urls: vec![redis.url()], cluster: false };
     let store = Store::open(&target, Duration::from_secs(2)).unwrap();
     let day = START_DATE.parse().unwrap();
-    let act = store.activate(&f, day).await.unwrap().expect("registered");
+    let act = match store.activate(&f, day, Claim::Anonymous).await.unwrap() {
+        Activated::Taken(act) => act,
+        other => panic!("registered, no owner: {other:?}"),
+    };
     let (tx, rx) = mpsc::channel(8);
     let metrics = scan_gateway::telemetry::metrics::Metrics::new();
     actix_rt::spawn(writer::run(rx, store.connection(), Duration::from_secs(2), 8, 0, Touched::default(), metrics));
