@@ -87,6 +87,9 @@ enum Cmd {
 enum Scenario {
     PeakMorning,
     Step,
+    /// One offered rate (`--rate`) below saturation: a warm-up of `--step-s`, then a
+    /// measurement of `--measure-s` (CPU, context switches, writes per Redis round trip).
+    Fixed,
     Soak,
 }
 
@@ -214,7 +217,8 @@ struct RunArgs {
     /// Scans in the soak (a national day: 10,000,000).
     #[arg(long, default_value_t = 10_000_000)]
     scans: u64,
-    /// Soak arrival rate, scans per second (use ~80% of the step's max).
+    /// Soak arrival rate, scans per second (use ~80% of the step's max); `fixed`'s offered
+    /// rate (well below saturation).
     #[arg(long, default_value_t = 2_000.0)]
     rate: f64,
     #[arg(long, default_value_t = 5)]
@@ -314,7 +318,12 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         engine.import_registry(20_000).await.context("registry import")?;
         eprintln!("imported the registry in {:.1} s", t.elapsed().as_secs_f64());
     }
-    let watched = Watched { server_pid: a.server_pid, redis_url: a.redis_url.clone() };
+    let watched = Watched {
+        server_pid: a.server_pid,
+        redis_url: a.redis_url.clone(),
+        // Writes per Redis round trip: the gateway's group-commit histogram.
+        metrics_url: gateway.then(|| format!("{}/metrics", engine.target.base)),
+    };
     let switch = match &a.switch_listen {
         Some(listen) if gateway => {
             let (sw, addr) = switch::start(listen).await.with_context(|| format!("switch on {listen}"))?;
@@ -340,9 +349,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             eprintln!("peak-morning: {:.0} s, spike {:.0}/s", morning.duration_s(), a.peak_rate);
             scenarios::peak_morning(&engine, morning, mix, a.seed, watched).await
         }
-        Scenario::Step => {
+        Scenario::Step | Scenario::Fixed => {
+            let fixed = a.scenario == Scenario::Fixed;
             let cfg = StepConfig {
-                start_rate: a.start_rate,
+                start_rate: if fixed { a.rate } else { a.start_rate },
                 factor: a.factor,
                 max_rate: a.max_rate,
                 step: Duration::from_secs(a.step_s),
@@ -353,8 +363,13 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 max_error_ratio: a.max_error_ratio,
                 seed: a.seed,
             };
-            eprintln!("step search against {}: from {}/s x{}", a.kind.as_str(), a.start_rate, a.factor);
-            scenarios::step(&engine, a.kind.as_str(), cfg, watched).await
+            if fixed {
+                eprintln!("fixed rate against {}: {}/s", a.kind.as_str(), a.rate);
+                scenarios::fixed(&engine, a.kind.as_str(), cfg, watched).await
+            } else {
+                eprintln!("step search against {}: from {}/s x{}", a.kind.as_str(), a.start_rate, a.factor);
+                scenarios::step(&engine, a.kind.as_str(), cfg, watched).await
+            }
         }
         Scenario::Soak => {
             anyhow::ensure!(gateway, "soak needs the gateway");
