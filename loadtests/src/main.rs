@@ -4,6 +4,7 @@
 mod engine;
 mod host;
 mod profile;
+mod publish;
 mod recorder;
 mod reference;
 mod registry;
@@ -54,6 +55,32 @@ enum Cmd {
     /// Print the comparison table of step summaries (`summary.json` files), with ratios.
     Table {
         /// `name=path/to/summary.json`, e.g. `gateway=var/bench/gateway-step/summary.json`.
+        #[arg(required = true)]
+        runs: Vec<String>,
+    },
+    /// Put a bench run on top of docs/benchmarks.md as the latest (the run that was latest
+    /// moves to the top of its history; nothing else changes; publishing the same run again
+    /// rewrites it in place), and refresh the README's headline lines with --readme.
+    Publish {
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        doc: PathBuf,
+        /// A README with `<!-- bench-headline:begin -->` and `<!-- bench-headline:end -->`.
+        #[arg(long)]
+        readme: Option<PathBuf>,
+        /// The run's name (scripts/bench: its UTC stamp, e.g. 20261208T003100Z).
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        commit: String,
+        /// `full` or `smoke`.
+        #[arg(long, default_value = "full")]
+        mode: String,
+        #[arg(long, default_value = "unknown")]
+        redis_version: String,
+        /// A summary of another scenario (peak-morning, soak), `name=path`: one line each.
+        #[arg(long = "also")]
+        also: Vec<String>,
+        /// The comparison's summaries, `name=path` as for `table`.
         #[arg(required = true)]
         runs: Vec<String>,
     },
@@ -238,6 +265,10 @@ fn main() -> std::process::ExitCode {
             .block_on(reference::serve(&kind, &listen, workers, redis_url.as_deref()))
             .map(|_| true),
         Cmd::Table { runs } => table::print(&runs).map(|_| true),
+        Cmd::Publish { doc, readme, run_id, commit, mode, redis_version, also, runs } => {
+            let info = publish::RunInfo { id: run_id, commit, mode, redis_version };
+            publish::publish(&doc, readme.as_deref(), &info, &runs, &also).map(|_| true)
+        }
         Cmd::Registry { facilities, seed } => print_registry(facilities, seed).map(|_| true),
         Cmd::Verify { redis_url, facilities, seed, days, verify_wait_s } => {
             tokio::runtime::Builder::new_current_thread()

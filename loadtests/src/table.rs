@@ -98,10 +98,13 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
+/// A named summary.
+type Run = (String, Value);
+
 /// Renders the markdown tables for `name=summary.json` arguments: the step searches', then
 /// the fixed-rate comparison's.
 pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
-    let (fixed, steps): (Vec<&(String, Value)>, Vec<&(String, Value)>) =
+    let (fixed, steps): (Vec<&Run>, Vec<&Run>) =
         runs.iter().partition(|(_, v)| v.get("fixed").is_some_and(|f| !f.is_null()));
     let mut s = if steps.is_empty() { String::new() } else { render_steps(&steps)? };
     if !fixed.is_empty() {
@@ -165,7 +168,7 @@ pub const CPU_VS_NAIVE_STRETCH: f64 = 0.4;
 /// The fixed-rate table and its ratios of CPU per scan (server + Redis): gateway/naive,
 /// judged against [`CPU_VS_NAIVE_TARGET`], and gateway/echo, reported. Rows are paired by
 /// kind and offered rate; a measurement host steal disturbed is not judged.
-fn render_fixed(runs: &[&(String, Value)]) -> String {
+fn render_fixed(runs: &[&Run]) -> String {
     let rows: Vec<FixedRow> = runs.iter().map(|(n, v)| fixed_row(n, v)).collect();
     let mut s = String::new();
     let _ = writeln!(
@@ -223,7 +226,7 @@ fn render_fixed(runs: &[&(String, Value)]) -> String {
     s
 }
 
-fn render_steps(runs: &[&(String, Value)]) -> anyhow::Result<String> {
+fn render_steps(runs: &[&Run]) -> anyhow::Result<String> {
     let rows: Vec<Row> = runs.iter().map(|(n, v)| row(n, v)).collect::<anyhow::Result<_>>()?;
     let mut s = String::new();
     let _ = writeln!(
