@@ -157,12 +157,16 @@ pub fn entry(info: &RunInfo, table: &[(String, Value)], others: &[(String, Value
         ),
         None => (0, "unknown".into(), "unknown".into()),
     };
-    let build = if info.mode == "smoke" { "smoke: debug build, seconds per scenario" } else { "release build" };
+    let how = match info.mode.as_str() {
+        "smoke" => "`scripts/bench --smoke` (debug build, seconds per scenario)".to_string(),
+        "full" => "`scripts/bench` (release build)".to_string(),
+        other => format!("`scripts/bench` ({other})"),
+    };
     let _ = writeln!(
         s,
-        "`scripts/bench` ({}, {build}) on {cores} cores: {cpu} (kernel {kernel}); Redis {} with the \
-         shipped `redis.conf` (AOF everysec); generator, Redis and server share the machine.",
-        info.mode, info.redis_version
+        "{how} on {cores} cores: {cpu} (kernel {kernel}); Redis {} with the shipped `redis.conf` \
+         (AOF everysec); generator, Redis and server share the machine.",
+        info.redis_version
     );
     let all: Vec<(String, Value)> = table.iter().chain(others).cloned().collect();
     let steal = total_steal(&all);
@@ -405,7 +409,10 @@ mod tests {
         )];
         let e = entry(&info, &table, &others).unwrap();
         assert!(e.starts_with("### 2026-12-08 00:31 UTC: run `20261208T003100Z`, commit `abc1234`\n"), "{e}");
-        assert!(e.contains("on 2 cores: AMD EPYC 7B13 (kernel 6.1.0); Redis 7.0.15"), "{e}");
+        assert!(
+            e.contains("\n`scripts/bench` (release build) on 2 cores: AMD EPYC 7B13 (kernel 6.1.0); Redis 7.0.15"),
+            "{e}"
+        );
         assert!(e.contains("Host steal: 2 of 1,060 100 ms windows of the measured stretches had >= 10% stolen (worst 33%): a quiet host."), "{e}");
         assert!(e.contains("| gateway | 6000 | 4800 |"), "the step table: {e}");
         assert!(e.contains("gateway/naive = 0.75 (target <= 0.6, stretch 0.4): MISSED"), "the fixed-rate ratio: {e}");
@@ -417,6 +424,13 @@ mod tests {
         );
         assert_eq!(entry(&info, &table, &others).unwrap(), e, "the same run gives the same entry");
 
+        let smoke = RunInfo { mode: "smoke".into(), ..info };
+        assert!(entry(&smoke, &table, &others)
+            .unwrap()
+            .contains("\n`scripts/bench --smoke` (debug build, seconds per scenario) on 2 cores"));
+        let h = headline(&smoke, &table);
+        assert!(h.contains(", smoke, debug build)"), "{h}");
+        let info = RunInfo { mode: "full".into(), ..smoke };
         let h = headline(&info, &table);
         assert_eq!(h.lines().count(), 4, "{h}");
         assert!(
