@@ -220,7 +220,8 @@ pub fn headline(info: &RunInfo, table: &[(String, Value)]) -> String {
     let cpu = |v: &Value| Some(num(v, "server_cpu_us_per_scan")? + num(v, "redis_cpu_us_per_scan").unwrap_or(0.0));
     let kind = |v: &Value, k: &str| v["target_kind"].as_str() == Some(k);
     if let Some(rate) = fixed.first().and_then(|(_, v)| v["fixed"]["rate"].as_f64()) {
-        let costs: Vec<String> = fixed.iter().filter_map(|(n, v)| Some(format!("{n} {:.0}", cpu(v)?))).collect();
+        let costs: Vec<String> =
+            fixed.iter().filter_map(|(n, v)| Some(format!("{n} {}", thousands(cpu(v)?)))).collect();
         let g = fixed.iter().find(|(_, v)| kind(v, "gateway")).and_then(|(_, v)| cpu(v));
         let n = fixed.iter().find(|(_, v)| kind(v, "naive")).and_then(|(_, v)| cpu(v));
         let ratio = match (g, n) {
@@ -424,6 +425,13 @@ mod tests {
         );
         assert_eq!(entry(&info, &table, &others).unwrap(), e, "the same run gives the same entry");
 
+        let mut debug = table.clone();
+        debug[2].1["resources"]["server_cpu_us_per_scan"] = json!(1237.6);
+        assert!(
+            headline(&info, &debug).contains("(server + Redis): gateway 1,268, naive 120"),
+            "{}",
+            headline(&info, &debug)
+        );
         let smoke = RunInfo { mode: "smoke".into(), ..info };
         assert!(entry(&smoke, &table, &others)
             .unwrap()
