@@ -44,9 +44,13 @@ pub fn parse_ctx_switches(status: &str) -> Option<u64> {
 /// only the main thread's, and the servers' work runs on their other threads. A thread that
 /// exited takes its count with it (the servers measured keep theirs for their lifetime).
 pub fn ctx_switches(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    ctx_switches_in(std::path::Path::new(&format!("/proc/{pid}/task")))
+}
+
+/// The sum over `tasks/<tid>/status` (a process's `/proc/<pid>/task`).
+fn ctx_switches_in(tasks: &std::path::Path) -> Option<u64> {
     let mut total = 0;
-    for t in tasks.flatten() {
+    for t in std::fs::read_dir(tasks).ok()?.flatten() {
         // A thread may exit between the listing and the read: it simply is not counted.
         if let Ok(status) = std::fs::read_to_string(t.path().join("status")) {
             total += parse_ctx_switches(&status).unwrap_or(0);
@@ -252,22 +256,27 @@ mod tests {
         assert_eq!(parse_ctx_switches("Name:\tx\n"), None, "a kernel without the fields");
     }
 
-    /// Every thread of a process is counted: one that sleeps and wakes 50 times adds at
-    /// least 50 voluntary switches to the process's total, though it is not the main thread.
+    /// Every thread of a process is counted, not only the main one that `/proc/<pid>/status`
+    /// describes. (Read from a directory laid out as `/proc/<pid>/task`: a live process's
+    /// threads come and go under a parallel test harness, and an exited one's count leaves
+    /// with it.)
     #[test]
     fn context_switches_are_summed_over_the_threads() {
-        let pid = std::process::id();
-        let before = ctx_switches(pid).unwrap();
-        std::thread::spawn(|| {
-            for _ in 0..50 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            // Read while the thread is still alive: an exited thread's count leaves with it.
-            ctx_switches(std::process::id()).unwrap()
-        })
-        .join()
-        .map(|during| assert!(during >= before + 50, "{before} -> {during}"))
-        .unwrap();
+        let dir = std::env::temp_dir().join(format!("scan-load-tasks-{}", std::process::id()));
+        for (tid, status) in [
+            ("100", "voluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t1\n"),
+            ("101", "voluntary_ctxt_switches:\t200\nnonvoluntary_ctxt_switches:\t20\n"),
+            ("102", "Name:\tgone\n"),
+        ] {
+            std::fs::create_dir_all(dir.join(tid)).unwrap();
+            std::fs::write(dir.join(tid).join("status"), status).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("103")).unwrap(); // exited before its status was read
+        let total = ctx_switches_in(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(total, Some(231));
+        // The live reading works on this process, and a process that is not there has none.
+        assert!(ctx_switches(std::process::id()).is_some_and(|n| n > 0));
         assert!(ctx_switches(u32::MAX).is_none());
     }
 
