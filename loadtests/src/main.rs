@@ -4,6 +4,7 @@
 mod engine;
 mod host;
 mod profile;
+mod publish;
 mod recorder;
 mod reference;
 mod registry;
@@ -57,6 +58,32 @@ enum Cmd {
         #[arg(required = true)]
         runs: Vec<String>,
     },
+    /// Put a bench run on top of docs/benchmarks.md as the latest (the run that was latest
+    /// moves to the top of its history; nothing else changes; publishing the same run again
+    /// rewrites it in place), and refresh the README's headline lines with --readme.
+    Publish {
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        doc: PathBuf,
+        /// A README with `<!-- bench-headline:begin -->` and `<!-- bench-headline:end -->`.
+        #[arg(long)]
+        readme: Option<PathBuf>,
+        /// The run's name (scripts/bench: its UTC stamp, e.g. 20261208T003100Z).
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        commit: String,
+        /// `full` or `smoke`.
+        #[arg(long, default_value = "full")]
+        mode: String,
+        #[arg(long, default_value = "unknown")]
+        redis_version: String,
+        /// A summary of another scenario (peak-morning, soak), `name=path`: one line each.
+        #[arg(long = "also")]
+        also: Vec<String>,
+        /// The comparison's summaries, `name=path` as for `table`.
+        #[arg(required = true)]
+        runs: Vec<String>,
+    },
     /// Verify a stored day without a run: numbers 1..n per counter, counts and leaderboards
     /// of the synthetic registry's facilities (the same --facilities and --seed as the run).
     /// Exits 1 when the day fails the checks.
@@ -87,6 +114,9 @@ enum Cmd {
 enum Scenario {
     PeakMorning,
     Step,
+    /// One offered rate (`--rate`) below saturation: a warm-up of `--step-s`, then a
+    /// measurement of `--measure-s` (CPU, context switches, writes per Redis round trip).
+    Fixed,
     Soak,
 }
 
@@ -214,7 +244,8 @@ struct RunArgs {
     /// Scans in the soak (a national day: 10,000,000).
     #[arg(long, default_value_t = 10_000_000)]
     scans: u64,
-    /// Soak arrival rate, scans per second (use ~80% of the step's max).
+    /// Soak arrival rate, scans per second (use ~80% of the step's max); `fixed`'s offered
+    /// rate (well below saturation).
     #[arg(long, default_value_t = 2_000.0)]
     rate: f64,
     #[arg(long, default_value_t = 5)]
@@ -234,6 +265,10 @@ fn main() -> std::process::ExitCode {
             .block_on(reference::serve(&kind, &listen, workers, redis_url.as_deref()))
             .map(|_| true),
         Cmd::Table { runs } => table::print(&runs).map(|_| true),
+        Cmd::Publish { doc, readme, run_id, commit, mode, redis_version, also, runs } => {
+            let info = publish::RunInfo { id: run_id, commit, mode, redis_version };
+            publish::publish(&doc, readme.as_deref(), &info, &runs, &also).map(|_| true)
+        }
         Cmd::Registry { facilities, seed } => print_registry(facilities, seed).map(|_| true),
         Cmd::Verify { redis_url, facilities, seed, days, verify_wait_s } => {
             tokio::runtime::Builder::new_current_thread()
@@ -314,7 +349,12 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         engine.import_registry(20_000).await.context("registry import")?;
         eprintln!("imported the registry in {:.1} s", t.elapsed().as_secs_f64());
     }
-    let watched = Watched { server_pid: a.server_pid, redis_url: a.redis_url.clone() };
+    let watched = Watched {
+        server_pid: a.server_pid,
+        redis_url: a.redis_url.clone(),
+        // Writes per Redis round trip: the gateway's group-commit histogram.
+        metrics_url: gateway.then(|| format!("{}/metrics", engine.target.base)),
+    };
     let switch = match &a.switch_listen {
         Some(listen) if gateway => {
             let (sw, addr) = switch::start(listen).await.with_context(|| format!("switch on {listen}"))?;
@@ -340,9 +380,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             eprintln!("peak-morning: {:.0} s, spike {:.0}/s", morning.duration_s(), a.peak_rate);
             scenarios::peak_morning(&engine, morning, mix, a.seed, watched).await
         }
-        Scenario::Step => {
+        Scenario::Step | Scenario::Fixed => {
+            let fixed = a.scenario == Scenario::Fixed;
             let cfg = StepConfig {
-                start_rate: a.start_rate,
+                start_rate: if fixed { a.rate } else { a.start_rate },
                 factor: a.factor,
                 max_rate: a.max_rate,
                 step: Duration::from_secs(a.step_s),
@@ -353,8 +394,13 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                 max_error_ratio: a.max_error_ratio,
                 seed: a.seed,
             };
-            eprintln!("step search against {}: from {}/s x{}", a.kind.as_str(), a.start_rate, a.factor);
-            scenarios::step(&engine, a.kind.as_str(), cfg, watched).await
+            if fixed {
+                eprintln!("fixed rate against {}: {}/s", a.kind.as_str(), a.rate);
+                scenarios::fixed(&engine, a.kind.as_str(), cfg, watched).await
+            } else {
+                eprintln!("step search against {}: from {}/s x{}", a.kind.as_str(), a.start_rate, a.factor);
+                scenarios::step(&engine, a.kind.as_str(), cfg, watched).await
+            }
         }
         Scenario::Soak => {
             anyhow::ensure!(gateway, "soak needs the gateway");

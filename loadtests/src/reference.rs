@@ -1,7 +1,8 @@
 //! The reference designs measured beside the gateway in one run: `echo` (a bare actix-web
 //! server that parses the same scan JSON and answers, no state: the machine's HTTP
 //! ceiling) and `naive` (the stateless design a team writes first: per scan GET a dedup key,
-//! INCR the counter, SET the dedup key, HSET the token, on one multiplexed connection).
+//! INCR the counter, SET the dedup key, HSET the token and ZINCRBY the day's facility
+//! board, one after the other on one multiplexed connection).
 use actix_web::{web, App, HttpResponse, HttpServer};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
@@ -48,6 +49,10 @@ async fn naive_scan(body: web::Json<ScanRequest>, con: web::Data<MultiplexedConn
         let record = json!({"n": n, "p": s.patient.abha_address, "name": s.patient.name}).to_string();
         let _: () =
             con.hset(format!("naive:{}:{day}:t", s.facility_id), format!("{}#{n}", s.counter_id), record).await?;
+        // The gateway keeps its leaderboards live, so this design does too: one ZINCRBY per
+        // new token on the national facilities board of the day, in the same sequential
+        // style (a team's first design does not batch).
+        let _: f64 = con.zincr(format!("naive:board:{day}:facilities"), &s.facility_id, 1).await?;
         Ok(n)
     }
     .await;
@@ -85,4 +90,39 @@ pub async fn serve(kind: &str, listen: &str, workers: usize, redis_url: Option<&
     println!("{kind} listening on http://{addr}");
     server.run().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{test, App};
+
+    use super::*;
+
+    fn scan(patient: &str) -> serde_json::Value {
+        json!({"facility_id": "IN0410000183", "counter_id": "OPD1", "patient": {
+            "abha_address": patient, "name": "Load Test Patient", "gender": "F", "year_of_birth": 1980}})
+    }
+
+    /// The gateway keeps live leaderboards, so the design it is measured against keeps one
+    /// too: one ZINCRBY per new token on the day's national facilities board, none for a
+    /// repeat scan.
+    #[actix_web::test]
+    async fn naive_counts_each_new_token_on_the_days_facility_board() {
+        let redis = crate::test_redis::Redis::start();
+        let con = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let app = test::init_service(
+            App::new()
+                .app_data(json_config())
+                .app_data(web::Data::new(con.clone()))
+                .route("/v1/scans", web::post().to(naive_scan)),
+        )
+        .await;
+        for (patient, status) in [("a@sbx", 201), ("b@sbx", 201), ("a@sbx", 200)] {
+            let req = test::TestRequest::post().uri("/v1/scans").set_json(scan(patient)).to_request();
+            assert_eq!(test::call_service(&app, req).await.status().as_u16(), status, "{patient}");
+        }
+        let mut con = con;
+        let score: Option<f64> = con.zscore(format!("naive:board:{}:facilities", day()), "IN0410000183").await.unwrap();
+        assert_eq!(score, Some(2.0), "two new tokens; the repeat scan adds none");
+    }
 }

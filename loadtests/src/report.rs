@@ -128,6 +128,15 @@ pub struct Resources {
     /// Growth of Redis `used_memory` divided by new tokens.
     pub redis_bytes_per_token: Option<f64>,
     pub redis_cpu_us_per_scan: Option<f64>,
+    /// Context switches (voluntary + involuntary, every thread) per acknowledged scan: of
+    /// the server, and of its Redis. Below saturation each thread handoff is a sleep and a
+    /// wake-up, so this counts what CPU per scan pays for.
+    pub server_ctx_switches_per_scan: Option<f64>,
+    pub redis_ctx_switches_per_scan: Option<f64>,
+    /// The gateway's writes per Redis round trip over the run (`scangw_redis_batch_size`
+    /// sum over count between its two ends; None for a server without that series, or
+    /// when no round trip was made).
+    pub writes_per_redis_round_trip: Option<f64>,
     pub redis_forks: Option<RedisForks>,
     pub samples: Vec<Sample>,
 }
@@ -255,6 +264,17 @@ impl Lag {
     }
 }
 
+/// The `fixed` scenario: one offered rate, a warm-up and the measurement (whose figures are
+/// the summary's latency, timeline and resources).
+#[derive(Debug, Clone, Serialize)]
+pub struct FixedSummary {
+    pub rate: f64,
+    pub warmup: Step,
+    pub measurement: Step,
+    /// Earlier measurements that host steal disturbed, so they were taken again.
+    pub stolen: Vec<Step>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub scenario: String,
@@ -279,6 +299,7 @@ pub struct Summary {
     pub timeline: Vec<Point>,
     pub resources: Resources,
     pub step: Option<StepSummary>,
+    pub fixed: Option<FixedSummary>,
     pub verify: Option<Verdict>,
     pub passed: bool,
     pub notes: Vec<String>,
@@ -369,6 +390,7 @@ impl Summary {
             timeline,
             resources: Resources::default(),
             step: None,
+            fixed: None,
             verify: None,
             passed: true,
             notes: Vec::new(),
@@ -427,8 +449,38 @@ impl Summary {
         if let Some(c) = r.redis_cpu_us_per_scan {
             let _ = writeln!(s, "Redis CPU {c:.1} us/scan");
         }
+        if let Some(c) = r.server_ctx_switches_per_scan {
+            let _ = writeln!(s, "server context switches {c:.2}/scan");
+        }
+        if let Some(c) = r.redis_ctx_switches_per_scan {
+            let _ = writeln!(s, "Redis context switches {c:.2}/scan");
+        }
+        if let Some(w) = r.writes_per_redis_round_trip {
+            let _ = writeln!(s, "writes per Redis round trip {w:.2}");
+        }
         if let Some(f) = r.redis_forks {
             let _ = writeln!(s, "{}", forks_text(&f, &self.redis_saving_seconds()));
+        }
+        if let Some(fx) = &self.fixed {
+            let w = &fx.warmup;
+            let _ = writeln!(
+                s,
+                "fixed rate {:.0}/s: warm-up {:.0} ok/s p99 {:.2} ms; measurement {:.0} ok/s p99 {:.2} ms {}",
+                fx.rate,
+                w.achieved_ok_per_s,
+                w.latency.p99_ms,
+                fx.measurement.achieved_ok_per_s,
+                fx.measurement.latency.p99_ms,
+                busy_text(&fx.measurement)
+            );
+            for m in &fx.stolen {
+                let _ = writeln!(
+                    s,
+                    "  discarded: host steal in {:.0}% of its windows (worst {:.0}%); measured again",
+                    m.host_steal.notable_share() * 100.0,
+                    m.host_steal.max_pct
+                );
+            }
         }
         if let Some(st) = &self.step {
             let _ =

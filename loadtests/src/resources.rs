@@ -1,5 +1,6 @@
-//! Resource readings of the processes under test: CPU time and RSS from `/proc/<pid>`, and
-//! Redis memory and CPU from `INFO`.
+//! Resource readings of the processes under test: CPU time, RSS and context switches from
+//! `/proc/<pid>`, Redis memory and CPU from `INFO`, and the gateway's writes per Redis round
+//! trip from its `/metrics`.
 use redis::aio::MultiplexedConnection;
 
 /// User plus system CPU seconds a process has used.
@@ -31,6 +32,70 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Context switches (voluntary and involuntary) in one `/proc/<pid>/task/<tid>/status`.
+pub fn parse_ctx_switches(status: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.trim().parse().ok())
+    };
+    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+}
+
+/// Context switches of every live thread of a process, summed: `/proc/<pid>/status` counts
+/// only the main thread's, and the servers' work runs on their other threads. A thread that
+/// exited takes its count with it (the servers measured keep theirs for their lifetime).
+pub fn ctx_switches(pid: u32) -> Option<u64> {
+    ctx_switches_in(std::path::Path::new(&format!("/proc/{pid}/task")))
+}
+
+/// The sum over `tasks/<tid>/status` (a process's `/proc/<pid>/task`).
+fn ctx_switches_in(tasks: &std::path::Path) -> Option<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(tasks).ok()?.flatten() {
+        // A thread may exit between the listing and the read: it simply is not counted.
+        if let Ok(status) = std::fs::read_to_string(t.path().join("status")) {
+            total += parse_ctx_switches(&status).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// `scangw_redis_batch_size` (writes per group-commit round trip) from a Prometheus text
+/// page: its `_sum` and `_count`, each summed over its label sets. `None` when the page has
+/// no such series (a server that is not the gateway).
+pub fn batch_size_totals(page: &str) -> Option<(f64, f64)> {
+    let total = |name: &str| -> Option<f64> {
+        let mut found = None;
+        for l in page.lines().filter(|l| !l.starts_with('#')) {
+            let Some(rest) = l.strip_prefix(name) else { continue };
+            // The series itself, with or without labels; not a longer name sharing the prefix.
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())?;
+            *found.get_or_insert(0.0) += value;
+        }
+        found
+    };
+    const NAME: &str = scan_gateway::telemetry::metrics::REDIS_BATCH_SIZE;
+    Some((total(&format!("{NAME}_sum"))?, total(&format!("{NAME}_count"))?))
+}
+
+/// The text of `GET url` (a server's `/metrics`), or `None` when it does not answer 200.
+pub async fn fetch_text(url: &str) -> Option<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let get = async {
+        let resp = client.get(url.parse().ok()?).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8(body.to_vec()).ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), get).await.ok().flatten()
+}
+
 /// What one `INFO` says about Redis: memory, CPU, and its background saves. Each AOF
 /// rewrite or RDB save forks a child that serialises the whole dataset on a core, which on a
 /// shared machine shows as seconds of higher latency: a run reports the ones it overlapped.
@@ -49,9 +114,11 @@ pub struct RedisReading {
     pub aof: bool,
     /// An AOF rewrite is running or scheduled (it waits for a running RDB save).
     pub aof_rewriting: bool,
+    /// `process_id`: where its threads' context switches are read (Redis on this host).
+    pub pid: Option<u32>,
 }
 
-/// Reads a [`RedisReading`] from the text of `INFO memory cpu stats persistence`; fields
+/// Reads a [`RedisReading`] from the text of `INFO server memory cpu stats persistence`; fields
 /// it lacks (an older Redis) read as zero.
 pub fn parse_info(info: &str) -> RedisReading {
     let field = |name: &str| -> Option<&str> {
@@ -67,12 +134,19 @@ pub fn parse_info(info: &str) -> RedisReading {
         saving: int("aof_rewrite_in_progress") == 1 || int("rdb_bgsave_in_progress") == 1,
         aof: int("aof_enabled") == 1,
         aof_rewriting: int("aof_rewrite_in_progress") == 1 || int("aof_rewrite_scheduled") == 1,
+        pid: field("process_id").and_then(|v| v.parse().ok()),
     }
 }
 
 pub async fn redis_reading(con: &mut MultiplexedConnection) -> redis::RedisResult<RedisReading> {
-    let info: String =
-        redis::cmd("INFO").arg("memory").arg("cpu").arg("stats").arg("persistence").query_async(con).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .arg("memory")
+        .arg("cpu")
+        .arg("stats")
+        .arg("persistence")
+        .query_async(con)
+        .await?;
     Ok(parse_info(&info))
 }
 
@@ -110,7 +184,8 @@ mod tests {
 
     #[test]
     fn reads_memory_cpu_and_background_saves_from_info() {
-        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# CPU\r\n\
+        let info =
+            "# Server\r\nprocess_id:4242\r\n# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# CPU\r\n\
                     used_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9.0\r\n# Stats\r\n\
                     total_forks:3\r\nlatest_fork_usec:812\r\n# Persistence\r\nrdb_bgsave_in_progress:0\r\n\
                     rdb_saves:1\r\naof_enabled:1\r\naof_rewrite_in_progress:1\r\n\
@@ -126,7 +201,8 @@ mod tests {
                 rdb_saves: 1,
                 saving: true,
                 aof: true,
-                aof_rewriting: true
+                aof_rewriting: true,
+                pid: Some(4242),
             },
             "children's CPU is the fork's, not Redis's"
         );
@@ -171,6 +247,54 @@ mod tests {
         let mut con = redis::Client::open(plain.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         assert_eq!(compact_aof(&mut con, Duration::from_secs(60)).await.unwrap(), None);
         assert_eq!(redis_reading(&mut con).await.unwrap().forks, 0);
+    }
+
+    #[test]
+    fn context_switches_are_voluntary_plus_involuntary() {
+        let status = "Name:\tactix-rt|system\nvoluntary_ctxt_switches:\t1200\nnonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(parse_ctx_switches(status), Some(1234));
+        assert_eq!(parse_ctx_switches("Name:\tx\n"), None, "a kernel without the fields");
+    }
+
+    /// Every thread of a process is counted, not only the main one that `/proc/<pid>/status`
+    /// describes. (Read from a directory laid out as `/proc/<pid>/task`: a live process's
+    /// threads come and go under a parallel test harness, and an exited one's count leaves
+    /// with it.)
+    #[test]
+    fn context_switches_are_summed_over_the_threads() {
+        let dir = std::env::temp_dir().join(format!("scan-load-tasks-{}", std::process::id()));
+        for (tid, status) in [
+            ("100", "voluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t1\n"),
+            ("101", "voluntary_ctxt_switches:\t200\nnonvoluntary_ctxt_switches:\t20\n"),
+            ("102", "Name:\tgone\n"),
+        ] {
+            std::fs::create_dir_all(dir.join(tid)).unwrap();
+            std::fs::write(dir.join(tid).join("status"), status).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("103")).unwrap(); // exited before its status was read
+        let total = ctx_switches_in(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(total, Some(231));
+        // The live reading works on this process, and a process that is not there has none.
+        assert!(ctx_switches(std::process::id()).is_some_and(|n| n > 0));
+        assert!(ctx_switches(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn writes_per_round_trip_come_from_the_batch_size_sum_and_count() {
+        let page = "# TYPE scangw_redis_batch_size summary\n\
+                    scangw_redis_batch_size{quantile=\"0.5\"} 2\n\
+                    scangw_redis_batch_size_sum{writer=\"0\"} 300\n\
+                    scangw_redis_batch_size_count{writer=\"0\"} 100\n\
+                    scangw_redis_batch_size_sum{writer=\"1\"} 100\n\
+                    scangw_redis_batch_size_count{writer=\"1\"} 100\n\
+                    scangw_redis_batch_size_sum_other 7\n";
+        assert_eq!(batch_size_totals(page), Some((400.0, 200.0)), "summed over writers");
+        assert_eq!(
+            batch_size_totals("scangw_redis_batch_size_sum 5\nscangw_redis_batch_size_count 2\n"),
+            Some((5.0, 2.0))
+        );
+        assert_eq!(batch_size_totals("echo_requests_total 5\n"), None, "not the gateway");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The scenarios: `peak-morning` (the compressed national morning with the full operation
 //! mix), `step` (the max sustainable rate: the highest arrival rate whose p99 holds the
-//! target with under 0.1% errors, then a measurement at 80% of it) and `soak` (a whole
-//! national day of scans as fast as the server sustains, with memory sampled).
+//! target with under 0.1% errors, then a measurement at 80% of it), `fixed` (one offered
+//! rate below saturation: CPU, context switches and writes per Redis round trip per scan)
+//! and `soak` (a whole national day of scans as fast as the server sustains, with memory
+//! sampled).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use crate::engine::{Engine, Mix, Plan, RunInfo};
 use crate::host::{self, Steal};
 use crate::profile::Morning;
 use crate::recorder::{percentiles, Recorder};
-use crate::report::{self, Lag, Point, RedisForks, Resources, Sample, Step, StepSummary, Summary};
+use crate::report::{self, FixedSummary, Lag, Point, RedisForks, Resources, Sample, Step, StepSummary, Summary};
 use crate::resources::{self, RedisReading};
 
 /// The processes whose resources a run samples.
@@ -17,6 +19,8 @@ use crate::resources::{self, RedisReading};
 pub struct Watched {
     pub server_pid: Option<u32>,
     pub redis_url: Option<String>,
+    /// The server's Prometheus page (the gateway's `/metrics`): writes per Redis round trip.
+    pub metrics_url: Option<String>,
 }
 
 /// Samples server RSS and Redis memory every `every` until stopped, and takes the CPU and
@@ -26,6 +30,11 @@ pub struct Sampler {
     started: Instant,
     cpu0: Option<f64>,
     redis0: Option<RedisReading>,
+    /// Context switches of the server and of Redis, and the gateway's batch-size totals, at
+    /// the start.
+    ctx0: Option<u64>,
+    redis_ctx0: Option<u64>,
+    batches0: Option<(f64, f64)>,
     samples: Arc<std::sync::Mutex<Vec<Sample>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -66,8 +75,11 @@ async fn redis_reading(url: &Option<String>) -> Option<RedisReading> {
 
 impl Sampler {
     pub async fn start(watched: Watched, every: Duration) -> Sampler {
-        let cpu0 = watched.server_pid.and_then(resources::cpu_seconds);
+        let batches0 = batch_totals(&watched.metrics_url).await;
         let redis0 = redis_reading(&watched.redis_url).await;
+        let redis_ctx0 = redis0.and_then(|r| r.pid).and_then(resources::ctx_switches);
+        let ctx0 = watched.server_pid.and_then(resources::ctx_switches);
+        let cpu0 = watched.server_pid.and_then(resources::cpu_seconds);
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
@@ -98,7 +110,7 @@ impl Sampler {
                 }
             }
         });
-        Sampler { watched, started, cpu0, redis0, samples, stop: Some(tx) }
+        Sampler { watched, started, cpu0, redis0, ctx0, redis_ctx0, batches0, samples, stop: Some(tx) }
     }
 
     /// Stops sampling; per-scan figures are divided by `scans` (acknowledged new tokens).
@@ -106,8 +118,13 @@ impl Sampler {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        // In the order of the start's readings, reversed: the server's own figures first,
+        // before the readings of Redis and of the metrics page add to them.
         let cpu1 = self.watched.server_pid.and_then(resources::cpu_seconds);
+        let ctx1 = self.watched.server_pid.and_then(resources::ctx_switches);
+        let redis_ctx1 = self.redis0.and_then(|r| r.pid).and_then(resources::ctx_switches);
         let redis1 = redis_reading(&self.watched.redis_url).await;
+        let batches1 = batch_totals(&self.watched.metrics_url).await;
         let mut samples = self.samples.lock().unwrap().clone();
         samples.push(Sample {
             t_s: self.started.elapsed().as_secs_f64(),
@@ -131,10 +148,24 @@ impl Sampler {
                 (Some(a), Some(b)) => per((b.cpu_s - a.cpu_s) * 1e6),
                 _ => None,
             },
+            server_ctx_switches_per_scan: self.ctx0.zip(ctx1).and_then(|(a, b)| per(b.saturating_sub(a) as f64)),
+            redis_ctx_switches_per_scan: self
+                .redis_ctx0
+                .zip(redis_ctx1)
+                .and_then(|(a, b)| per(b.saturating_sub(a) as f64)),
+            writes_per_redis_round_trip: match (self.batches0, batches1) {
+                (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => Some((s1 - s0) / (c1 - c0)),
+                _ => None,
+            },
             redis_forks: forks_between(self.redis0, redis1),
             samples,
         }
     }
+}
+
+/// The gateway's `scangw_redis_batch_size` sum and count, from its metrics page.
+async fn batch_totals(url: &Option<String>) -> Option<(f64, f64)> {
+    resources::batch_size_totals(&resources::fetch_text(url.as_ref()?).await?)
 }
 
 /// Redis's background saves between two readings.
@@ -558,44 +589,13 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
     let mut stolen80 = Vec::new();
     let mut compacted80 = None;
     if max > 0.0 {
-        let rate = (max * 0.8).round();
-        let mut n = 0;
-        let (m, stolen) = until_quiet(
-            || {
-                n += 1;
-                let (engine, watched) = (engine.clone(), watched.clone());
-                let again = n > 1;
-                async move {
-                    let compacted = compact_aof(&watched.redis_url).await;
-                    if let Some(c) = &compacted {
-                        eprintln!("  at 80%: {c}");
-                    }
-                    if again || compacted.is_some() {
-                        engine.fresh_connections();
-                        host::settle(SETTLE_DEADLINE).await;
-                    }
-                    let tokens0 = new_tokens(&engine);
-                    let sampler = Sampler::start(watched, Duration::from_millis(500)).await;
-                    let (info, r) = constant(&engine, rate, cfg.measure, seed + n).await;
-                    let ok: u64 = r.ok.values().sum();
-                    let new = if kind == "gateway" { new_tokens(&engine) - tokens0 } else { ok };
-                    let resources = sampler.finish(new).await;
-                    let mut step = judge(&cfg, rate, &info, &r);
-                    step.redis_forks = resources.redis_forks;
-                    eprintln!("  at 80% {}", live_line(&step));
-                    (step, info, r, resources, compacted)
-                }
-            },
-            |m| m.0.host_steal,
-        )
-        .await;
-        stolen80 = stolen.into_iter().map(|m| m.0).collect();
-        let (step, info, r, res, compacted) = m;
-        compacted80 = compacted;
-        resources = res;
-        at80 = Some(step);
-        summary_rec = r;
-        info80 = info;
+        let m = measure(engine, kind, &cfg, (max * 0.8).round(), &watched, seed, "at 80%").await;
+        stolen80 = m.stolen;
+        compacted80 = m.compacted;
+        resources = m.resources;
+        at80 = Some(m.step);
+        summary_rec = m.recorder;
+        info80 = m.info;
     }
     *engine.recorder.lock().unwrap() = summary_rec;
     let mut s = summarize(engine, "step", kind, &info80);
@@ -615,6 +615,102 @@ pub async fn step(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Wa
     if let Some(c) = compacted80 {
         s.notes.push(format!("the measurement at 80%: {c}"));
     }
+    s
+}
+
+/// One measurement at a constant rate, with the resources read around it: what the step
+/// search takes at 80% of its max and the fixed-rate comparison at its offered rate.
+struct Measurement {
+    step: Step,
+    info: RunInfo,
+    recorder: Recorder,
+    resources: Resources,
+    /// What compacting the AOF before it did ([`compact_aof`]).
+    compacted: Option<String>,
+    /// Earlier runs that host steal disturbed (reported, not used).
+    stolen: Vec<Step>,
+}
+
+/// Measures `rate` for `cfg.measure` on a compacted AOF, again while host steal disturbs it
+/// ([`until_quiet`]); `label` names it in the live lines ("at 80%").
+async fn measure(
+    engine: &Arc<Engine>,
+    kind: &str,
+    cfg: &StepConfig,
+    rate: f64,
+    watched: &Watched,
+    seed: u64,
+    label: &str,
+) -> Measurement {
+    let mut n = 0;
+    let (m, stolen) = until_quiet(
+        || {
+            n += 1;
+            let (engine, watched) = (engine.clone(), watched.clone());
+            let again = n > 1;
+            async move {
+                let compacted = compact_aof(&watched.redis_url).await;
+                if let Some(c) = &compacted {
+                    eprintln!("  {label}: {c}");
+                }
+                if again || compacted.is_some() {
+                    engine.fresh_connections();
+                    host::settle(SETTLE_DEADLINE).await;
+                }
+                let tokens0 = new_tokens(&engine);
+                let sampler = Sampler::start(watched, Duration::from_millis(500)).await;
+                let (info, recorder) = constant(&engine, rate, cfg.measure, seed + n).await;
+                let ok: u64 = recorder.ok.values().sum();
+                let new = if kind == "gateway" { new_tokens(&engine) - tokens0 } else { ok };
+                let resources = sampler.finish(new).await;
+                let mut step = judge(cfg, rate, &info, &recorder);
+                step.redis_forks = resources.redis_forks;
+                eprintln!("  {label} {}", live_line(&step));
+                Measurement { step, info, recorder, resources, compacted, stolen: Vec::new() }
+            }
+        },
+        |m| m.step.host_steal,
+    )
+    .await;
+    Measurement { stolen: stolen.into_iter().map(|m| m.step).collect(), ..m }
+}
+
+/// `fixed`: the servers compared at one offered rate well below saturation, where CPU per
+/// scan is stable on a shared host and each thread handoff is a sleep and a wake-up. A
+/// warm-up at the rate for `cfg.step` (activations, connection pools, Redis's first keys),
+/// then a measurement of `cfg.measure` at it: CPU, context switches and writes per Redis
+/// round trip per acknowledged scan. The rate is `cfg.start_rate`.
+pub async fn fixed(engine: &Arc<Engine>, kind: &str, cfg: StepConfig, watched: Watched) -> Summary {
+    let rate = cfg.start_rate;
+    let (info, r) = constant(engine, rate, cfg.step, cfg.seed).await;
+    let warmup = judge(&cfg, rate, &info, &r);
+    eprintln!("  warm-up {}", live_line(&warmup));
+    engine.fresh_connections();
+    host::settle(SETTLE_DEADLINE).await;
+    let m = measure(engine, kind, &cfg, rate, &watched, cfg.seed + 1, "fixed").await;
+    *engine.recorder.lock().unwrap() = m.recorder;
+    let mut s = summarize(engine, "fixed", kind, &m.info);
+    s.set_resources(m.resources);
+    let step = m.step;
+    // A CPU figure per scan is only worth its name when the server answered what was
+    // offered: errors or a server behind its rate fail the run; a p99 over the target is
+    // reported, not judged (this is not a capacity search).
+    if step.error_ratio >= cfg.max_error_ratio || step.latency.count == 0 {
+        s.passed = false;
+        s.notes.push(format!("the measurement at {rate:.0}/s failed: {}", step.why));
+    } else if step.achieved_ok_per_s < KEPT_UP * rate {
+        s.passed = false;
+        s.notes.push(format!(
+            "the server answered {:.0}/s of {rate:.0}/s offered: not below saturation, lower --rate",
+            step.achieved_ok_per_s
+        ));
+    } else if !step.passed {
+        s.notes.push(format!("the measurement's {} (reported, not judged at a fixed rate)", step.why));
+    }
+    if let Some(c) = m.compacted {
+        s.notes.push(format!("the measurement: {c}"));
+    }
+    s.fixed = Some(FixedSummary { rate, warmup, measurement: step, stolen: m.stolen });
     s
 }
 

@@ -1,5 +1,6 @@
 //! The benchmark table `scripts/bench` prints: one row per server from its step summary,
-//! then the ratios the targets are stated in (gateway/echo, gateway/naive).
+//! then the ratios the targets are stated in (gateway/echo, gateway/naive); and one row per
+//! server at a fixed offered rate (`fixed` summaries), with the ratios of CPU per scan.
 use std::fmt::Write as _;
 
 use anyhow::Context;
@@ -97,8 +98,135 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
-/// Renders the markdown table for `name=summary.json` arguments.
+/// A named summary.
+type Run = (String, Value);
+
+/// Renders the markdown tables for `name=summary.json` arguments: the step searches', then
+/// the fixed-rate comparison's.
 pub fn render(runs: &[(String, Value)]) -> anyhow::Result<String> {
+    let (fixed, steps): (Vec<&Run>, Vec<&Run>) =
+        runs.iter().partition(|(_, v)| v.get("fixed").is_some_and(|f| !f.is_null()));
+    let mut s = if steps.is_empty() { String::new() } else { render_steps(&steps)? };
+    if !fixed.is_empty() {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&render_fixed(&fixed));
+    }
+    Ok(s)
+}
+
+/// A server measured at a fixed offered rate.
+struct FixedRow {
+    name: String,
+    /// `gateway`, `naive` or `echo` (the summary's `target_kind`).
+    kind: String,
+    rate: f64,
+    ok_per_s: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    cpu_us: Option<f64>,
+    redis_cpu_us: Option<f64>,
+    server_cs: Option<f64>,
+    redis_cs: Option<f64>,
+    writes_per_rt: Option<f64>,
+    steal: Steal,
+}
+
+impl FixedRow {
+    /// The CPU one scan cost: the server's, plus its Redis's where it has one (echo has none).
+    fn total_cpu_us(&self) -> Option<f64> {
+        Some(self.cpu_us? + self.redis_cpu_us.unwrap_or(0.0))
+    }
+}
+
+fn fixed_row(name: &str, v: &Value) -> FixedRow {
+    let f = |x: &Value| x.as_f64();
+    let m = &v["fixed"]["measurement"];
+    let res = &v["resources"];
+    FixedRow {
+        name: name.to_string(),
+        kind: v["target_kind"].as_str().unwrap_or(name).to_string(),
+        rate: f(&v["fixed"]["rate"]).unwrap_or(0.0),
+        ok_per_s: f(&m["achieved_ok_per_s"]),
+        p50: f(&m["latency"]["p50_ms"]),
+        p99: f(&m["latency"]["p99_ms"]),
+        cpu_us: f(&res["server_cpu_us_per_scan"]),
+        redis_cpu_us: f(&res["redis_cpu_us_per_scan"]),
+        server_cs: f(&res["server_ctx_switches_per_scan"]),
+        redis_cs: f(&res["redis_ctx_switches_per_scan"]),
+        writes_per_rt: f(&res["writes_per_redis_round_trip"]),
+        steal: steal(&v["host_steal"]),
+    }
+}
+
+/// The target for the gateway's CPU per durable scan against naive's, at a fixed
+/// rate (and its stretch): at most 0.6 (0.4).
+pub const CPU_VS_NAIVE_TARGET: f64 = 0.6;
+pub const CPU_VS_NAIVE_STRETCH: f64 = 0.4;
+
+/// The fixed-rate table and its ratios of CPU per scan (server + Redis): gateway/naive,
+/// judged against [`CPU_VS_NAIVE_TARGET`], and gateway/echo, reported. Rows are paired by
+/// kind and offered rate; a measurement host steal disturbed is not judged.
+fn render_fixed(runs: &[&Run]) -> String {
+    let rows: Vec<FixedRow> = runs.iter().map(|(n, v)| fixed_row(n, v)).collect();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| server at a fixed rate | offered scans/s | ok/s | p50 ms | p99 ms | server CPU us/scan | Redis CPU us/scan | CPU us/scan, server + Redis | server ctx switches/scan | Redis ctx switches/scan | writes per Redis round trip | host steal windows |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} |",
+            r.name,
+            r.rate,
+            opt(r.ok_per_s, 0),
+            opt(r.p50, 2),
+            opt(r.p99, 2),
+            opt(r.cpu_us, 1),
+            opt(r.redis_cpu_us, 1),
+            opt(r.total_cpu_us(), 1),
+            opt(r.server_cs, 2),
+            opt(r.redis_cs, 2),
+            opt(r.writes_per_rt, 2),
+            r.steal.notable_windows,
+            r.steal.windows
+        );
+    }
+    for g in rows.iter().filter(|r| r.kind == "gateway") {
+        for other in ["naive", "echo"] {
+            let Some(o) = rows.iter().find(|r| r.kind == other && r.rate == g.rate) else { continue };
+            let (Some(gc), Some(oc)) = (g.total_cpu_us(), o.total_cpu_us().filter(|c| *c > 0.0)) else { continue };
+            let ratio = gc / oc;
+            let verdict = match [g, o].iter().find(|r| r.steal.disturbed()) {
+                Some(d) => format!(
+                    ": not judged: host steal in {:.0}% of {}'s 100 ms windows, rerun on a quieter host",
+                    d.steal.notable_share() * 100.0,
+                    d.name
+                ),
+                None if other == "echo" => String::new(),
+                None if ratio <= CPU_VS_NAIVE_STRETCH => ": met, and the stretch".into(),
+                None if ratio <= CPU_VS_NAIVE_TARGET => ": met".into(),
+                None => ": MISSED".into(),
+            };
+            let target = if other == "naive" {
+                format!(" (target <= {CPU_VS_NAIVE_TARGET}, stretch {CPU_VS_NAIVE_STRETCH})")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "\nat {:.0} scans/s, CPU per scan (server + Redis): {}/{} = {ratio:.2}{target}{verdict}",
+                g.rate, g.name, o.name
+            );
+        }
+    }
+    s
+}
+
+fn render_steps(runs: &[&Run]) -> anyhow::Result<String> {
     let rows: Vec<Row> = runs.iter().map(|(n, v)| row(n, v)).collect::<anyhow::Result<_>>()?;
     let mut s = String::new();
     let _ = writeln!(
@@ -242,6 +370,75 @@ mod tests {
             "at_80_percent": {"rate": max * 0.8, "error_ratio": 0.0,
                 "latency": {"p50_ms": 1.0, "p99_ms": 4.0, "p999_ms": 9.0}}},
             "resources": {"server_cpu_us_per_scan": 50.0, "server_rss_peak_bytes": 104857600.0}})
+    }
+
+    /// A `fixed` summary of `kind` at 2,000/s: server and Redis CPU per scan.
+    fn fixed(kind: &str, cpu: f64, redis_cpu: Option<f64>) -> Value {
+        json!({"scenario": "fixed", "target_kind": kind, "step": null,
+            "fixed": {"rate": 2000.0, "measurement": {"achieved_ok_per_s": 1998.4,
+                "latency": {"p50_ms": 1.2, "p99_ms": 3.456}}},
+            "host_steal": {"windows": 150, "notable_windows": 1, "max_pct": 12.0},
+            "resources": {"server_cpu_us_per_scan": cpu, "redis_cpu_us_per_scan": redis_cpu,
+                "server_ctx_switches_per_scan": 3.5, "redis_ctx_switches_per_scan": redis_cpu.map(|_| 0.75),
+                "writes_per_redis_round_trip": if kind == "gateway" { json!(1.9) } else { Value::Null }}})
+    }
+
+    #[test]
+    fn fixed_rate_rows_carry_cpu_switches_and_writes_per_round_trip_with_the_cpu_ratios() {
+        let t = render(&[
+            ("gateway".into(), summary(3_000.0)),
+            ("naive".into(), summary(4_000.0)),
+            ("gateway-fixed".into(), fixed("gateway", 40.0, Some(20.0))),
+            ("naive-fixed".into(), fixed("naive", 60.0, Some(40.0))),
+            ("echo-fixed".into(), fixed("echo", 15.0, None)),
+        ])
+        .unwrap();
+        // The step table is still there, then the fixed-rate one.
+        assert!(t.contains("| gateway | 3000 | 2400 |"), "{t}");
+        let fixed_at = t.find("| server at a fixed rate |").expect("a fixed-rate table");
+        assert!(fixed_at > t.find("gateway/naive = 0.75").unwrap(), "after the step table's ratios: {t}");
+        assert!(
+            t.contains(
+                "| gateway-fixed | 2000 | 1998 | 1.20 | 3.46 | 40.0 | 20.0 | 60.0 | 3.50 | 0.75 | 1.90 | 1 of 150 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| naive-fixed | 2000 | 1998 | 1.20 | 3.46 | 60.0 | 40.0 | 100.0 | 3.50 | 0.75 | - | 1 of 150 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| echo-fixed | 2000 | 1998 | 1.20 | 3.46 | 15.0 | - | 15.0 | 3.50 | - | - | 1 of 150 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("at 2000 scans/s, CPU per scan (server + Redis): gateway-fixed/naive-fixed = 0.60 (target <= 0.6, stretch 0.4): met\n"),
+            "{t}"
+        );
+        assert!(t.contains("at 2000 scans/s, CPU per scan (server + Redis): gateway-fixed/echo-fixed = 4.00\n"), "{t}");
+
+        // Over the target, and under the stretch.
+        let t =
+            render(&[("g".into(), fixed("gateway", 50.0, Some(20.0))), ("n".into(), fixed("naive", 60.0, Some(40.0)))])
+                .unwrap();
+        assert!(t.contains("g/n = 0.70 (target <= 0.6, stretch 0.4): MISSED"), "{t}");
+        assert!(!t.contains("| server | max sustainable"), "no step rows, no step table: {t}");
+        let t =
+            render(&[("g".into(), fixed("gateway", 30.0, Some(9.0))), ("n".into(), fixed("naive", 60.0, Some(40.0)))])
+                .unwrap();
+        assert!(t.contains("g/n = 0.39 (target <= 0.6, stretch 0.4): met, and the stretch"), "{t}");
+
+        // A measurement the host stole from is not judged; rows at other rates are not paired.
+        let mut stolen = fixed("naive", 60.0, Some(40.0));
+        stolen["host_steal"]["notable_windows"] = json!(30);
+        let t = render(&[("g".into(), fixed("gateway", 30.0, Some(9.0))), ("n".into(), stolen)]).unwrap();
+        assert!(t.contains("g/n = 0.39 (target <= 0.6, stretch 0.4): not judged: host steal in 20% of n's"), "{t}");
+        let mut other_rate = fixed("naive", 60.0, Some(40.0));
+        other_rate["fixed"]["rate"] = json!(4000.0);
+        let t = render(&[("g".into(), fixed("gateway", 30.0, Some(9.0))), ("n".into(), other_rate)]).unwrap();
+        assert!(!t.contains("g/n"), "{t}");
     }
 
     #[test]
