@@ -392,6 +392,7 @@ mod tests {
             mailbox_capacity: 16,
             day_retention_s: 0,
             default_tz: jiff::tz::TimeZone::UTC,
+            node: None,
         });
         Arc::new(Directory::new(
             deps,
@@ -451,7 +452,9 @@ mod tests {
         let dir = directory(1);
         let waiting = {
             let dir = dir.clone();
-            actix_rt::spawn(async move { dir.get("IN0410000183").await.map(|slot| slot.thread) })
+            actix_rt::spawn(
+                async move { dir.get("IN0410000183", super::Ownership::TakeOver).await.map(|slot| slot.thread) },
+            )
         };
         actix_rt::task::yield_now().await;
         assert!(!waiting.is_finished(), "no home yet");
