@@ -207,7 +207,9 @@ fn coalescing_order(items: &[ApplyItem]) -> Vec<usize> {
 /// The SHA1 of a script, hashed once per script and process rather than on every call
 /// (the applier calls its scripts several times a second).
 fn sha_of(src: &'static str) -> Arc<str> {
-    static SHAS: Mutex<Vec<((usize, usize), Arc<str>)>> = Mutex::new(Vec::new());
+    /// (address, length) of a script's text -> its SHA1.
+    type Shas = Vec<((usize, usize), Arc<str>)>;
+    static SHAS: Mutex<Shas> = Mutex::new(Vec::new());
     // Scripts are `&'static str` constants: their address and length name them (a
     // constant used in several places may have several addresses: an entry each).
     let at = (src.as_ptr() as usize, src.len());

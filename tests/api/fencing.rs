@@ -234,9 +234,8 @@ async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied
     run(vec![d0], Touched::default()).await;
     assert_eq!(d0_rx.await.unwrap(), Ok(()));
 
-    let untouched = |f: &str| {
-        redis.snapshot().into_iter().filter(|(k, _)| k.contains(&format!("{{{f}}}"))).collect::<Vec<_>>()
-    };
+    let untouched =
+        |f: &str| redis.snapshot().into_iter().filter(|(k, _)| k.contains(&format!("{{{f}}}"))).collect::<Vec<_>>();
     let (before_b, before_c, before_d) = (untouched(&b), untouched(&c), untouched(&d));
     let mut stale = write(&b, 0, "OPD1#1");
     stale.0.fence.nonce = "0000000000000000".into();
@@ -257,7 +256,8 @@ async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied
     assert_eq!(calls(&redis, "evalsha"), 1, "one script call for the batch");
     assert_eq!(calls(&redis, "hmget"), 4, "one fence check per facility");
 
-    let lb = |f: &str| -> Option<u64> { redis.conn().hget(keys::lb_counts(f), keys::lb_count_field(day, "opd")).unwrap() };
+    let lb =
+        |f: &str| -> Option<u64> { redis.conn().hget(keys::lb_counts(f), keys::lb_count_field(day, "opd")).unwrap() };
     let w = |f: &str| -> u64 { redis.conn().hget(keys::fence(f), "w").unwrap() };
     assert_eq!((day_hash(&redis, &a, START_DATE).len(), lb(&a), w(&a)), (2, Some(2), 2), "both of A's writes applied");
     assert_eq!(untouched(&b), before_b, "the fenced write changed nothing");
@@ -274,4 +274,45 @@ async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied
             (d.clone(), writer::Counted::Snapshot)
         ]
     );
+}
+
+/// Redis lost its script cache (a restart, a failover): the batch's call is refused with
+/// NOSCRIPT and ran nothing, so the writer loads the script and sends the writes again;
+/// each applies once.
+#[actix_web::test]
+async fn a_batch_refused_for_a_lost_script_cache_is_sent_again_and_applies_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis, TestApp::clock_at(START)).await;
+    let f = fid(378);
+    app.register(&f).await;
+    let target = Target { urls: vec![redis.url()], cluster: false };
+    let store = Store::open(&target, Duration::from_secs(2)).unwrap();
+    let day = START_DATE.parse().unwrap();
+    let fence = store.activate(&f, day).await.unwrap().expect("registered").fence;
+    let keys = Arc::new(keys::FacilityKeys::new(&f));
+    let day_key: Arc<str> = keys.day(day).into();
+    let (tx, rx) = mpsc::channel(8);
+    let mut answers = Vec::new();
+    for (prev, field) in [(0, "OPD1#1"), (1, "OPD1#2")] {
+        let (done, answer) = oneshot::channel();
+        tx.try_send(WriteOp {
+            fields: vec![(field.to_string(), "record".to_string())],
+            lb_count_fields: vec![keys::lb_count_field(day, "opd")],
+            ..WriteOp::barrier_of(keys.clone(), day_key.clone(), fence.clone(), prev, 60, done)
+        })
+        .unwrap();
+        answers.push(answer);
+    }
+    drop(tx);
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut redis.conn()).unwrap();
+    let metrics = scan_gateway::telemetry::metrics::Metrics::new();
+    writer::run(rx, store.connection(), Duration::from_secs(2), 8, 0, Touched::default(), metrics).await;
+    for a in answers {
+        assert_eq!(a.await.unwrap(), Ok(()));
+    }
+    let lb: u64 = redis.conn().hget(keys::lb_counts(&f), keys::lb_count_field(day, "opd")).unwrap();
+    let w: u64 = redis.conn().hget(keys::fence(&f), "w").unwrap();
+    assert_eq!((day_hash(&redis, &f, START_DATE).len(), lb, w), (2, 2, 2), "both applied, once");
+    let errors: String = redis::cmd("INFO").arg("errorstats").query(&mut redis.conn()).unwrap();
+    assert!(errors.contains("errorstat_NOSCRIPT:count=1"), "the premise: the call was refused once: {errors}");
 }
