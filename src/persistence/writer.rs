@@ -171,7 +171,14 @@ const KEEPALIVE: Duration = Duration::from_millis(250);
 
 /// Writes per WRITE call at most: a script holds the whole Redis while it runs, so a burst
 /// of a full batch (up to `SCANGW_BATCH_MAX` writes) goes as several calls of one pipeline,
-/// between which Redis serves other clients. 64 writes run in about 0.2 ms.
+/// between which Redis serves other clients.
+///
+/// What the batch depth buys, measured on Redis alone (2,000 facilities, one ~100-byte token
+/// and one count per write, Redis CPU from /proc, 40,000 writes, no AOF): 89-120 us per
+/// write at 1 write per round trip, 57-65 at 2, 27-28 at 8, with one call per write or one
+/// per batch alike (one call per batch: 59.5/60/65.2 at 2, 28.5/27.5 at 8; one per write:
+/// 58.5/57/60.5 and 27.2/28.2). The round trip, not the script call, is what Redis pays per
+/// batch: writes per round trip are what to raise.
 const WRITES_PER_CALL: usize = 64;
 
 struct Batch {
