@@ -79,16 +79,25 @@ end
 return {epoch, info}
 ";
 
-/// Applies one write of a facility's owner, all or nothing: the fence (epoch and nonce) must
-/// still be ours and the previous write of this activation must have been applied (no gaps).
-/// KEYS: fence, day tokens, leaderboard counts (all in the facility's slot).
-/// ARGV: epoch, nonce, prev seq, ttl seconds (0: keep the day hash's expiry), release 0/1,
-/// n kind counts, kind count fields..., then token field/value pairs.
+/// Applies a batch of writes of facility owners, each all or nothing: a write's fence
+/// (epoch and nonce) must still be its facility's and the previous write of its activation
+/// must have been applied (no gaps). One call carries several writes (of one hash slot on
+/// a cluster), so Redis pays the script call once per batch instead of once per write.
+/// KEYS: per write, its facility's fence, day tokens and leaderboard counts (one slot).
+/// ARGV: per write, in the order of its keys: epoch, nonce, prev seq, ttl seconds (0: keep
+/// the day hash's expiry), release 0/1, n kind counts, n token fields, the kind count
+/// fields, then the token field/value pairs.
 /// The leaderboard counts (`<date>|<kind>`, cumulative) move in the same atomic step as the
 /// tokens they count; the applier ([`crate::leaderboard::applier`]) carries them into the
-/// national boards, so this script never leaves the facility's slot.
+/// national boards, so this script never leaves the slot.
 /// An empty write only checks (a read barrier); with `release` it also records that this
 /// owner has stopped (`r` = `<epoch>:<nonce>`), which lets the applier forget the facility.
+///
+/// Returns one answer per write, in order: a refused write is answered by value (`FENCED`:
+/// the fence moved; `GAP`: an earlier write of its activation is missing) and changes
+/// nothing, and the other writes of the call still apply. The fence hash is read once per
+/// facility of the call and its write sequence `w` written once at the end: nothing else
+/// runs inside a script, so the writes after the first see what the earlier ones did.
 ///
 /// Exactly once under resend: every write that changes something advances `w` from its
 /// prev seq, and no two such writes of an activation share a prev seq. So under our fence
@@ -98,33 +107,55 @@ return {epoch, info}
 /// (this one was not applied). A barrier behind `w` is a resent copy too (writes of one
 /// owner reach Redis in order), and checks nothing new.
 ///
-/// Returns the cumulative count after each kind-count increment, so the applier can apply
-/// an answered write's counts without reading them back. A write that follows no write of
-/// its activation (prev seq 0) returns every cumulative count of the facility instead, as
-/// (field, count) pairs: an owner before it (crashed, say) may have counted other days or
-/// kinds that no board has yet, and the fence makes this read exact (no older owner can
-/// write any more).
+/// An applied write is answered with the cumulative count after each of its kind-count
+/// increments, so the applier can apply its counts without reading them back. A write that
+/// follows no write of its activation (prev seq 0) is answered with every cumulative count
+/// of the facility instead, as (field, count) pairs: an owner before it (crashed, say) may
+/// have counted other days or kinds that no board has yet, and the fence makes this read
+/// exact (no older owner can write any more).
 pub const WRITE: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'e', 'n', 'w')
-if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return redis.error_reply('FENCED epoch moved') end
-local w, prev = tonumber(f[3]), tonumber(ARGV[3])
-if prev < w then return redis.status_reply('AGAIN') end
-if prev > w then return redis.error_reply('GAP write sequence') end
-local nk = tonumber(ARGV[6])
-local counted = {}
-for i = 1, nk do counted[i] = redis.call('HINCRBY', KEYS[3], ARGV[6 + i], 1) end
-local p = 7 + nk
-if p <= #ARGV then
-  redis.call('HSET', KEYS[2], unpack(ARGV, p, #ARGV))
-  if ARGV[4] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+local fences, order, out = {}, {}, {}
+local a, k = 1, 0
+while a <= #ARGV do
+  local fk, dk, ck = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  k = k + 3
+  local prev, nk, nf = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local c = a + 7
+  local p = c + nk
+  local e, n, ttl, rel = ARGV[a], ARGV[a + 1], ARGV[a + 3], ARGV[a + 4]
+  a = p + 2 * nf
+  local f = fences[fk]
+  if not f then
+    local v = redis.call('HMGET', fk, 'e', 'n', 'w')
+    local w = tonumber(v[3]) or 0
+    f = {e = v[1], n = v[2], w = w, w0 = w}
+    fences[fk] = f
+    order[#order + 1] = fk
+  end
+  if f.e ~= e or f.n ~= n then
+    out[#out + 1] = 'FENCED'
+  elseif prev < f.w then
+    out[#out + 1] = 'AGAIN'
+  elseif prev > f.w then
+    out[#out + 1] = 'GAP'
+  else
+    local counted = {}
+    for i = 1, nk do counted[i] = redis.call('HINCRBY', ck, ARGV[c + i - 1], 1) end
+    if nf > 0 then
+      redis.call('HSET', dk, unpack(ARGV, p, a - 1))
+      if ttl ~= '0' then redis.call('EXPIRE', dk, ttl) end
+    end
+    -- A write with nothing in it is a read barrier: checked, but it changes nothing.
+    if nk > 0 or nf > 0 then f.w = prev + 1 end
+    if rel == '1' then redis.call('HSET', fk, 'r', e .. ':' .. n) end
+    if prev == 0 then out[#out + 1] = redis.call('HGETALL', ck) else out[#out + 1] = counted end
+  end
 end
--- A write with nothing in it is a read barrier: checked, but it changes nothing.
-if nk > 0 or p <= #ARGV then
-  redis.call('HSET', KEYS[1], 'w', prev + 1)
+for _, fk in ipairs(order) do
+  local f = fences[fk]
+  if f.w ~= f.w0 then redis.call('HSET', fk, 'w', f.w) end
 end
-if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'r', ARGV[1] .. ':' .. ARGV[2]) end
-if prev == 0 then return redis.call('HGETALL', KEYS[3]) end
-return counted
+return out
 ";
 
 #[derive(Clone)]

@@ -180,3 +180,145 @@ async fn a_write_sent_again_after_it_was_applied_is_answered_applied_and_applied
     let fields: Vec<String> = redis.conn().hkeys(keys::day_tokens(&f, day)).unwrap();
     assert_eq!(fields.len(), 2, "{fields:?}");
 }
+
+/// Calls of `cmd` since the last CONFIG RESETSTAT, from INFO commandstats (commands that
+/// scripts run count too).
+fn calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// One group commit is one script call carrying every write, each answered by itself: two
+/// writes of one facility apply (sharing one fence check), a write under a stale fence is
+/// FENCED, one behind a missing write is a GAP, a resent copy is answered applied; the
+/// refused writes change nothing, and the others apply regardless of them.
+#[actix_web::test]
+async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied_or_refused_alone() {
+    // No gateway runs on this Redis: the command counts below are the writer's alone.
+    let redis = RedisServer::start();
+    let (a, b, c, d) = (fid(374), fid(375), fid(376), fid(377));
+    let target = Target { urls: vec![redis.url()], cluster: false };
+    let store = Store::open(&target, Duration::from_secs(2)).unwrap();
+    let infos: Vec<(String, String)> = [&a, &b, &c, &d].iter().map(|f| (f.to_string(), "{}".to_string())).collect();
+    store.put_infos(&infos).await.unwrap();
+    let day = START_DATE.parse().unwrap();
+    let mut fences = HashMap::new();
+    for f in [&a, &b, &c, &d] {
+        fences.insert(f.clone(), store.activate(f, day).await.unwrap().expect("registered").fence);
+    }
+    let owner = Arc::new(writer::BoardOwner { state: "KA", district: "KA/Mysuru".into() });
+    let write = |f: &str, prev: u64, field: &str| {
+        let (done, rx) = oneshot::channel();
+        let keys = Arc::new(keys::FacilityKeys::new(f));
+        let day_key: Arc<str> = keys.day(day).into();
+        let op = WriteOp {
+            fields: vec![(field.to_string(), "record".to_string())],
+            lb_count_fields: vec![keys::lb_count_field(day, "opd")],
+            board: Some(owner.clone()),
+            ..WriteOp::barrier_of(keys, day_key, fences[f].clone(), prev, 60, done)
+        };
+        (op, rx)
+    };
+    let metrics = scan_gateway::telemetry::metrics::Metrics::new();
+    let run = |ops: Vec<WriteOp>, touched: Touched| {
+        let (tx, rx) = mpsc::channel(16);
+        for op in ops {
+            tx.try_send(op).unwrap();
+        }
+        drop(tx);
+        // Every write is queued before the writer starts: they go as one batch.
+        writer::run(rx, store.connection(), Duration::from_secs(2), 16, 0, touched, metrics.clone())
+    };
+    // D's first write applies before the batch, whose copy of it is a resend.
+    let (d0, d0_rx) = write(&d, 0, "OPD1#1");
+    run(vec![d0], Touched::default()).await;
+    assert_eq!(d0_rx.await.unwrap(), Ok(()));
+
+    let untouched =
+        |f: &str| redis.snapshot().into_iter().filter(|(k, _)| k.contains(&format!("{{{f}}}"))).collect::<Vec<_>>();
+    let (before_b, before_c, before_d) = (untouched(&b), untouched(&c), untouched(&d));
+    let mut stale = write(&b, 0, "OPD1#1");
+    stale.0.fence.nonce = "0000000000000000".into();
+    let batch = [write(&a, 0, "OPD1#1"), stale, write(&a, 1, "OPD1#2"), write(&c, 5, "OPD1#9"), write(&d, 0, "OPD1#1")];
+    let (ops, rxs): (Vec<WriteOp>, Vec<_>) = batch.into_iter().unzip();
+    let touched = Touched::default();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis.conn()).unwrap();
+    run(ops, touched.clone()).await;
+    let mut answers = Vec::new();
+    for rx in rxs {
+        answers.push(rx.await.unwrap());
+    }
+    assert_eq!(
+        answers,
+        vec![Ok(()), Err(StoreError::Fenced), Ok(()), Err(StoreError::Gap), Ok(())],
+        "applied, fenced, applied, gap, resent"
+    );
+    assert_eq!(calls(&redis, "evalsha"), 1, "one script call for the batch");
+    assert_eq!(calls(&redis, "hmget"), 4, "one fence check per facility");
+
+    let lb =
+        |f: &str| -> Option<u64> { redis.conn().hget(keys::lb_counts(f), keys::lb_count_field(day, "opd")).unwrap() };
+    let w = |f: &str| -> u64 { redis.conn().hget(keys::fence(f), "w").unwrap() };
+    assert_eq!((day_hash(&redis, &a, START_DATE).len(), lb(&a), w(&a)), (2, Some(2), 2), "both of A's writes applied");
+    assert_eq!(untouched(&b), before_b, "the fenced write changed nothing");
+    assert_eq!(untouched(&c), before_c, "the write behind a gap changed nothing");
+    assert_eq!(untouched(&d), before_d, "the resent copy changed nothing");
+    // What the applier is told: A's counts as answered, D's to be read, nothing of B or C.
+    let mut told = touched.drain();
+    told.sort_by(|x, y| x.0.cmp(&y.0));
+    let opd = keys::lb_count_field(day, "opd");
+    assert_eq!(
+        told,
+        vec![
+            (a.clone(), writer::Counted::Known { owner: owner.clone(), counts: vec![(opd, 2)] }),
+            (d.clone(), writer::Counted::Snapshot)
+        ]
+    );
+}
+
+/// Redis lost its script cache (a restart, a failover): the batch's call is refused with
+/// NOSCRIPT and ran nothing, so the writer loads the script and sends the writes again;
+/// each applies once.
+#[actix_web::test]
+async fn a_batch_refused_for_a_lost_script_cache_is_sent_again_and_applies_once() {
+    let redis = RedisServer::start();
+    let f = fid(378);
+    let target = Target { urls: vec![redis.url()], cluster: false };
+    let store = Store::open(&target, Duration::from_secs(2)).unwrap();
+    store.put_infos(&[(f.clone(), "{}".to_string())]).await.unwrap();
+    let day = START_DATE.parse().unwrap();
+    let fence = store.activate(&f, day).await.unwrap().expect("registered").fence;
+    let keys = Arc::new(keys::FacilityKeys::new(&f));
+    let day_key: Arc<str> = keys.day(day).into();
+    let (tx, rx) = mpsc::channel(8);
+    let mut answers = Vec::new();
+    for (prev, field) in [(0, "OPD1#1"), (1, "OPD1#2")] {
+        let (done, answer) = oneshot::channel();
+        tx.try_send(WriteOp {
+            fields: vec![(field.to_string(), "record".to_string())],
+            lb_count_fields: vec![keys::lb_count_field(day, "opd")],
+            ..WriteOp::barrier_of(keys.clone(), day_key.clone(), fence.clone(), prev, 60, done)
+        })
+        .unwrap();
+        answers.push(answer);
+    }
+    drop(tx);
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut redis.conn()).unwrap();
+    let sha = redis::Script::new(scan_gateway::persistence::store::WRITE).get_hash().to_string();
+    let loaded: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query(&mut redis.conn()).unwrap();
+    assert_eq!(loaded, vec![false], "the premise: Redis does not know the script");
+    let metrics = scan_gateway::telemetry::metrics::Metrics::new();
+    writer::run(rx, store.connection(), Duration::from_secs(2), 8, 0, Touched::default(), metrics).await;
+    for a in answers {
+        assert_eq!(a.await.unwrap(), Ok(()));
+    }
+    let lb: u64 = redis.conn().hget(keys::lb_counts(&f), keys::lb_count_field(day, "opd")).unwrap();
+    let w: u64 = redis.conn().hget(keys::fence(&f), "w").unwrap();
+    assert_eq!((day_hash(&redis, &f, START_DATE).len(), lb, w), (2, 2, 2), "both applied, once");
+    let sha = redis::Script::new(scan_gateway::persistence::store::WRITE).get_hash().to_string();
+    let loaded: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query(&mut redis.conn()).unwrap();
+    assert_eq!(loaded, vec![true], "the writer loaded the script again");
+}

@@ -497,6 +497,71 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
     assert_eq!(command_calls(&redis, "zincrby") - before, 96);
 }
 
+/// The expiries of daily boards and applied hashes are set where a key may have just
+/// been created (a new member, a new applied field), not on every application: raising
+/// counts already on the boards runs no EXPIRE, and a board lost (data loss, say) and
+/// created again by a later application still gets its expiry.
+#[actix_web::test]
+async fn an_application_sets_expiries_only_where_a_key_may_be_new_and_every_daily_key_has_one() {
+    use scan_gateway::leaderboard::board_keys;
+    use scan_gateway::persistence::conn::Target;
+    use scan_gateway::persistence::keys;
+    use scan_gateway::persistence::lbcounts::ApplyItem;
+    use scan_gateway::persistence::Store;
+
+    let redis = RedisServer::start();
+    let store = Store::open(&Target::parse(&redis.url(), false).unwrap(), Duration::from_secs(5)).unwrap();
+    let day = jiff::civil::date(2026, 11, 23);
+    let items = |count: u64| -> Vec<ApplyItem> {
+        (0..3)
+            .map(|i| {
+                let district = if i == 0 { "KA/Mysuru" } else { "KA/Mandya" };
+                let facility = format!("IN29{i:08}");
+                let mut keys = vec![keys::lb_applied(day)];
+                keys.extend(board_keys(district, day, "opd"));
+                ApplyItem {
+                    keys: keys.into(),
+                    applied_field: keys::lb_applied_field(&facility, "opd"),
+                    count: count + i,
+                    state: "KA",
+                    district: district.into(),
+                    facility,
+                }
+            })
+            .collect()
+    };
+    let daily_keys = || -> Vec<String> { redis.keys("lb:{lb}:2026-11-23:*").into_iter().collect() };
+    let ttls_set = |what: &str| {
+        let mut c = redis.conn();
+        for k in daily_keys() {
+            let ttl: i64 = c.ttl(&k).unwrap();
+            let want = if k.ends_with(":ap") { 2 * 86_400 } else { 86_400 };
+            assert!((want - 60..=want).contains(&ttl), "{what}: {k} expires after its retention: {ttl}");
+        }
+    };
+    assert_eq!(store.lb_apply(&items(1), 86_400, 2 * 86_400).await.unwrap(), vec![(0, 1), (0, 2), (0, 3)]);
+    assert_eq!(daily_keys().len(), 9, "the premise: 8 daily boards of two districts and the applied hash");
+    ttls_set("first application");
+
+    // Every member and applied field exists: raising them sets no expiry.
+    let expires = command_calls(&redis, "expire");
+    assert_eq!(store.lb_apply(&items(5), 86_400, 2 * 86_400).await.unwrap(), vec![(1, 5), (2, 6), (3, 7)]);
+    assert_eq!(command_calls(&redis, "expire"), expires, "no EXPIRE for keys that existed");
+    let mut c = redis.conn();
+    let district: Vec<(String, u64)> =
+        c.zrange_withscores(keys::leaderboard("2026-11-23", "opd", keys::LbScope::Districts), 0, -1).unwrap();
+    assert_eq!(district, vec![("KA/Mysuru".to_string(), 5), ("KA/Mandya".to_string(), 13)], "still exact");
+
+    // Boards and the applied hash lost, then applied again: each key comes back with its
+    // expiry (the applied counts are gone, so the boards get the whole counts again).
+    for k in daily_keys() {
+        let _: () = c.del(&k).unwrap();
+    }
+    assert_eq!(store.lb_apply(&items(6), 86_400, 2 * 86_400).await.unwrap(), vec![(0, 6), (0, 7), (0, 8)]);
+    assert_eq!(daily_keys().len(), 9);
+    ttls_set("keys created again");
+}
+
 /// Every EVALSHA in Redis's SLOWLOG (logging everything), as its key arguments.
 fn scripts_run(redis: &RedisServer) -> Vec<Vec<String>> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(&mut redis.conn()).unwrap();
