@@ -52,6 +52,8 @@ pub struct Settings {
     pub default_token_validity_s: u64,
     pub redis_timeout_ms: u64,
     pub batch_max: usize,
+    /// How long a shallow group-commit batch waits for more writes (µs; 0: never).
+    pub write_linger_us: u64,
     pub max_body_bytes: usize,
     /// Body limit of the protocol's share routes only: a share may carry a `kycPhoto`
     /// (base64 image), which is dropped before the share is stored.
@@ -171,6 +173,7 @@ impl Default for Settings {
             default_token_validity_s: 1800,
             redis_timeout_ms: 2000,
             batch_max: 512,
+            write_linger_us: 1000,
             max_body_bytes: 16 * 1024,
             protocol_max_body_bytes: 1024 * 1024,
             max_import_bytes: 256 * 1024 * 1024,
@@ -317,6 +320,7 @@ impl Settings {
             default_token_validity_s,
             redis_timeout_ms,
             batch_max,
+            write_linger_us,
             max_body_bytes,
             protocol_max_body_bytes,
             max_import_bytes,

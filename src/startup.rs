@@ -65,12 +65,14 @@ impl Application {
         let make_home: MakeHome = {
             let (target, store, touched, m) = (target.clone(), store.clone(), touched.clone(), m.clone());
             let (batch_max, wait_replicas) = (settings.batch_max, settings.redis_wait_replicas);
+            let linger = Duration::from_micros(settings.write_linger_us);
             Box::new(move || {
                 // The URL opened above already, so this cannot fail; the shared handle would do.
                 let open = || Store::open(&target, timeout).unwrap_or_else(|_| store.clone());
                 let (tx, rx) = mpsc::channel(batch_max * 8);
                 let conn = open().connection();
-                actix_rt::spawn(writer::run(rx, conn, timeout, batch_max, wait_replicas, touched.clone(), m.clone()));
+                let shape = writer::Shape { batch_max, linger, wait_replicas };
+                actix_rt::spawn(writer::run(rx, conn, timeout, shape, touched.clone(), m.clone()));
                 Home::here(tx, open())
             })
         };

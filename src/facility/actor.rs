@@ -304,8 +304,7 @@ impl FacilityActor {
         deps: Arc<Deps>,
         actors: Arc<ActorMap>,
         queued: Arc<AtomicUsize>,
-        writer: WriterTx,
-        store: Store,
+        home: &super::directory::Home,
     ) -> Self {
         Self {
             keys: Arc::new(FacilityKeys::new(&id)),
@@ -315,8 +314,8 @@ impl FacilityActor {
             deps,
             actors,
             queued,
-            writer,
-            store,
+            writer: home.writer.clone(),
+            store: home.store.clone(),
             phase: Phase::Loading,
             last_active: Instant::now(),
             submitted: 0,

@@ -232,8 +232,7 @@ impl Directory {
                     self.deps.clone(),
                     self.actors.clone(),
                     queued.clone(),
-                    home.writer.clone(),
-                    home.store.clone(),
+                    &home,
                 );
                 Slot {
                     gen,

@@ -437,16 +437,62 @@ async fn gather_more<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize
     }
 }
 
-/// Runs a writer until every sender is gone. Spawn one per facility arbiter.
+/// Writes below which a batch lingers for more ([`linger_more`]): a batch this deep already
+/// shares its round trip well, and waiting longer would only add latency.
+const LINGER_BELOW: usize = 8;
+
+/// After gathering, a batch of fewer than [`LINGER_BELOW`] writes waits up to `linger` for
+/// more, and goes as soon as it has that many (then with whatever else is ready, up to
+/// `max`). Below saturation most batches are shallow (1.7 writes per round trip at 2,000
+/// scans/s), and Redis's cost per write falls with depth (a round trip costs it about as
+/// much as a write: 89-120 µs per write at depth 1, 27-28 at 8, Redis alone). Fixed 2,000
+/// scans/s, 2,000 facilities, same run: a 1 ms linger took 1.72 -> 3.13 writes per round
+/// trip, server CPU 180 -> 168 and Redis 148 -> 129 µs per scan (-10% in all), the scan's
+/// p50 1.85 -> 4.0 ms and p99 5.3 -> 7.8 ms (tokio's timer rounds up to its 1 ms tick).
+/// Near saturation batches are deep and never wait. `recv` is cancel-safe, but like
+/// [`gather_more`] this must run to completion (never as a `select!` branch).
+async fn linger_more<T>(rx: &mut mpsc::Receiver<T>, buf: &mut Vec<T>, max: usize, linger: Duration) {
+    let enough = LINGER_BELOW.min(max);
+    if linger.is_zero() || buf.is_empty() || buf.len() >= enough {
+        return;
+    }
+    let until = tokio::time::Instant::now() + linger;
+    while buf.len() < enough {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(op)) => buf.push(op),
+            // The linger ran out, or every sender is gone (the loop's next `recv` ends it).
+            _ => break,
+        }
+    }
+    while buf.len() < max {
+        match rx.try_recv() {
+            Ok(op) => buf.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+/// How a writer forms its batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Most writes in one batch (`SCANGW_BATCH_MAX`).
+    pub batch_max: usize,
+    /// How long a shallow batch waits for more (`SCANGW_WRITE_LINGER_US`; zero: never).
+    pub linger: Duration,
+    /// `WAIT` for this many replicas after each batch (`SCANGW_REDIS_WAIT_REPLICAS`).
+    pub wait_replicas: u32,
+}
+
+/// Runs a writer until every sender is gone. Spawn one per home (HTTP worker).
 pub async fn run(
     mut rx: mpsc::Receiver<WriteOp>,
     mut conn: Conn,
     timeout: Duration,
-    batch_max: usize,
-    wait_replicas: u32,
+    shape: Shape,
     touched: Touched,
     metrics: Metrics,
 ) {
+    let Shape { batch_max, linger, wait_replicas } = shape;
     let batch =
         Batch { sha: redis::Script::new(WRITE).get_hash().to_string(), wait_replicas, cluster: conn.is_cluster() };
     let mut buf = Vec::with_capacity(batch_max);
@@ -466,6 +512,7 @@ pub async fn run(
         }
         keepalive.reset();
         gather_more(&mut rx, &mut buf, batch_max).await;
+        linger_more(&mut rx, &mut buf, batch_max, linger).await;
         let ops = std::mem::take(&mut buf);
         let started = Instant::now();
         let results = write_batch(&mut conn, &batch, &ops, timeout).await;
@@ -597,6 +644,47 @@ mod tests {
         ready_tx.send(()).unwrap();
         assert_eq!(writer.await.unwrap(), vec![1, 2]);
         actor.await.unwrap();
+    }
+
+    /// A shallow batch waits for writes that come within the linger, and goes once it is
+    /// deep enough; a deep batch, or a zero linger, never waits. The margins are wide (a
+    /// write 1 ms into a 200 ms linger joins, one 2 s later does not; "never waits" is
+    /// checked against a 10 s linger), so the machine's speed cannot decide the outcome.
+    #[actix_rt::test]
+    async fn a_shallow_batch_lingers_for_more_writes_and_a_deep_one_goes_at_once() {
+        let (tx, mut rx) = mpsc::channel::<u32>(64);
+        let late = tx.clone();
+        let sender = tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            late.send(2).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = late.send(3).await;
+        });
+        let started = Instant::now();
+        let mut buf = vec![1];
+        linger_more(&mut rx, &mut buf, 512, Duration::from_millis(200)).await;
+        assert_eq!(buf, vec![1, 2], "the write 1 ms later joined; the one 2 s later did not");
+        assert!(started.elapsed() >= Duration::from_millis(200), "a shallow batch waits out its linger");
+        sender.abort();
+
+        let long = Duration::from_secs(10);
+        for i in 10..20 {
+            tx.send(i).await.unwrap();
+        }
+        let started = Instant::now();
+        let mut deep: Vec<u32> = (100..108).collect();
+        linger_more(&mut rx, &mut deep, 512, long).await;
+        assert_eq!(deep.len(), 8, "a deep batch does not even look");
+        // A shallow one that fills up while it lingers goes without waiting out the linger,
+        // with whatever else is ready.
+        let mut shallow = vec![3];
+        linger_more(&mut rx, &mut shallow, 512, long).await;
+        assert_eq!(shallow, vec![3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+        let mut off = vec![1];
+        tx.send(4).await.unwrap();
+        linger_more(&mut rx, &mut off, 512, Duration::ZERO).await;
+        assert_eq!(off, vec![1], "a zero linger never waits nor looks");
+        assert!(started.elapsed() < Duration::from_secs(5), "none of these waited a linger");
     }
 
     #[actix_rt::test]

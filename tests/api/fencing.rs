@@ -14,6 +14,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::helpers::*;
 
+/// Takes a registered facility's fence without leases, as an owner would.
+async fn fence_of(store: &Store, f: &str, day: jiff::civil::Date) -> scan_gateway::persistence::store::Fence {
+    match store.activate(f, day, Claim::Anonymous).await.unwrap() {
+        Activated::Taken(act) => act.fence,
+        _ => panic!("{f} is registered"),
+    }
+}
+
+/// A writer's shape for tests that look at batches as they were handed over.
+fn no_linger(batch_max: usize) -> writer::Shape {
+    writer::Shape { batch_max, linger: Duration::ZERO, wait_replicas: 0 }
+}
+
 fn day_hash(redis: &RedisServer, f: &str, day: &str) -> HashMap<String, String> {
     redis.conn().hgetall(keys::day_tokens(f, day.parse().unwrap())).expect("HGETALL day")
 }
@@ -141,7 +154,14 @@ async fn a_write_sent_again_after_it_was_applied_is_answered_applied_and_applied
     };
     let (tx, rx) = mpsc::channel(8);
     let metrics = scan_gateway::telemetry::metrics::Metrics::new();
-    actix_rt::spawn(writer::run(rx, store.connection(), Duration::from_secs(2), 8, 0, Touched::default(), metrics));
+    actix_rt::spawn(writer::run(
+        rx,
+        store.connection(),
+        Duration::from_secs(2),
+        no_linger(8),
+        Touched::default(),
+        metrics,
+    ));
     let keys = Arc::new(keys::FacilityKeys::new(&f));
     let day_key: Arc<str> = keys.day(day).into();
     let write = |prev: u64, field: &str| {
@@ -207,7 +227,7 @@ async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied
     let day = START_DATE.parse().unwrap();
     let mut fences = HashMap::new();
     for f in [&a, &b, &c, &d] {
-        fences.insert(f.clone(), store.activate(f, day).await.unwrap().expect("registered").fence);
+        fences.insert(f.clone(), fence_of(&store, f, day).await);
     }
     let owner = Arc::new(writer::BoardOwner { state: "KA", district: "KA/Mysuru".into() });
     let write = |f: &str, prev: u64, field: &str| {
@@ -230,7 +250,7 @@ async fn a_batch_is_one_script_call_and_each_write_in_it_is_answered_and_applied
         }
         drop(tx);
         // Every write is queued before the writer starts: they go as one batch.
-        writer::run(rx, store.connection(), Duration::from_secs(2), 16, 0, touched, metrics.clone())
+        writer::run(rx, store.connection(), Duration::from_secs(2), no_linger(16), touched, metrics.clone())
     };
     // D's first write applies before the batch, whose copy of it is a resend.
     let (d0, d0_rx) = write(&d, 0, "OPD1#1");
@@ -290,7 +310,7 @@ async fn a_batch_refused_for_a_lost_script_cache_is_sent_again_and_applies_once(
     let store = Store::open(&target, Duration::from_secs(2)).unwrap();
     store.put_infos(&[(f.clone(), "{}".to_string())]).await.unwrap();
     let day = START_DATE.parse().unwrap();
-    let fence = store.activate(&f, day).await.unwrap().expect("registered").fence;
+    let fence = fence_of(&store, &f, day).await;
     let keys = Arc::new(keys::FacilityKeys::new(&f));
     let day_key: Arc<str> = keys.day(day).into();
     let (tx, rx) = mpsc::channel(8);
@@ -311,7 +331,7 @@ async fn a_batch_refused_for_a_lost_script_cache_is_sent_again_and_applies_once(
     let loaded: Vec<bool> = redis::cmd("SCRIPT").arg("EXISTS").arg(&sha).query(&mut redis.conn()).unwrap();
     assert_eq!(loaded, vec![false], "the premise: Redis does not know the script");
     let metrics = scan_gateway::telemetry::metrics::Metrics::new();
-    writer::run(rx, store.connection(), Duration::from_secs(2), 8, 0, Touched::default(), metrics).await;
+    writer::run(rx, store.connection(), Duration::from_secs(2), no_linger(8), Touched::default(), metrics).await;
     for a in answers {
         assert_eq!(a.await.unwrap(), Ok(()));
     }
