@@ -949,38 +949,6 @@ async fn a_gracefully_stopped_owner_gives_its_lease_up_and_another_node_takes_ov
     assert_eq!((got.status, num(&got.body, "token_number")), (200, 1), "{}", got.text);
 }
 
-/// Reads server-sent events until `want` accepts one (or the deadline passes).
-async fn wait_for_event(
-    res: &mut awc::ClientResponse<
-        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
-    >,
-    what: &str,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
-    use futures_util::StreamExt;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut buf = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for an event: {what}");
-        let chunk = match actix_rt::time::timeout(left, res.next()).await {
-            Ok(Some(Ok(c))) => c,
-            Ok(other) => panic!("event stream ended while waiting for {what}: {other:?}"),
-            Err(_) => panic!("timed out waiting for an event: {what}"),
-        };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let v: Value = serde_json::from_str(data).expect("event data is JSON");
-                if want(&v) {
-                    return v;
-                }
-            }
-        }
-    }
-}
-
 /// A display board watched on a node that does not own its facility shows the owner's
 /// queue, read from the owner on every poll, and never takes the facility over.
 #[actix_web::test]

@@ -735,3 +735,35 @@ impl TestApp {
         self.req("GET", &path, Some(staff_key), None, &[]).await.pair()
     }
 }
+
+/// Reads server-sent events until `want` accepts one (or the deadline passes).
+pub async fn wait_for_event(
+    res: &mut awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    use futures_util::StreamExt;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut buf = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for an event: {what}");
+        let chunk = match actix_rt::time::timeout(left, res.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(other) => panic!("event stream ended while waiting for {what}: {other:?}"),
+            Err(_) => panic!("timed out waiting for an event: {what}"),
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let v: Value = serde_json::from_str(data).expect("event data is JSON");
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use futures_util::StreamExt;
 use redis::Commands;
 use serde_json::{json, Value};
 
@@ -313,37 +312,6 @@ async fn the_leaderboard_api_is_for_monitors_and_names_every_bad_parameter() {
         assert_error(r.status, &r.body, st, code);
         if let Some(f) = field {
             assert_eq!(r.body["error"]["field"], f, "{q}: {}", r.text);
-        }
-    }
-}
-
-/// Reads server-sent events until `want` accepts one (or the deadline passes).
-async fn wait_for_event(
-    res: &mut awc::ClientResponse<
-        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
-    >,
-    what: &str,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut buf = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for an event: {what}");
-        let chunk = match actix_rt::time::timeout(left, res.next()).await {
-            Ok(Some(Ok(c))) => c,
-            Ok(other) => panic!("event stream ended while waiting for {what}: {other:?}"),
-            Err(_) => panic!("timed out waiting for an event: {what}"),
-        };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let v: Value = serde_json::from_str(data).expect("event data is JSON");
-                if want(&v) {
-                    return v;
-                }
-            }
         }
     }
 }
