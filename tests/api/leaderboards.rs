@@ -412,12 +412,31 @@ fn command_calls(redis: &RedisServer, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An "opd" apply item of facility `IN29<i>` of a Karnataka `district`, up to `count`.
+fn opd_item(
+    day: jiff::civil::Date,
+    i: usize,
+    district: &str,
+    count: u64,
+) -> scan_gateway::persistence::lbcounts::ApplyItem {
+    let facility = format!("IN29{i:08}");
+    let mut keys = vec![scan_gateway::persistence::keys::lb_applied(day)];
+    keys.extend(scan_gateway::leaderboard::board_keys(district, day, "opd"));
+    scan_gateway::persistence::lbcounts::ApplyItem {
+        keys: keys.into(),
+        applied_field: scan_gateway::persistence::keys::lb_applied_field(&facility, "opd"),
+        count,
+        state: "KA",
+        district: district.into(),
+        facility,
+    }
+}
+
 /// One pass over facilities of two districts, listed alternately: the items of one district
 /// go into the same APPLY call, so each call bumps its district's rankings once, and every
 /// item still gets its own (before, after) in the order it was given.
 #[actix_web::test]
 async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_callers_order() {
-    use scan_gateway::leaderboard::board_keys;
     use scan_gateway::persistence::conn::Target;
     use scan_gateway::persistence::keys;
     use scan_gateway::persistence::lbcounts::ApplyItem;
@@ -427,22 +446,8 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
     let store = Store::open(&Target::parse(&redis.url(), false).unwrap(), Duration::from_secs(5)).unwrap();
     let day = jiff::civil::date(2026, 11, 23);
     // KA/Mysuru, KA/Mandya, KA/Mysuru, ... : 8 facilities, counts 1..=8.
-    let items: Vec<ApplyItem> = (0..8)
-        .map(|i| {
-            let district = if i % 2 == 0 { "KA/Mysuru" } else { "KA/Mandya" };
-            let facility = format!("IN29{i:08}");
-            let mut keys = vec![keys::lb_applied(day)];
-            keys.extend(board_keys(district, day, "opd"));
-            ApplyItem {
-                keys: keys.into(),
-                applied_field: keys::lb_applied_field(&facility, "opd"),
-                count: i as u64 + 1,
-                state: "KA",
-                district: district.into(),
-                facility,
-            }
-        })
-        .collect();
+    let items: Vec<ApplyItem> =
+        (0..8).map(|i| opd_item(day, i, if i % 2 == 0 { "KA/Mysuru" } else { "KA/Mandya" }, i as u64 + 1)).collect();
     let before = command_calls(&redis, "zincrby");
     let results = store.lb_apply(&items, 86_400, 86_400).await.unwrap();
     assert_eq!(results, (1..=8).map(|c| (0, c)).collect::<Vec<_>>(), "each item's own (before, after), in order");
@@ -471,7 +476,6 @@ async fn a_pass_applies_one_districts_facilities_together_and_answers_in_the_cal
 /// created again by a later application still gets its expiry.
 #[actix_web::test]
 async fn an_application_sets_expiries_only_where_a_key_may_be_new_and_every_daily_key_has_one() {
-    use scan_gateway::leaderboard::board_keys;
     use scan_gateway::persistence::conn::Target;
     use scan_gateway::persistence::keys;
     use scan_gateway::persistence::lbcounts::ApplyItem;
@@ -481,22 +485,7 @@ async fn an_application_sets_expiries_only_where_a_key_may_be_new_and_every_dail
     let store = Store::open(&Target::parse(&redis.url(), false).unwrap(), Duration::from_secs(5)).unwrap();
     let day = jiff::civil::date(2026, 11, 23);
     let items = |count: u64| -> Vec<ApplyItem> {
-        (0..3)
-            .map(|i| {
-                let district = if i == 0 { "KA/Mysuru" } else { "KA/Mandya" };
-                let facility = format!("IN29{i:08}");
-                let mut keys = vec![keys::lb_applied(day)];
-                keys.extend(board_keys(district, day, "opd"));
-                ApplyItem {
-                    keys: keys.into(),
-                    applied_field: keys::lb_applied_field(&facility, "opd"),
-                    count: count + i,
-                    state: "KA",
-                    district: district.into(),
-                    facility,
-                }
-            })
-            .collect()
+        (0..3).map(|i| opd_item(day, i as usize, if i == 0 { "KA/Mysuru" } else { "KA/Mandya" }, count + i)).collect()
     };
     let daily_keys = || -> Vec<String> { redis.keys("lb:{lb}:2026-11-23:*").into_iter().collect() };
     let ttls_set = |what: &str| {
